@@ -1,0 +1,41 @@
+# Quick start: `make demo`, `make test`. Everything they need is installed by these targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck tools bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+tools: .tools/consul/usr/bin/consul
+
+.tools/consul/usr/bin/consul: scripts/install-consul.sh
+	scripts/install-consul.sh
+
+demo: $(STAMP)
+	$(BIN)/graceful-sidecar demo
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check sidecar registry_adapters tests bench
+	$(BIN)/ruff check sidecar registry_adapters tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) tools lint typecheck
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/proxy_overhead.py
+
+format: $(STAMP)
+	$(BIN)/ruff format sidecar registry_adapters tests bench
+	$(BIN)/ruff check --fix sidecar registry_adapters tests bench
+
+clean:
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

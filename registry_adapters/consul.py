@@ -1,0 +1,341 @@
+"""Consul backend, through the local agent's HTTP API (py-consul's asyncio client).
+
+Features
+--------
+- `register` publishes the instance on the agent with its address, port, metadata and
+  `Weights {"Passing": weight, "Warning": 1}` (what Consul DNS SRV answers carry), and ONE TTL
+  check that a background task keeps passing. A sidecar killed with SIGKILL stops passing it:
+  the instance turns critical after the TTL and Consul reaps it one minute later.
+- The beat notices when the agent has forgotten the check (a restarted dev agent, a lost data
+  dir) and registers the instance again from the copy kept here, maintenance mode included; it
+  also publishes again a weight or offline change that failed (the agent did not answer).
+- Consul weights must be >= 1, so weight 0 and `set_offline` use service maintenance mode; a
+  later weight > 0 lifts the weight-0 maintenance, never an offline one.
+- `watch` uses blocking queries on `/v1/health/service/NAME?passing=1`: only instances that
+  should get traffic, no polling. Malformed entries are logged and skipped.
+- `set_weight` and `set_offline` act on instances registered through this object (`set_weight`
+  of another one is rejected, `set_offline` of another one does nothing).
+- `close()` stops the beats and leaves the instances to expire; it does not deregister.
+
+Connection string
+-----------------
+`consul://HOST[:PORT][?token=ACL_TOKEN]`, PORT defaults to 8500. Plain HTTP to an agent,
+normally the one on the same host (`consul://127.0.0.1:8500`). A token in the URL wins over
+`CONSUL_HTTP_TOKEN`; without one, py-consul uses that variable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import SplitResult, parse_qs
+
+import aiohttp
+import consul.aio
+from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ClientError, ConsulException
+
+from registry_adapters.base import (
+    Instance,
+    RegistryError,
+    RegistryRejected,
+    RegistryUnavailable,
+    RegistryURLError,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8500
+# Two lost passes at the default beat are tolerated before consumers stop seeing the instance.
+DEFAULT_TTL_S = 10.0
+DEFAULT_BEAT_S = 3.0
+# How long a critical instance stays in the catalog; Consul raises anything lower to 1m.
+DEREGISTER_CRITICAL_AFTER = "1m"
+# A blocking query returns after this even without change (Consul adds up to wait/16 jitter).
+DEFAULT_WATCH_WAIT_S = 25.0
+# Any other call is answered by the local agent in milliseconds; beyond this it is unwell.
+DEFAULT_CALL_TIMEOUT_S = 5.0
+# How Consul says a TTL check is unknown: 1.8.x answers 500 with the first text, newer agents 404.
+_CHECK_GONE_MARKERS = ("does not have associated TTL", "Unknown check")
+_REJECTED = (ACLDisabled, ACLPermissionDenied, BadRequest, ClientError)
+
+
+@dataclass(slots=True)
+class _Published:
+    """What this process wants Consul to show for one instance."""
+
+    instance: Instance
+    offline: bool = False
+    synced: bool = True  # False after a change Consul may have missed: the beat publishes again
+
+    @property
+    def in_maintenance(self) -> bool:
+        return self.offline or self.instance.weight == 0
+
+
+class ConsulRegistry:
+    kind = "consul"
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        token: str | None = None,
+        ttl: float = DEFAULT_TTL_S,
+        beat_interval: float = DEFAULT_BEAT_S,
+        watch_wait: float = DEFAULT_WATCH_WAIT_S,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT_S,
+    ) -> None:
+        self._host = f"[{host}]" if ":" in host else host  # py-consul pastes it into a URL
+        self._port = port
+        self._token = token
+        self._ttl = f"{ttl:g}s"
+        self._beat_interval = beat_interval
+        self._watch_wait = watch_wait
+        self._call_timeout = call_timeout
+        self._blocking_timeout = watch_wait * 17 / 16 + call_timeout
+        self._client: Any = None  # created on first use: aiohttp wants a running loop
+        self._closed = False
+        self._published: dict[str, _Published] = {}
+        self._beats: dict[str, asyncio.Task[None]] = {}
+        # Serialises changes, so a beat's re-registration can never follow a deregistration.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_url(cls, parts: SplitResult, **options: Any) -> Self:
+        shown = f"{parts.scheme}://{parts.netloc}"  # never echo the token
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise RegistryURLError(f"bad port in registry URL {shown!r}: {exc}") from exc
+        if port == 0 or not parts.hostname or parts.path not in ("", "/"):
+            raise RegistryURLError(f"registry URL {shown!r}: expected consul://HOST[:PORT][?token=TOKEN]")
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if unknown := sorted(set(query) - {"token"}):
+            raise RegistryURLError(f"registry URL {shown!r}: unknown parameter(s) {unknown}, only token=")
+        token = query["token"][-1] if "token" in query else None
+        return cls(parts.hostname, port or DEFAULT_PORT, token=token or None, **options)
+
+    async def register(self, instance: Instance) -> None:
+        published = _Published(instance)
+        async with self._lock:
+            await self._publish(published)
+            self._published[instance.instance_id] = published
+            if instance.instance_id not in self._beats:
+                self._beats[instance.instance_id] = asyncio.create_task(
+                    self._beat(instance.instance_id), name=f"consul-beat-{instance.instance_id}"
+                )
+
+    async def set_weight(self, instance_id: str, weight: int) -> None:
+        async with self._lock:
+            published = self._published.get(instance_id)
+            if published is None:
+                raise RegistryRejected(f"{instance_id!r} was not registered through this registry")
+            published.instance, published.synced = published.instance.with_weight(weight), False
+            if weight == 0:
+                await self._set_maintenance(published)
+            else:
+                await self._publish(published)
+            published.synced = True
+
+    async def set_offline(self, instance_id: str) -> None:
+        async with self._lock:
+            published = self._published.get(instance_id)
+            if published is not None:
+                published.offline, published.synced = True, False
+                await self._set_maintenance(published)
+                published.synced = True
+
+    async def deregister(self, instance_id: str) -> None:
+        async with self._lock:
+            self._published.pop(instance_id, None)
+            await self._stop_beats([instance_id])
+            # An unknown service is no error: 1.8.x answers 200, newer agents 404 (False here).
+            await self._call("deregister", self._api().agent.service.deregister(instance_id))
+
+    async def watch(self, service: str) -> AsyncIterator[list[Instance]]:
+        index: int | None = None
+        last: list[Instance] | None = None
+        while True:
+            health = self._api().health
+            request = health.service(service, index=index, wait=f"{self._watch_wait:g}s", passing=True)
+            limit_s = self._call_timeout if index is None else self._blocking_timeout
+            header, entries = await self._call("watch", request, limit_s)
+            index = _next_index(index, header)
+            current = _instances(entries)
+            if current != last:
+                last = current
+                yield current
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._stop_beats(list(self._beats))
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _api(self) -> Any:
+        if self._closed:
+            raise RuntimeError("ConsulRegistry is closed")
+        if self._client is None:
+            # py-consul builds its connector with SSL arguments aiohttp deprecates; harmless
+            # for plain HTTP, but fatal wherever warnings are errors.
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore", "(ssl_context|verify_ssl) is deprecated", DeprecationWarning
+                )
+                self._client = consul.aio.Consul(
+                    host=self._host,
+                    port=self._port,
+                    scheme="http",
+                    verify=True,
+                    # The session's total timeout also bounds blocking queries: keep it above.
+                    connections_timeout=self._blocking_timeout + 1,
+                )
+            if self._token:
+                self._client.token = self._token  # py-consul lets CONSUL_HTTP_TOKEN win otherwise
+        return self._client
+
+    async def _call(self, what: str, request: Awaitable[Any], limit_s: float | None = None) -> Any:
+        """Await a py-consul request, translating its failures into the registry errors."""
+        limit_s = limit_s or self._call_timeout
+        try:
+            async with asyncio.timeout(limit_s):
+                return await request
+        except _REJECTED as exc:
+            raise RegistryRejected(f"consul {what}: {exc}") from exc
+        except ConsulException as exc:  # 5xx, and py-consul's Timeout
+            raise RegistryUnavailable(f"consul {what}: {exc}") from exc
+        except TimeoutError as exc:
+            raise RegistryUnavailable(f"consul {what}: no answer in {limit_s} s") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RegistryUnavailable(f"consul {what}: {exc!r}") from exc
+
+    async def _publish(self, published: _Published) -> None:
+        """Register the instance as `published` wants it (registering again replaces)."""
+        instance = published.instance
+        check = {
+            "CheckID": _check_id(instance.instance_id),
+            "Name": "graceful-sidecar heartbeat",
+            "TTL": self._ttl,
+            # Critical until maintenance is on, so an instance kept out is never shown in between.
+            "Status": "critical" if published.in_maintenance else "passing",
+            "DeregisterCriticalServiceAfter": DEREGISTER_CRITICAL_AFTER,
+        }
+        request = self._api().agent.service.register(
+            instance.service,
+            service_id=instance.instance_id,
+            address=instance.host,
+            port=instance.port,
+            meta=dict(instance.meta),
+            weights={"Passing": max(instance.weight, 1), "Warning": 1},
+            check=check,
+        )
+        await self._call("register", request)
+        await self._set_maintenance(published)
+
+    async def _set_maintenance(self, published: _Published) -> None:
+        # Always sent, also to turn it off: a previous process with this id may have left it on.
+        enable = published.in_maintenance
+        reason = ("offline" if published.offline else "weight 0") if enable else None
+        request = self._api().agent.service.maintenance(published.instance.instance_id, enable, reason)
+        # False (404) means the agent lost the service; the beat registers it again, maintenance too.
+        await self._call("maintenance", request)
+
+    async def _beat(self, instance_id: str) -> None:
+        """Keep the TTL check passing; publish again what the agent forgot or missed."""
+        while True:
+            await asyncio.sleep(self._beat_interval)
+            try:
+                known = await self._check_known(instance_id)
+                async with self._lock:
+                    if (published := self._published.get(instance_id)) is None:
+                        return
+                    if known and published.synced:
+                        continue
+                    if not known:
+                        log.warning("consul forgot %s (agent restarted?); registering it again", instance_id)
+                    await self._publish(published)
+                    published.synced = True
+            except RegistryError as exc:
+                log.warning("consul heartbeat of %s failed: %s", instance_id, exc)
+            except Exception:  # the beat must outlive any surprise, or the instance expires
+                log.exception("consul heartbeat of %s failed", instance_id)
+
+    async def _check_known(self, instance_id: str) -> bool:
+        """Pass the TTL check; False when the agent does not know it (any more)."""
+        try:
+            request = self._api().agent.check.ttl_pass(_check_id(instance_id))
+            return bool(await self._call("heartbeat", request))  # False: 404, newer agents
+        except RegistryUnavailable as exc:
+            if any(marker in str(exc.__cause__) for marker in _CHECK_GONE_MARKERS):
+                return False
+            raise
+
+    async def _stop_beats(self, instance_ids: list[str]) -> None:
+        tasks = [task for i in instance_ids if (task := self._beats.pop(i, None)) is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _check_id(instance_id: str) -> str:
+    return f"sidecar-ttl:{instance_id}"
+
+
+def _next_index(previous: int | None, header: object) -> int | None:
+    """The index for the next blocking query, following Consul's rules for odd values."""
+    try:
+        index = int(str(header))
+    except ValueError as exc:
+        raise RegistryUnavailable(f"consul watch: bad X-Consul-Index {header!r}") from exc
+    if previous is not None and index < previous:
+        return None  # the index went backwards (agent restarted, snapshot restored): read afresh
+    return max(index, 1)  # 0 would make the next query return at once, forever
+
+
+def _instances(entries: object) -> list[Instance]:
+    if not isinstance(entries, list):
+        raise RegistryUnavailable(f"consul watch: expected a list of entries, got {type(entries).__name__}")
+    found = (_instance(entry) for entry in entries)
+    return sorted((i for i in found if i is not None), key=lambda i: i.instance_id)
+
+
+def _instance(entry: object) -> Instance | None:
+    """An Instance from one `/v1/health/service` entry, or None (logged) when it is malformed."""
+    service = entry.get("Service") if isinstance(entry, dict) else None
+    node = entry.get("Node") if isinstance(entry, dict) else None
+    if isinstance(service, dict):
+        instance_id, name = service.get("ID"), service.get("Service")
+        host = service.get("Address") or (node.get("Address") if isinstance(node, dict) else None)
+        weights = service.get("Weights") or {"Passing": 1}
+        weight = _int_in(weights.get("Passing") if isinstance(weights, dict) else None, 1, 1 << 31)
+        port = _int_in(service.get("Port"), 1, 65535)
+        meta = service.get("Meta") or {}
+        texts = [instance_id, name, host, *meta.keys(), *meta.values()] if isinstance(meta, dict) else [None]
+        if port and weight and all(isinstance(text, str) for text in texts) and instance_id and name and host:
+            return Instance(name, instance_id, host, port, weight, meta)
+    log.warning("skipping a malformed consul health entry: %.300r", entry)
+    return None
+
+
+def _int_in(value: object, low: int, high: int) -> int | None:
+    return value if type(value) is int and low <= value <= high else None

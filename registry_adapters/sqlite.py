@@ -1,0 +1,278 @@
+"""Embedded SQLite backend, the default: one database file shared by the sidecars of one host.
+
+Features
+--------
+- No server to run. The file is in WAL mode, so readers never wait for the writer; writers wait
+  their turn (busy timeout) and every statement is its own short transaction.
+- `register` upserts a row and starts a heartbeat that pushes its `expires_at` forward. A
+  sidecar killed with SIGKILL stops beating and its row expires after the TTL. `expires_at` is
+  wall-clock time, the one clock all processes of a host share. A beat that finds its row gone
+  (pruned after a long stall, deleted by hand) inserts it again.
+- Weight 0 and `set_offline` keep the row but hide it from `watch`, which yields only the
+  instances that should get traffic.
+- `watch` polls the file every 100 ms (a local read costs microseconds; there is nothing to
+  subscribe to) and yields only when the list changed, also when a row expired.
+- `set_weight` and `set_offline` act on instances registered through this object (`set_weight`
+  of another one is rejected, `set_offline` of another one does nothing).
+- `close()` stops the heartbeats and leaves the rows to expire; it does not deregister.
+- sqlite3 calls run in worker threads (`asyncio.to_thread`), each with its own connection.
+
+Connection string
+-----------------
+`sqlite:///ABSOLUTE/PATH.db`: three slashes, then an absolute path. The parent directory is
+created if needed. Processes that should see each other use the same file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ParamSpec, Self, TypeVar
+from urllib.parse import SplitResult, unquote
+
+from registry_adapters.base import (
+    Instance,
+    RegistryError,
+    RegistryRejected,
+    RegistryUnavailable,
+    RegistryURLError,
+)
+
+log = logging.getLogger(__name__)
+
+# Three beats per TTL: two may be lost (a stalled event loop, a busy file) before the row expires.
+DEFAULT_TTL_S = 6.0
+DEFAULT_BEAT_S = 2.0
+DEFAULT_POLL_S = 0.1
+# Writers of other processes hold the lock for milliseconds; waiting longer means trouble.
+DEFAULT_BUSY_TIMEOUT_S = 5.0
+# Expired rows are deleted this long after expiry: invisible anyway, kept a while for debugging.
+PRUNE_AFTER_S = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    instance_id TEXT PRIMARY KEY,
+    service     TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    port        INTEGER NOT NULL,
+    weight      INTEGER NOT NULL,
+    meta        TEXT NOT NULL,              -- JSON object of strings
+    offline     INTEGER NOT NULL DEFAULT 0,
+    expires_at  REAL NOT NULL               -- time.time() seconds
+);
+CREATE INDEX IF NOT EXISTS instances_by_service ON instances (service);
+"""
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Published:
+    """What this process wants the table to show for one instance."""
+
+    instance: Instance
+    offline: bool = False
+
+
+class SQLiteRegistry:
+    kind = "sqlite"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        ttl: float = DEFAULT_TTL_S,
+        beat_interval: float = DEFAULT_BEAT_S,
+        poll_interval: float = DEFAULT_POLL_S,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT_S,
+    ) -> None:
+        self.path = Path(path)
+        self._ttl = ttl
+        self._beat_interval = beat_interval
+        self._poll_interval = poll_interval
+        self._busy_timeout = busy_timeout
+        self._schema_ready = False
+        self._closed = False
+        self._beats: dict[str, asyncio.Task[None]] = {}
+        # Held (in worker threads) around every write and every change of `_published`, so that
+        # a beat cannot insert again a row that deregister has just deleted.
+        self._write_lock = threading.Lock()
+        self._published: dict[str, _Published] = {}
+
+    @classmethod
+    def from_url(cls, parts: SplitResult, **options: Any) -> Self:
+        path = unquote(parts.path)
+        if parts.netloc or not path.startswith("/") or path.endswith("/") or parts.query:
+            raise RegistryURLError(
+                f"registry URL {parts.geturl()!r} needs an absolute file path, e.g. sqlite:///var/lib/sidecar.db"
+            )
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RegistryURLError(
+                f"registry URL {parts.geturl()!r}: cannot create its directory: {exc}"
+            ) from exc
+        return cls(path, **options)
+
+    async def register(self, instance: Instance) -> None:
+        await self._run(self._write_register, _Published(instance))
+        if instance.instance_id not in self._beats:
+            self._beats[instance.instance_id] = asyncio.create_task(
+                self._beat(instance.instance_id), name=f"sqlite-beat-{instance.instance_id}"
+            )
+
+    async def set_weight(self, instance_id: str, weight: int) -> None:
+        if not await self._run(self._write_change, instance_id, weight=weight):
+            raise RegistryRejected(f"{instance_id!r} was not registered through this registry")
+
+    async def set_offline(self, instance_id: str) -> None:
+        await self._run(self._write_change, instance_id, offline=True)
+
+    async def deregister(self, instance_id: str) -> None:
+        await self._run(self._write_deregister, instance_id)
+        task = self._beats.pop(instance_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def watch(self, service: str) -> AsyncIterator[list[Instance]]:
+        last: list[Instance] | None = None
+        while True:
+            current = await self._run(self._read_live, service)
+            if current != last:
+                last = current
+                yield current
+            await asyncio.sleep(self._poll_interval)
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = list(self._beats.values())
+        self._beats.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    async def _run(self, work: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run blocking sqlite3 work in a thread, translating its errors."""
+        if self._closed:
+            raise RuntimeError("SQLiteRegistry is closed")
+        try:
+            return await asyncio.to_thread(work, *args, **kwargs)
+        except sqlite3.OperationalError as exc:  # locked, unreadable, disk full: may pass
+            if "no such table" in str(exc):
+                self._schema_ready = False  # the file was replaced: the next call recreates it
+            raise RegistryUnavailable(f"sqlite {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:  # not a database, constraint: retrying will not help
+            raise RegistryRejected(f"sqlite {self.path}: {exc}") from exc
+
+    async def _beat(self, instance_id: str) -> None:
+        while True:
+            await asyncio.sleep(self._beat_interval)
+            try:
+                if not await self._run(self._write_change, instance_id):
+                    return
+            except RegistryError as exc:
+                log.warning("sqlite heartbeat of %s failed: %s", instance_id, exc)
+            except Exception:  # the beat must outlive any surprise, or the instance expires
+                log.exception("sqlite heartbeat of %s failed", instance_id)
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: autocommit, each statement a transaction of its own.
+        db = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: safe from corruption, and fast
+        if not self._schema_ready:
+            db.execute("PRAGMA journal_mode=WAL")  # stored in the file: once is enough
+            db.executescript(_SCHEMA)
+            self._schema_ready = True
+        return db
+
+    def _write_register(self, published: _Published) -> None:
+        now = time.time()
+        with self._write_lock, closing(self._connect()) as db:
+            db.execute("DELETE FROM instances WHERE expires_at < ?", (now - PRUNE_AFTER_S,))
+            self._insert(db, published, now)
+            self._published[published.instance.instance_id] = published
+
+    def _write_change(self, instance_id: str, *, weight: int | None = None, offline: bool = False) -> bool:
+        """Apply a change to the local copy, then write the row (again if it vanished) with a
+        new expiry: set_weight, set_offline and the heartbeat. False if not registered here."""
+        now = time.time()
+        with self._write_lock, closing(self._connect()) as db:
+            published = self._published.get(instance_id)
+            if published is None:
+                return False
+            if weight is not None:
+                published.instance = published.instance.with_weight(weight)
+            published.offline = published.offline or offline
+            updated = db.execute(
+                "UPDATE instances SET weight = ?, offline = ?, expires_at = ? WHERE instance_id = ?",
+                (published.instance.weight, published.offline, now + self._ttl, instance_id),
+            )
+            if updated.rowcount == 0:
+                log.warning("sqlite row of %s vanished while registered; inserting it again", instance_id)
+                self._insert(db, published, now)
+            return True
+
+    def _write_deregister(self, instance_id: str) -> None:
+        with self._write_lock, closing(self._connect()) as db:
+            self._published.pop(instance_id, None)
+            db.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
+
+    def _insert(self, db: sqlite3.Connection, published: _Published, now: float) -> None:
+        i, meta = published.instance, json.dumps(dict(published.instance.meta))
+        row = (i.instance_id, i.service, i.host, i.port, i.weight, meta, published.offline, now + self._ttl)
+        db.execute("INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)  # schema order
+
+    def _read_live(self, service: str) -> list[Instance]:
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT instance_id, host, port, weight, meta FROM instances"
+                " WHERE service = ? AND offline = 0 AND weight > 0 AND expires_at > ?"
+                " ORDER BY instance_id",
+                (service, time.time()),
+            ).fetchall()
+        found = (_instance(service, row) for row in rows)
+        return [instance for instance in found if instance is not None]
+
+
+def _instance(service: str, row: tuple[Any, ...]) -> Instance | None:
+    """An Instance from a row, or None (logged) when another writer stored something odd."""
+    instance_id, host, port, weight, meta_json = row
+    try:
+        meta = json.loads(meta_json)
+    except (TypeError, ValueError):
+        meta = None
+    if (
+        isinstance(instance_id, str)
+        and isinstance(host, str)
+        and type(port) is int
+        and type(weight) is int
+        and isinstance(meta, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
+    ):
+        return Instance(service, instance_id, host, port, weight, meta)
+    log.warning("skipping a malformed sqlite row: %.300r", row)
+    return None

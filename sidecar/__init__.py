@@ -1,0 +1,1 @@
+"""graceful-sidecar: lossless releases for any service."""

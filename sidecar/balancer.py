@@ -1,0 +1,98 @@
+"""Pure policy for the consumer side: effective weights, instance picking, the retry budget.
+
+Nothing here does I/O or reads a clock by itself: times and random sources are arguments, so
+the behaviour is a function of its inputs and is tested with properties (hypothesis).
+
+Picking is power-of-two-choices least-request, weighted: draw two candidates with probability
+proportional to their weight, keep the one with fewer requests in flight per unit of weight.
+When nothing is in flight the first draw wins, so the long-run share follows the weights
+exactly; under load the second draw steers away from a slow or overloaded instance.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from registry_adapters import base as meta
+from sidecar.warmup import Warmup
+
+
+def effective_weight(instance_weight: int, fields: Mapping[str, str], now_ms: int) -> float:
+    """The weight a consumer gives an instance, from the metadata its provider sidecar published:
+    an override wins; during warmup `base x max(min%, (t/T)^curve)`; else the base. Instances
+    without (valid) sidecar metadata keep their registry weight."""
+    try:
+        if meta.META_WEIGHT_OVERRIDE in fields:
+            return float(max(0, int(fields[meta.META_WEIGHT_OVERRIDE])))
+        base = float(int(fields[meta.META_WEIGHT]))
+        window = float(fields.get(meta.META_WARMUP_S, "0"))
+        start_ms = int(fields.get(meta.META_START_MS, "0"))
+        curve = float(fields.get(meta.META_WARMUP_CURVE, "2"))
+        floor = float(fields.get(meta.META_WARMUP_MIN_PERCENT, "10"))
+    except (KeyError, ValueError):
+        return float(max(0, instance_weight))
+    if window <= 0 or base <= 0:
+        return max(0.0, base)
+    warmup = Warmup(window, max(0.1, curve), min(100.0, max(0.0, floor)))
+    return base * warmup.factor((now_ms - start_ms) / 1000.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    weight: float
+    inflight: int
+
+
+def weighted_draw(cumulative: Sequence[float], rng: random.Random) -> int:
+    return bisect.bisect_right(cumulative, rng.random() * cumulative[-1])
+
+
+def pick(candidates: Sequence[Candidate], rng: random.Random) -> int | None:
+    """Index of the chosen candidate, or None when no candidate has a positive weight."""
+    usable = [index for index, candidate in enumerate(candidates) if candidate.weight > 0]
+    if not usable:
+        return None
+    if len(usable) == 1:
+        return usable[0]
+    cumulative = list(itertools.accumulate(candidates[index].weight for index in usable))
+    first = usable[min(weighted_draw(cumulative, rng), len(usable) - 1)]
+    second = usable[min(weighted_draw(cumulative, rng), len(usable) - 1)]
+
+    def load(index: int) -> float:
+        return candidates[index].inflight / candidates[index].weight
+
+    return second if load(second) < load(first) else first
+
+
+class RetryBudget:
+    """Finagle's retry budget: retries may add about `percent` of the requests, plus
+    `min_per_second` so that a quiet service can still retry; a bad deploy cannot turn into a
+    retry storm. A token bucket: each request deposits `percent`, time deposits
+    `min_per_second`, a retry withdraws one; the balance is capped at `cap`."""
+
+    def __init__(self, percent: float = 0.2, min_per_second: float = 10.0, cap: float = 100.0) -> None:
+        self.percent = percent
+        self.min_per_second = min_per_second
+        self.cap = cap
+        self._balance = min_per_second
+        self._last = 0.0
+
+    def _refill(self, now: float) -> None:
+        if self._last:
+            self._balance = min(self.cap, self._balance + (now - self._last) * self.min_per_second)
+        self._last = now
+
+    def on_request(self, now: float) -> None:
+        self._refill(now)
+        self._balance = min(self.cap, self._balance + self.percent)
+
+    def try_withdraw(self, now: float) -> bool:
+        self._refill(now)
+        if self._balance >= 1:
+            self._balance -= 1
+            return True
+        return False

@@ -1,0 +1,145 @@
+"""Commands and option parsing; the only place that calls sys.exit.
+
+    graceful-sidecar run      [options]
+    graceful-sidecar exec     [options] -- CMD ...
+    graceful-sidecar shutdown [--admin HOST:PORT] [--token T]
+    graceful-sidecar demo     [--registry URL]
+
+Exit statuses: 0 success; 1 the sidecar could not start or a shutdown did not drain;
+2 bad options or configuration; 128+N forced exit by a second signal N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from registry_adapters import RegistryError
+from sidecar.config import OPTIONS, Settings, load_settings, parse_host_port
+from sidecar.errors import ConfigError, SidecarError
+
+EXIT_CONFIG = 2
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll is noise
+
+
+def add_sidecar_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML file with the options below as keys")
+    for option in OPTIONS:
+        parser.add_argument(
+            option.flag,
+            dest=option.attr,
+            metavar=option.metavar or None,
+            action="append" if option.repeatable else "store",
+            default=None,
+            help=f"{option.help} [env {option.env}]",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graceful-sidecar", description="Lossless releases for any service."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_sidecar_options(commands.add_parser("run", help="run the sidecar"))
+    add_sidecar_options(commands.add_parser("exec", help="run the sidecar with CMD as its supervised child"))
+    shutdown = commands.add_parser("shutdown", help="call /shutdown and wait until drained")
+    shutdown.add_argument("--admin", default="127.0.0.1:16688", metavar="HOST:PORT")
+    shutdown.add_argument("--token", default=None, metavar="T")
+    demo = commands.add_parser("demo", help="the rolling-restart demonstration")
+    demo.add_argument("--registry", default=None, metavar="URL", help="default: a fresh embedded SQLite file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run_cli(list(sys.argv[1:] if argv is None else argv)))
+
+
+def run_cli(argv: list[str]) -> int:
+    command: list[str] = []
+    if argv[:1] == ["exec"] and "--" in argv:
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1 :]
+    args = build_parser().parse_args(argv)
+    if args.command == "shutdown":
+        return shutdown_command(args.admin, args.token)
+    if args.command == "demo":
+        from sidecar.demo import run_demo
+
+        return run_demo(args.registry)
+    if args.command == "exec" and not command:
+        print("graceful-sidecar exec: missing '-- CMD [ARGS...]'", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        settings = load_settings(vars(args), command=command)
+    except ConfigError as exc:
+        print(f"graceful-sidecar: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log_format)
+    return run_sidecar(settings)
+
+
+def run_sidecar(settings: Settings) -> int:
+    from sidecar.runtime import serve
+
+    try:
+        return asyncio.run(serve(settings))
+    except RegistryError as exc:
+        print(f"graceful-sidecar: --registry {settings.registry}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SidecarError as exc:
+        print(f"graceful-sidecar: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a SIGINT before the handlers were installed
+        return 130
+
+
+def shutdown_command(admin: str, token: str | None) -> int:
+    """Call /shutdown on a local sidecar and wait; 0 once drained, 1 otherwise."""
+    try:
+        address = parse_host_port(admin)
+    except ValueError as exc:
+        print(f"graceful-sidecar shutdown: --admin: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        # No read timeout: /shutdown answers when the drain ends, bounded by --drain-timeout.
+        timeout = httpx.Timeout(None, connect=5.0)
+        response = httpx.post(f"http://{address}/shutdown", headers=headers, timeout=timeout, trust_env=False)
+    except httpx.HTTPError as exc:
+        print(f"graceful-sidecar shutdown: cannot reach the sidecar at {address}: {exc}", file=sys.stderr)
+        return 1
+    print(response.text)
+    return 0 if response.status_code == 200 else 1

@@ -1,0 +1,107 @@
+"""What is in flight through the inbound proxy, and who has been calling.
+
+`InflightTracker` counts requests and keeps two events, so a drain can wait without polling:
+`idle` is set while nothing is in flight, `arrived` is set by each new request. The quiet-period
+wait sleeps until the quiet deadline *or* the next arrival, whichever comes first.
+
+`ConsumerBook` remembers the admin URLs of consumer sidecars (`X-Sidecar-Consumer`) that called
+recently, bounded in size and age, so the offline sequence knows whom to notify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from urllib.parse import urlsplit
+
+
+class InflightTracker:
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._arrived = asyncio.Event()
+        self.last_arrival = 0.0  # time.monotonic() of the last request that came in
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        self._count += 1
+        self.last_arrival = time.monotonic()
+        self._idle.clear()
+        self._arrived.set()
+        try:
+            yield
+        finally:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.set()
+
+    async def wait_quiet(self, quiet_period: float, since: float) -> None:
+        """Return once nothing is in flight and no request arrived during the last
+        `quiet_period` seconds, counting no earlier than `since` (a monotonic time)."""
+        while True:
+            await self._idle.wait()
+            quiet_until = max(self.last_arrival, since) + quiet_period
+            remaining = quiet_until - time.monotonic()
+            if remaining <= 0:
+                if self._count == 0:
+                    return
+                continue
+            self._arrived.clear()
+            # Not polling: this wakes on the next arrival or when the quiet window has passed.
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+
+
+# A fleet-wide bound: thousands of consumer sidecars would be unusual for one provider, and the
+# oldest are the least likely to call again.
+MAX_CONSUMERS = 4096
+# "Consumers that called in the last minutes": a consumer idle for longer has refreshed its
+# registry cache by now (caches refresh in 5 to 30 s).
+CONSUMER_TTL_SECONDS = 300.0
+MAX_CONSUMER_URL_LENGTH = 512
+
+
+class ConsumerBook:
+    def __init__(self, max_size: int = MAX_CONSUMERS, ttl: float = CONSUMER_TTL_SECONDS) -> None:
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._max_size = max_size
+        self._ttl = ttl
+
+    def remember(self, header_value: str) -> bool:
+        """Remember a consumer's admin URL; ignore (return False) anything that is not one."""
+        url = header_value.strip().rstrip("/")
+        if len(url) > MAX_CONSUMER_URL_LENGTH:
+            return False
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            return False
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            return False
+        self._seen[url] = time.monotonic()
+        self._seen.move_to_end(url)
+        while len(self._seen) > self._max_size:
+            self._seen.popitem(last=False)
+        return True
+
+    def recent(self) -> list[str]:
+        """Consumers seen within the TTL, oldest first; expired ones are forgotten."""
+        horizon = time.monotonic() - self._ttl
+        while self._seen:
+            url, seen = next(iter(self._seen.items()))
+            if seen >= horizon:
+                break
+            del self._seen[url]
+        return list(self._seen)
+
+    def __len__(self) -> int:
+        return len(self.recent())

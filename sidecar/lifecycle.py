@@ -1,0 +1,325 @@
+"""The phase state machine: the online and the offline sequence, each written once, in order.
+
+    starting -> registering -> warming -> serving -> draining -> drained
+
+`online()` runs as a task from start-up; `offline()` is what /shutdown, SIGTERM and SIGINT call.
+The offline sequence runs once: concurrent and later callers all get the same `DrainResult`.
+Registry failures never stop either sequence: they are recorded (for /status and metrics) and
+retried with backoff, within the drain deadline when going offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+from registry_adapters import Instance, Registry, RegistryError
+from registry_adapters import base as meta
+from sidecar.config import Settings
+from sidecar.inflight import ConsumerBook, InflightTracker
+from sidecar.metrics import Metrics
+from sidecar.notify import Notifier, OfflineNotice
+from sidecar.warmup import Warmup
+
+log = logging.getLogger("sidecar.lifecycle")
+
+# Health polling of an app that is starting: often enough that registration follows readiness
+# closely, rarely enough to be invisible in the app's logs and CPU.
+HEALTH_POLL_SECONDS = 0.2
+HEALTH_TIMEOUT_SECONDS = 2.0
+# Registry retries: quick first tries (a blip), then at most every 5 s (an outage).
+BACKOFF_FIRST_SECONDS = 0.2
+BACKOFF_MAX_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class DrainResult:
+    drained: bool
+    inflight: int
+    seconds: float
+    notified: int
+    deregistered: bool
+
+    def body(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        tracker: InflightTracker,
+        consumers: ConsumerBook,
+        notifier: Notifier,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.tracker = tracker
+        self.consumers = consumers
+        self.notifier = notifier
+        self.metrics = metrics
+        self.warmup = Warmup(settings.warmup, settings.warmup_curve, settings.warmup_min_percent)
+        self.phase = "starting"
+        self.registered = False
+        self.registry_error: str | None = None
+        self.override: int | None = None
+        self.refusing = False  # the drain has ended: requests are refused, not forwarded
+        self._register_attempted = False  # a register call may have reached the registry
+        self._registered_at = 0.0  # monotonic
+        self._start_ms = 0
+        self._published: tuple[int, int | None] | None = None  # (weight, override) in the registry
+        self._publish_lock = asyncio.Lock()
+        self._online_task: asyncio.Task[None] | None = None
+        self._offline_task: asyncio.Task[DrainResult] | None = None
+        metrics.set_phase(self.phase)
+
+    # --- what other components read
+
+    @property
+    def provider(self) -> bool:
+        """False for a consumer-only sidecar (no --listen): nothing to register."""
+        return self.settings.advertise is not None
+
+    @property
+    def ready(self) -> bool:
+        return self.phase in ("warming", "serving") and (self.registered or not self.provider)
+
+    @property
+    def closing(self) -> bool:
+        return self.phase in ("draining", "drained")
+
+    def current_weight(self) -> int:
+        if self.override is not None:
+            return self.override
+        if not self.registered:
+            return 0
+        return self.warmup.weight(self.settings.weight, time.monotonic() - self._registered_at)
+
+    def weight_body(self) -> dict[str, Any]:
+        elapsed = time.monotonic() - self._registered_at if self.registered else 0.0
+        return {
+            "base": self.settings.weight,
+            "current": self.current_weight(),
+            "override": self.override,
+            "warmup": {
+                "window_s": self.warmup.window,
+                "curve": self.warmup.curve,
+                "min_percent": self.warmup.min_percent,
+                "elapsed_s": round(elapsed, 3),
+                "active": self.phase == "warming",
+            },
+        }
+
+    # --- the online sequence
+
+    def start(self) -> None:
+        self._online_task = asyncio.create_task(self.online(), name="online-sequence")
+
+    async def online(self) -> None:
+        # 1. Phase starting: poll the app's health URL until it answers 2xx.
+        self._set_phase("starting")
+        await self._wait_app_healthy()
+        # 2. Phase registering: wait --register-delay.
+        self._set_phase("registering")
+        await asyncio.sleep(self.settings.register_delay)
+        # 3. Register with the sidecar metadata (retried while the registry is down); ready.
+        if self.provider:
+            await self._retry("register", self._register_now)
+        warming = self.warmup.window > 0 and self.provider
+        self._set_phase("warming" if warming else "serving")
+        log.info("online: %s registered as %s", self.settings.service, self.settings.instance_id)
+        # 4. Warmup: raise the registry weight in steps until the window has passed.
+        while warming and (elapsed := time.monotonic() - self._registered_at) < self.warmup.window:
+            await self.publish_weight()
+            await asyncio.sleep(min(self.warmup.step_seconds(), self.warmup.window - elapsed))
+        self._set_phase("serving")
+        await self.publish_weight()
+
+    async def _wait_app_healthy(self) -> None:
+        if not self.settings.app or not self.settings.app_health:
+            return
+        url = self.settings.app + "/" + self.settings.app_health.lstrip("/")
+        async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_SECONDS, trust_env=False) as client:
+            while True:
+                try:
+                    if (await client.get(url)).is_success:
+                        return
+                except httpx.HTTPError:
+                    pass  # not up yet
+                await asyncio.sleep(HEALTH_POLL_SECONDS)
+
+    async def _register_now(self) -> None:
+        start_ms = int(time.time() * 1000)
+        self._register_attempted = True
+        await self.registry.register(self._instance(start_ms))
+        self._start_ms = start_ms
+        self._registered_at = time.monotonic()
+        self.registered = True
+        self._published = (self.current_weight(), self.override)
+        self.metrics.weight.set(self.current_weight())
+
+    def _instance(self, start_ms: int) -> Instance:
+        advertise = self.settings.advertise
+        assert advertise is not None  # only providers register
+        fields = {
+            meta.META_START_MS: str(start_ms),
+            meta.META_WARMUP_S: f"{self.warmup.window:g}",
+            meta.META_WARMUP_CURVE: f"{self.warmup.curve:g}",
+            meta.META_WARMUP_MIN_PERCENT: f"{self.warmup.min_percent:g}",
+            meta.META_WEIGHT: str(self.settings.weight),
+            meta.META_ADMIN: self.settings.advertise_admin,
+        }
+        if self.override is not None:
+            fields[meta.META_WEIGHT_OVERRIDE] = str(self.override)
+        # Registries such as Consul cannot publish weight 0 at registration: set_weight(0) follows.
+        weight = max(
+            1, self.current_weight() if self.registered else self.warmup.weight(self.settings.weight, 0)
+        )
+        return Instance(
+            self.settings.service, self.settings.instance_id, advertise.host, advertise.port, weight, fields
+        )
+
+    async def set_override(self, weight: int | None) -> bool:
+        """PUT/DELETE /weight: publish at once. Returns whether the registry has it now."""
+        self.override = weight
+        return await self.publish_weight()
+
+    async def publish_weight(self) -> bool:
+        """Bring the registry in line with the current weight and override; False if it failed."""
+        async with self._publish_lock:
+            if not self.registered or self.closing:
+                return False
+            wanted = (self.current_weight(), self.override)
+            if wanted == self._published:
+                return True
+            try:
+                if self._published is None or wanted[1] != self._published[1]:
+                    await self.registry.register(self._instance(self._start_ms))  # the metadata changed
+                await self.registry.set_weight(self.settings.instance_id, wanted[0])
+            except RegistryError as exc:
+                self._registry_failed("set_weight", exc)
+                return False
+            self._published = wanted
+            self.registry_error = None
+            self.metrics.registry_ops.labels("set_weight").inc()
+            self.metrics.weight.set(wanted[0])
+            return True
+
+    # --- the offline sequence
+
+    async def offline(self) -> DrainResult:
+        """Run the offline sequence once; every caller waits for, and gets, the same result."""
+        if self._offline_task is None:
+            self._offline_task = asyncio.create_task(self._offline(), name="offline-sequence")
+        # Shielded: a caller that goes away (a /shutdown client hanging up) must not stop it.
+        return await asyncio.shield(self._offline_task)
+
+    async def _offline(self) -> DrainResult:
+        started = time.monotonic()
+        deadline = started + self.settings.drain_timeout
+        if self._online_task is not None and not self._online_task.done():
+            self._online_task.cancel()
+            await asyncio.wait([self._online_task])  # no register call may land after ours
+        # 1. Phase draining: /ready answers 503, responses are marked closing.
+        self._set_phase("draining")
+        log.info("offline: draining %s (%d in flight)", self.settings.instance_id, self.tracker.count)
+        # 2. Registry: take the instance out, retried in the background until the drain deadline.
+        was_registered = self._register_attempted
+        deregistering = asyncio.create_task(self._deregister(deadline)) if was_registered else None
+        # 3. Notify every consumer that called recently, in parallel.
+        notice = OfflineNotice(self.settings.service, self.settings.instance_id, str(self.settings.advertise))
+        notifying = asyncio.create_task(self.notifier.send_all(self.consumers.recent(), notice))
+        # 4. Keep serving what arrives: the inbound proxy marks those responses closing.
+        # 5. Wait for: nothing in flight, no request for --quiet-period, notifications done.
+        waiting = asyncio.gather(
+            asyncio.shield(notifying), self.tracker.wait_quiet(self.settings.quiet_period, started)
+        )
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await waiting
+        except TimeoutError:
+            log.warning("offline: drain timeout with %d requests in flight", self.tracker.count)
+        inflight = self.tracker.count
+        deregistered = not was_registered
+        if deregistering is not None:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    deregistered = await deregistering
+            except TimeoutError:
+                deregistered = False
+        sent = await notifying if notifying.done() else []
+        if not notifying.done():
+            notifying.cancel()
+        # 6. Phase drained: refuse whatever still arrives; the result answers /shutdown.
+        self.refusing = True
+        self._set_phase("drained")
+        result = DrainResult(
+            drained=inflight == 0,
+            inflight=inflight,
+            seconds=round(time.monotonic() - started, 3),
+            notified=sum(sent),
+            deregistered=deregistered,
+        )
+        self.metrics.drain_seconds.set(result.seconds)
+        self.metrics.notifications.labels("ok").inc(sum(sent))
+        self.metrics.notifications.labels("failed").inc(len(sent) - sum(sent))
+        log.info("offline: %s", result.body())
+        return result
+
+    async def _deregister(self, deadline: float) -> bool:
+        async def take_out() -> None:
+            await self.registry.set_offline(self.settings.instance_id)
+            await self.registry.deregister(self.settings.instance_id)
+
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._retry("deregister", take_out)
+        except TimeoutError:
+            return False
+        self.registered = False
+        self.metrics.weight.set(0)
+        return True
+
+    async def stop_tasks(self) -> None:
+        """On exit: cancel the sequences that still run, and wait for them to end."""
+        tasks = [task for task in (self._online_task, self._offline_task) if task and not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # --- shared helpers
+
+    async def _retry(self, op: str, call: Callable[[], Awaitable[None]]) -> None:
+        pause = BACKOFF_FIRST_SECONDS
+        while True:
+            try:
+                await call()
+            except RegistryError as exc:
+                self._registry_failed(op, exc)
+            else:
+                self.registry_error = None
+                self.metrics.registry_ops.labels(op).inc()
+                return
+            await asyncio.sleep(pause * random.uniform(0.8, 1.2))  # jitter spreads a fleet's retries
+            pause = min(pause * 2, BACKOFF_MAX_SECONDS)
+
+    def _registry_failed(self, op: str, exc: RegistryError) -> None:
+        self.registry_error = f"{op}: {exc}"
+        self.metrics.registry_errors.labels(op).inc()
+        log.warning("registry %s failed: %s", op, exc)
+
+    def _set_phase(self, phase: str) -> None:
+        if phase != self.phase:
+            log.info("phase %s -> %s", self.phase, phase)
+        self.phase = phase
+        self.metrics.set_phase(phase)

@@ -1,0 +1,129 @@
+"""Settings: flags > SIDECAR_* env > TOML file > defaults, and one clear line per bad value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import HostPort, load_settings
+from sidecar.errors import ConfigError
+
+BASE = {"service": "svc", "listen": "127.0.0.1:8000", "app": "http://127.0.0.1:8080"}
+
+
+def test_defaults() -> None:
+    """Without options beyond the required ones, the design's defaults apply."""
+    settings = load_settings(BASE, env={})
+    assert settings.admin == HostPort("127.0.0.1", 16688)
+    assert settings.advertise == HostPort("127.0.0.1", 8000)
+    assert settings.advertise_admin == "http://127.0.0.1:16688"
+    assert settings.weight == 100
+    assert settings.drain_timeout == 25
+    assert settings.quiet_period == 1
+    assert settings.warmup == 0
+    assert settings.warmup_curve == 2
+    assert settings.warmup_min_percent == 10
+    assert settings.app_health == "/health"
+    assert settings.registry.startswith("sqlite://")
+    assert settings.instance_id.startswith("svc-")
+    assert settings.instance_id.endswith("-8000")
+
+
+def test_precedence_flag_env_file(tmp_path: Path) -> None:
+    """A flag beats the environment, which beats the TOML file, which beats the default."""
+    config = tmp_path / "sidecar.toml"
+    config.write_text('weight = 10\ndrain-timeout = 7\nquiet_period = 3\nupstream = ["a=127.0.0.1:9001"]\n')
+    env = {"SIDECAR_WEIGHT": "20", "SIDECAR_DRAIN_TIMEOUT": "8"}
+    settings = load_settings({**BASE, "config": str(config), "weight": "30"}, env=env)
+    assert settings.weight == 30  # flag
+    assert settings.drain_timeout == 8  # env
+    assert settings.quiet_period == 3  # file, with the underscore spelling
+    assert [u.service for u in settings.upstream] == ["a"]  # file list
+    assert load_settings(BASE, env={"SIDECAR_CONFIG": str(config)}).weight == 10
+
+
+def test_repeatable_options_from_env() -> None:
+    """Repeatable options take a comma-separated list from the environment."""
+    settings = load_settings(BASE, env={"SIDECAR_ALLOW": "10.0.0.0/8,192.168.1.7"})
+    assert [str(network) for network in settings.allow] == ["10.0.0.0/8", "192.168.1.7/32"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        ({"weight": "0"}, {}, "--weight: expected an integer in 1..65535, got 0"),
+        ({"weight": "abc"}, {}, "--weight: expected an integer in 1..65535, got 'abc'"),
+        ({}, {"SIDECAR_WEIGHT": "70000"}, "SIDECAR_WEIGHT: expected an integer in 1..65535, got 70000"),
+        ({"drain_timeout": "-1"}, {}, "--drain-timeout: expected seconds between 0 and 86400"),
+        ({"listen": "nope"}, {}, "--listen: expected HOST:PORT"),
+        ({"listen": "127.0.0.1:99999"}, {}, "--listen: expected port in 1..65535"),
+        ({"app": "ftp://x"}, {}, "--app: expected an http:// or https:// URL"),
+        ({"allow": ["10.0.0.0/33"]}, {}, "--allow: expected an IP address or CIDR block"),
+        ({"upstream": ["nope"]}, {}, "--upstream: expected NAME=HOST:PORT"),
+        ({"log_format": "xml"}, {}, "--log-format: expected json or text"),
+        ({"warmup_curve": "0"}, {}, "--warmup-curve: expected an exponent between 0.1 and 10"),
+        ({"registry": "localhost:8500"}, {}, "--registry: expected a URL"),
+        ({"service": None}, {}, "--service is required"),
+        ({"app": None}, {}, "--listen needs --app"),
+    ],
+)
+def test_bad_values_name_the_option(flags: dict[str, object], env: dict[str, str], message: str) -> None:
+    """Each bad value raises ConfigError whose one-line message names the option as written."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**BASE, **flags}, env=env)
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_bad_config_file(tmp_path: Path) -> None:
+    """An unknown key or broken TOML in --config is named in the error."""
+    config = tmp_path / "bad.toml"
+    config.write_text("wieght = 5\n")
+    with pytest.raises(ConfigError, match="unknown key 'wieght'"):
+        load_settings({**BASE, "config": str(config)}, env={})
+    config.write_text("weight = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings({**BASE, "config": str(config)}, env={})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings({**BASE, "config": str(tmp_path / "missing.toml")}, env={})
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--service", "s", "--weight", "abc"], "graceful-sidecar: --weight: expected an integer"),
+        (["run", "--service", "s", "--registry", "consol://x:1"], "did you mean consul://?"),
+        (["run"], "--service is required"),
+        (["exec", "--service", "s"], "missing '-- CMD"),
+    ],
+)
+def test_cli_rejects_bad_options_with_one_line(argv: list[str], message: str) -> None:
+    """The real command exits 2 with one line on stderr naming the problem, no traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar", *argv], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_reports_busy_port(tmp_path: Path) -> None:
+    """An admin port already in use: exit 1 with one line naming --admin."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "sidecar", "run", "--service", "s", "--admin", f"127.0.0.1:{port}",
+             "--registry", f"sqlite://{tmp_path / 'r.db'}", "--log-format", "json"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert f"--admin 127.0.0.1:{port}: cannot listen" in done.stderr
+    assert "Traceback" not in done.stderr
