@@ -6,7 +6,8 @@
     graceful-sidecar demo     [--registry URL]
 
 Exit statuses: 0 success; 1 the sidecar could not start or a shutdown did not drain;
-2 bad options or configuration; 128+N forced exit by a second signal N.
+2 bad options or configuration; 128+N forced exit by a second signal N. In exec mode: the
+child's status (128+N if signal N killed it), 127 if CMD was not found, 126 if not executable.
 """
 
 from __future__ import annotations
@@ -113,9 +114,13 @@ def run_cli(argv: list[str]) -> int:
 
 def run_sidecar(settings: Settings) -> int:
     from sidecar.runtime import serve
+    from sidecar.supervisor import ChildSpawnError
 
     try:
         return asyncio.run(serve(settings))
+    except ChildSpawnError as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
     except RegistryError as exc:
         print(f"graceful-sidecar: --registry {settings.registry}: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -301,7 +301,7 @@ def load_settings(
         values["registry"] = f"sqlite://{default_state_dir() / 'registry.db'}"
     if values["log_format"] is None:
         values["log_format"] = "text" if os.isatty(2) else "json"
-    if values["listen"] is not None and values["app"] is None and not command:
+    if values["listen"] is not None and values["app"] is None:
         raise ConfigError("--listen needs --app: the inbound proxy forwards to the application")
     if values["listen"] is not None and values["listen"] == values["admin"]:
         raise ConfigError(f"--listen and --admin are both {values['admin']}: they need separate ports")

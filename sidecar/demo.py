@@ -1,185 +1,180 @@
-"""`graceful-sidecar demo`: one instance taken offline under load, every number measured live.
+"""`graceful-sidecar demo`: the same rolling restart done twice under load, measured live.
 
-A bundled demo app runs behind a provider sidecar registered in the embedded SQLite registry
-(or `--registry consul://...`). Clients keep requests in flight through the sidecar; then
-`/shutdown` is called the way a Kubernetes preStop hook does, and the clients stop calling the
-instance as soon as a response says it is closing (what a consumer sidecar does). Finally the app
-gets SIGTERM. The summary shows what happened: requests served and failed, the drain's duration,
-the registry before and after, and how many requests the app had in flight when SIGTERM came.
+Three instances of the bundled demo app, each behind a provider sidecar; one consumer sidecar
+with an upstream listener; a load generator keeping 32 POSTs of 20-300 ms in flight through it.
+The three instances are rolled twice, paced the same way (each replacement gets
+`MIN_READY_SECONDS`, Kubernetes' minReadySeconds, before the next step):
+
+1. plain: the app gets SIGTERM directly and stops with whatever it had in flight; nothing takes
+   it out of the registry until its heartbeat expires; replacements take full traffic at once.
+2. sidecar: preStop `GET /shutdown` (deregister, notify consumers, drain), then SIGTERM;
+   replacements register after their health check and warm up over `WARMUP_SECONDS`.
+
+Every number printed, and the HTML report's chart, come from this run's requests.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import AsyncExitStack, aclosing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from sidecar.fleet import Fleet, Provider
+from sidecar.loadgen import LoadGenerator, Sample
+from sidecar.report import Event, chart, render
 
-from registry_adapters import Instance, open_registry
-
-CLIENTS = 8
-# Mixed request durations, as in the design's scenarios.
+CONCURRENCY = 32
 WORK_MS = (20, 300)
-LOAD_BEFORE_SHUTDOWN_SECONDS = 2.0
-READY_TIMEOUT_SECONDS = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+WARMUP_SECONDS = 3.0
+MIN_READY_SECONDS = 3.0
+REPORT = Path("demo-report.html")
 
 
 @dataclass
-class LoadStats:
-    codes: Counter[str] = field(default_factory=Counter)
-    closing_seen: int = 0
-    latencies: list[float] = field(default_factory=list)
+class Roll:
+    name: str
+    started: float = 0.0
+    ended: float = 0.0
+    drains: list[float] = field(default_factory=list)
+    inflight_at_sigterm: list[int | None] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
 
-    @property
-    def failed(self) -> int:
-        return sum(count for code, count in self.codes.items() if code != "200")
+    def row(self) -> list[str]:
+        failed = [s for s in self.samples if not s.ok]
+        durations = sorted(s.seconds for s in self.samples) or [0.0]
 
+        def percentile(fraction: float) -> str:
+            return f"{durations[min(len(durations) - 1, int(len(durations) * fraction))] * 1000:.0f} ms"
 
-@contextmanager
-def process(argv: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process that is stopped (SIGTERM, then SIGKILL) when the block ends."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-async def wait_ready(client: httpx.AsyncClient, url: str) -> None:
-    """Readiness of another process: a bounded wait on its probe."""
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            if (await client.get(url)).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not become ready within {READY_TIMEOUT_SECONDS:.0f} s")
-
-
-async def registry_view(url: str, service: str) -> list[Instance]:
-    async with open_registry(url) as registry, aclosing(registry.watch(service)) as watch:
-        async for instances in watch:
-            return instances
-    return []
-
-
-async def client_loop(client: httpx.AsyncClient, base: str, stats: LoadStats, stop: asyncio.Event) -> None:
-    """One client: calls until told to stop or until the instance says it is closing."""
-    while not stop.is_set():
-        started = time.monotonic()
-        try:
-            response = await client.get(f"{base}/work", params={"ms": random.randint(*WORK_MS)})
-            stats.codes[str(response.status_code)] += 1
-            stats.latencies.append(time.monotonic() - started)
-            if "x-sidecar-closing" in response.headers:
-                stats.closing_seen += 1
-                return  # a consumer sidecar drops the instance at this point
-        except httpx.HTTPError as exc:
-            stats.codes[exc.__class__.__name__] += 1
-
-
-async def demo(registry_url: str, workdir: Path) -> int:
-    app_port, listen_port, admin_port = free_port(), free_port(), free_port()
-    admin = f"http://127.0.0.1:{admin_port}"
-    stats_file = workdir / "app-stats.json"
-    sidecar = [sys.executable, "-m", "sidecar", "run", "--service", "demo", "--instance-id", "demo-1"]
-    sidecar += ["--listen", f"127.0.0.1:{listen_port}", "--app", f"http://127.0.0.1:{app_port}"]
-    sidecar += ["--admin", f"127.0.0.1:{admin_port}", "--registry", registry_url, "--log-format", "json"]
-    sidecar += ["--quiet-period", "0.5", "--drain-timeout", "10"]
-    app = [sys.executable, "-m", "sidecar.demo_app", "--port", str(app_port), "--name", "demo-1"]
-    app += ["--stats-file", str(stats_file), "--startup-delay", "0.5"]
-
-    print(f"registry: {registry_url}")
-    async with AsyncExitStack() as stack:
-        client = await stack.enter_async_context(httpx.AsyncClient(timeout=30, trust_env=False))
-        app_proc = stack.enter_context(process(app, workdir / "app.log"))
-        sidecar_proc = stack.enter_context(process(sidecar, workdir / "sidecar.log"))
-        started = time.monotonic()
-        await wait_ready(client, f"{admin}/ready")
-        print(f"sidecar ready after {time.monotonic() - started:.2f} s (app healthy, then registered)")
-        for instance in await registry_view(registry_url, "demo"):
-            print(f"  registry: {instance.instance_id} at {instance.address}, weight {instance.weight}")
-
-        stats, stop = LoadStats(), asyncio.Event()
-        load = [
-            asyncio.create_task(client_loop(client, f"http://127.0.0.1:{listen_port}", stats, stop))
-            for _ in range(CLIENTS)
+        rate = len(failed) / len(self.samples) if self.samples else 0.0
+        longest = f"{max(self.drains):.2f} s" if self.drains else "none"
+        inflight = ", ".join("?" if n is None else str(n) for n in self.inflight_at_sigterm)
+        return [
+            self.name,
+            str(len(self.samples)),
+            str(len(failed)),
+            f"{rate:.2%}",
+            percentile(0.5),
+            percentile(0.99),
+            longest,
+            f"{self.ended - self.started:.1f} s",
+            inflight,
         ]
-        await asyncio.sleep(LOAD_BEFORE_SHUTDOWN_SECONDS)  # let the load run: this is a demonstration
-        inflight = (await client.get(f"{admin}/status")).json()["inflight"]
-        print(f"{CLIENTS} clients calling; {inflight} requests in flight; GET /shutdown ...")
-        shutdown_started = time.monotonic()
-        answer = await client.get(f"{admin}/shutdown")
-        shutdown_seconds = time.monotonic() - shutdown_started
-        stop.set()
-        await asyncio.gather(*load)
-        after = await registry_view(registry_url, "demo")
-        refused = await client.get(f"http://127.0.0.1:{listen_port}/work")
 
-        app_proc.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(app_proc.wait, 10)
-        sidecar_proc.send_signal(signal.SIGTERM)
-        sidecar_exit = await asyncio.to_thread(sidecar_proc.wait, 10)
-        app_record = json.loads(stats_file.read_text()) if stats_file.exists() else {}
 
-    body = answer.json()
-    ok = stats.codes.get("200", 0)
-    latencies = sorted(stats.latencies)
-    p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else 0.0
-    print()
-    print(f"/shutdown answered {answer.status_code} after {shutdown_seconds:.2f} s: {json.dumps(body)}")
+HEADER = [
+    "roll",
+    "requests",
+    "failed",
+    "error rate",
+    "p50",
+    "p99",
+    "longest drain",
+    "roll duration",
+    "app in flight at SIGTERM",
+]
+
+
+class Progress:
+    """A live progress line on a terminal; a line every few seconds otherwise."""
+
+    def __init__(self, load: LoadGenerator, origin: float) -> None:
+        self.load = load
+        self.origin = origin
+        self.tty = sys.stdout.isatty()
+        self._last = 0.0
+
+    def show(self, what: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < (0.2 if self.tty else 3.0):
+            return
+        self._last = now
+        samples = list(self.load.samples)
+        failed = sum(not s.ok for s in samples)
+        line = f"t={now - self.origin:5.1f}s  requests {len(samples):6d}  failed {failed:4d}  {what}"
+        print(f"\r{line:<100}" if self.tty else line, end="" if self.tty else "\n", flush=True)
+
+
+def roll(fleet: Fleet, mode: str, providers: list[Provider], load: LoadGenerator, progress: Progress,
+         events: list[Event], generation: int) -> tuple[Roll, list[Provider]]:  # fmt: skip
+    result = Roll(mode)
+    result.started = time.monotonic()
+    first_sample = len(load.samples)
+    replacements = []
+    for number, old in enumerate(providers, 1):
+        events.append(Event(time.monotonic(), f"{mode}: stop {old.name}"))
+        progress.show(f"{mode} roll: stopping {old.name}", force=True)
+        if mode == "sidecar":
+            result.drains.append(float(fleet.stop_with_sidecar(old)["seconds"]))
+            args: tuple[str, ...] = ("--warmup", str(WARMUP_SECONDS), "--quiet-period", "0.5")
+        else:
+            fleet.stop_plain(old)
+            args = ("--warmup", "0", "--app-health", "")
+        result.inflight_at_sigterm.append(old.inflight_at_sigterm())
+        new = fleet.start_provider(f"v{generation}-{number}", *args)
+        replacements.append(new)
+        events.append(Event(new.ready_at, f"{new.name} ready"))
+        while time.monotonic() < new.ready_at + MIN_READY_SECONDS:  # the deployment's pacing
+            progress.show(f"{mode} roll: {new.name} ready, minReadySeconds")
+            time.sleep(0.05)
+    result.ended = time.monotonic()
+    result.samples = load.samples[first_sample:]
+    return result, replacements
+
+
+def run(workdir: Path, registry: str) -> int:
+    print(f"registry: {registry}")
     print(
-        f"requests: {sum(stats.codes.values())} sent, {ok} OK, {stats.failed} failed, p99 {p99 * 1000:.0f} ms"
+        f"load: {CONCURRENCY} POSTs in flight, {WORK_MS[0]}-{WORK_MS[1]} ms each, through a consumer sidecar"
     )
-    print(f"clients told 'closing' by the sidecar: {stats.closing_seen} of {CLIENTS}")
-    print(f"registry after /shutdown: {[i.instance_id for i in after] or 'no instance of demo'}")
-    refused_by = refused.headers.get("x-sidecar-refused")
-    print(f"a request after the drain: {refused.status_code}, X-Sidecar-Refused: {refused_by}")
-    print(f"app's requests in flight when it got SIGTERM: {app_record.get('inflight_at_sigterm', 'unknown')}")
-    print(f"sidecar exit status after SIGTERM: {sidecar_exit}")
-    lossless = stats.failed == 0 and body.get("drained") and app_record.get("inflight_at_sigterm") == 0
-    print("result: " + ("no request lost" if lossless else "REQUESTS LOST"))
-    return 0 if lossless else 1
+    with Fleet(workdir, registry) as fleet:
+        providers = [fleet.start_provider(f"v1-{n}", "--quiet-period", "0.5") for n in (1, 2, 3)]
+        fleet.start_consumer()
+        fleet.wait_consumer_knows(3)
+        origin = time.monotonic()
+        events: list[Event] = []
+        with LoadGenerator(fleet.upstream_url, CONCURRENCY, WORK_MS) as load:
+            progress = Progress(load, origin)
+            while time.monotonic() < origin + 2:  # a steady state to compare against
+                progress.show("steady state")
+                time.sleep(0.05)
+            plain, providers = roll(fleet, "plain", providers, load, progress, events, 2)
+            with_sidecar, providers = roll(fleet, "sidecar", providers, load, progress, events, 3)
+            progress.show("done", force=True)
+        print()
+    rows = [plain.row(), with_sidecar.row()]
+    widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]
+    for row in [HEADER, *rows]:
+        print(
+            "  ".join(
+                cell.ljust(width) if i == 0 else cell.rjust(width)
+                for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    notes = (
+        f"Plain roll: the app gets SIGTERM directly; replacements take full traffic at once. "
+        f"Sidecar roll: preStop GET /shutdown then SIGTERM; replacements warm up over {WARMUP_SECONDS:g} s. "
+        f"Both paced by minReadySeconds={MIN_READY_SECONDS:g}; dashed lines mark the steps."
+    )
+    figure = chart(load.samples, events, origin)
+    REPORT.write_text(
+        render("graceful-sidecar demo: rolling restart under load", HEADER, rows, figure, notes)
+    )
+    print(f"report: {REPORT.resolve()}")
+    lost = len([s for s in with_sidecar.samples if not s.ok])
+    print("through the sidecar: " + ("no request lost" if lost == 0 else f"{lost} REQUESTS LOST"))
+    return 0 if lost == 0 else 1
 
 
 def run_demo(registry: str | None) -> int:
     with tempfile.TemporaryDirectory(prefix="graceful-sidecar-demo-") as tmp:
         workdir = Path(tmp)
-        url = registry or f"sqlite://{workdir / 'registry.db'}"
-        os.environ.setdefault("PYTHONUNBUFFERED", "1")
         try:
-            return asyncio.run(demo(url, workdir))
-        except (RuntimeError, OSError, httpx.HTTPError) as exc:
-            print(f"demo failed: {exc}", file=sys.stderr)
+            return run(workdir, registry or f"sqlite://{workdir / 'registry.db'}")
+        except (RuntimeError, OSError) as exc:
+            print(f"\ndemo failed: {exc}", file=sys.stderr)
             for log in sorted(workdir.glob("*.log")):
-                print(f"--- {log.name}\n{log.read_text()[-3000:]}", file=sys.stderr)
+                print(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
             return 1

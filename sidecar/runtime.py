@@ -1,10 +1,12 @@
 """Composes the components and runs them until a stop signal, like uvicorn's Server:
-start-up, wait, shutdown, each component an async context manager on one AsyncExitStack so that
-cleanup runs in reverse and only for what started.
+start-up, running, shutdown, each component an async context manager on one AsyncExitStack so
+that cleanup runs in reverse and only for what started.
 
 Signals: the first SIGTERM/SIGINT runs the offline sequence (the same one /shutdown runs), then
 the process exits 0; a second one forces exit at once. A SIGTERM after a finished /shutdown exits
-at once, since the offline sequence returns its stored result.
+at once, since the offline sequence returns its stored result. In exec mode the child is stopped
+after the offline sequence (or at once on a second signal), and its exit status is ours; a child
+that exits on its own triggers the offline sequence too, so its instance never stays registered.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import AsyncExitStack, contextmanager
+from typing import Any
 
 from registry_adapters import open_registry
 from sidecar.admin import AdminServer
@@ -23,6 +26,7 @@ from sidecar.inflight import ConsumerBook, InflightTracker
 from sidecar.lifecycle import Lifecycle
 from sidecar.metrics import Metrics
 from sidecar.notify import Notifier
+from sidecar.supervisor import Supervisor
 from sidecar.upstream import Upstreams
 
 log = logging.getLogger("sidecar")
@@ -59,10 +63,20 @@ class StopSignals:
                 loop.remove_signal_handler(signum)
 
 
+async def first_of(*waitables: Awaitable[object]) -> asyncio.Future[object]:
+    """Wait until one of `waitables` is done; cancel the others; return the finished one."""
+    futures = [asyncio.ensure_future(waitable) for waitable in waitables]
+    done, pending = await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+    for future in pending:
+        future.cancel()
+    return done.pop()
+
+
 async def serve(settings: Settings) -> int:
     """Run the sidecar until stopped; returns the process exit status."""
     stops = StopSignals()
     async with AsyncExitStack() as stack:
+        # Start-up: each component in order; cleanup runs in reverse, only for what started.
         stack.enter_context(stops.installed())
         metrics = Metrics()
         registry = await stack.enter_async_context(open_registry(settings.registry))
@@ -74,17 +88,30 @@ async def serve(settings: Settings) -> int:
         if settings.listen is not None:
             await stack.enter_async_context(InboundProxy(settings, lifecycle, tracker, consumers, metrics))
         upstreams = await stack.enter_async_context(Upstreams(settings, registry, metrics))
-        admin = AdminServer(
-            settings, lifecycle, upstreams.on_offline, lambda: {"upstreams": upstreams.status()}
-        )
-        await stack.enter_async_context(admin)
+        child = await stack.enter_async_context(Supervisor(settings.command)) if settings.command else None
+
+        def status_extra() -> dict[str, Any]:
+            return {"upstreams": upstreams.status(), "child": child.status() if child else None}
+
+        await stack.enter_async_context(AdminServer(settings, lifecycle, upstreams.on_offline, status_extra))
         lifecycle.start()
         stack.push_async_callback(lifecycle.stop_tasks)
 
-        await stops.first.wait()
+        # Running: until SIGTERM/SIGINT, or (exec mode) until the child exits on its own.
+        await first_of(stops.first.wait(), *([child.wait()] if child else []))
+        if child is not None and child.returncode is not None:
+            log.warning("the child exited on its own (%d): going offline", child.returncode)
+
+        # Shutdown. 1. The offline sequence; a second signal cuts it short.
         offline = asyncio.ensure_future(lifecycle.offline())
-        forced = asyncio.ensure_future(stops.forced.wait())
-        await asyncio.wait([offline, forced], return_when=asyncio.FIRST_COMPLETED)
-        forced.cancel()
-        status = 0 if offline.done() else 128 + stops.last
+        await first_of(offline, stops.forced.wait())
+        # 2. Exec mode: SIGTERM to the child's group, SIGKILL after --stop-timeout or on a
+        #    second signal. The exit status is the child's.
+        if child is not None:
+            hurry = asyncio.ensure_future(stops.forced.wait())
+            hurry.add_done_callback(lambda done: None if done.cancelled() else child.hurry())
+            status = await child.stop(settings.stop_timeout)
+            hurry.cancel()
+        else:
+            status = 0 if not stops.forced.is_set() else 128 + stops.last
     return status

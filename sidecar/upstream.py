@@ -76,8 +76,10 @@ class InstanceTable:
         fresh: dict[str, Member] = {}
         for instance in instances:
             member = self.members.get(instance.instance_id)
-            if member is None or member.instance != instance:
-                member = Member(instance, member.inflight if member else 0)
+            if member is None:
+                member = Member(instance)
+            else:
+                member.instance = instance  # same object: requests in flight hold it
             fresh[instance.instance_id] = member
         self.members = fresh
         for instance_id, start in list(self._dropped.items()):
@@ -241,7 +243,12 @@ class UpstreamListener:
             try:
                 instance_id = member.instance.instance_id
                 if REFUSED_HEADER in upstream.headers:
-                    self.drop(instance_id)
+                    # Refused while closing: the instance is leaving. Refused otherwise: its app
+                    # is not reachable (starting, crashed); try it again in a few seconds.
+                    if CLOSING_HEADER in upstream.headers:
+                        self.drop(instance_id)
+                    else:
+                        self.table.eject(instance_id, time.monotonic())
                     # Never processed: safe to send elsewhere, if the body can be sent again.
                     if not isinstance(body, aiohttp.StreamReader) and self._may_retry("refused"):
                         continue
