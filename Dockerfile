@@ -32,7 +32,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # SIDECAR_ADMIN binds the admin API on every interface, or EXPOSE would be pointless: the
 # mutating endpoints still accept only loopback callers or the --token (SIDECAR_TOKEN) bearer.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/graceful_sidecar-*.whl \
+    pip install --no-cache-dir --no-index --find-links=/wheels --root-user-action=ignore \
+        /wheels/graceful_sidecar-*.whl \
     && groupadd --system --gid "${APP_UID}" sidecar \
     && useradd --system --uid "${APP_UID}" --gid "${APP_UID}" --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin sidecar \

@@ -106,6 +106,24 @@ class Registry(Protocol):
     ) -> None: ...
 
 
+class Backend:
+    """What every backend shares: `async with backend:` closes it on the way out."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
 # name -> "module:Class", imported only when used.
 BACKENDS: dict[str, str] = {
     "consul": "registry_adapters.consul:ConsulRegistry",

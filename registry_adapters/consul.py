@@ -31,7 +31,6 @@ import logging
 import warnings
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Self
 from urllib.parse import SplitResult, parse_qs
 
@@ -40,6 +39,7 @@ import consul.aio
 from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ClientError, ConsulException
 
 from registry_adapters.base import (
+    Backend,
     Instance,
     RegistryError,
     RegistryRejected,
@@ -77,7 +77,7 @@ class _Published:
         return self.offline or self.instance.weight == 0
 
 
-class ConsulRegistry:
+class ConsulRegistry(Backend):
     kind = "consul"
 
     def __init__(
@@ -178,17 +178,6 @@ class ConsulRegistry:
         client, self._client = self._client, None
         if client is not None:
             await client.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- internals ------------------------------------------------------------------------------
 

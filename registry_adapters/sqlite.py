@@ -35,11 +35,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 from urllib.parse import SplitResult, unquote
 
 from registry_adapters.base import (
+    Backend,
     Instance,
     RegistryError,
     RegistryRejected,
@@ -84,7 +84,7 @@ class _Published:
     offline: bool = False
 
 
-class SQLiteRegistry:
+class SQLiteRegistry(Backend):
     kind = "sqlite"
 
     def __init__(
@@ -161,17 +161,6 @@ class SQLiteRegistry:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- internals ------------------------------------------------------------------------------
 

@@ -79,10 +79,10 @@ class RetryBudget:
         self.min_per_second = min_per_second
         self.cap = cap
         self._balance = min_per_second
-        self._last = 0.0
+        self._last: float | None = None
 
     def _refill(self, now: float) -> None:
-        if self._last:
+        if self._last is not None:
             self._balance = min(self.cap, self._balance + (now - self._last) * self.min_per_second)
         self._last = now
 

@@ -64,14 +64,18 @@ def parse_http_url(text: str) -> str:
     return text.strip().rstrip("/")
 
 
-def parse_seconds(text: str) -> float:
+def _float_in(text: str, low: float, high: float, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 <= value <= 86400 or value != value:
-        raise ValueError(f"expected seconds between 0 and 86400, got {text!r}")
+        raise ValueError(f"expected {what}, got {text!r}") from None
+    if not low <= value <= high:  # also rejects nan
+        raise ValueError(f"expected {what} between {low:g} and {high:g}, got {text!r}")
     return value
+
+
+def parse_seconds(text: str) -> float:
+    return _float_in(text, 0, 86400, "seconds")
 
 
 def _int_in(text: str, low: int, high: int, *, what: str = "an integer") -> int:
@@ -89,23 +93,11 @@ def parse_weight(text: str) -> int:
 
 
 def parse_curve(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a positive number, got {text!r}") from None
-    if not 0.1 <= value <= 10:
-        raise ValueError(f"expected an exponent between 0.1 and 10, got {text!r}")
-    return value
+    return _float_in(text, 0.1, 10, "an exponent")
 
 
 def parse_percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a percentage, got {text!r}") from None
-    if not 0 <= value <= 100:
-        raise ValueError(f"expected a percentage between 0 and 100, got {text!r}")
-    return value
+    return _float_in(text, 0, 100, "a percentage")
 
 
 def parse_upstream(text: str) -> Upstream:

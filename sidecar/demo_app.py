@@ -6,6 +6,7 @@ requests it had in flight (to `--stats-file`), which is how tests prove that the
 it first.
 
     GET  /health            503 during --startup-delay, then 200
+    POST /health?healthy=0  makes /health answer 503 from now on (healthy=1 undoes it)
     GET  /work?ms=N         answers after N ms: {"instance": .., "ms": N}
     POST /echo              streams the request body back
     POST /digest            reads the request body as it streams in: {"sha256", "bytes"}
@@ -37,6 +38,7 @@ class DemoApp:
     def __init__(self, name: str, startup_delay: float, stats_file: str | None) -> None:
         self.name = name
         self.healthy_at = time.monotonic() + startup_delay
+        self.forced_unhealthy = False
         self.stats_file = stats_file
         self.served = 0
         self.inflight = 0
@@ -54,8 +56,12 @@ class DemoApp:
             self.inflight -= 1
             self.served += 1
 
+    async def set_health(self, request: web.Request) -> web.Response:
+        self.forced_unhealthy = request.query.get("healthy") == "0"
+        return await self.health(request)
+
     async def health(self, request: web.Request) -> web.Response:
-        healthy = time.monotonic() >= self.healthy_at
+        healthy = time.monotonic() >= self.healthy_at and not self.forced_unhealthy
         return web.json_response({"healthy": healthy}, status=200 if healthy else 503)
 
     async def work(self, request: web.Request) -> web.Response:
@@ -117,6 +123,7 @@ class DemoApp:
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self.count])
         app.router.add_get("/health", self.health)
+        app.router.add_post("/health", self.set_health)
         app.router.add_route("*", "/work", self.work)
         app.router.add_post("/echo", self.echo)
         app.router.add_post("/digest", self.digest)

@@ -155,7 +155,10 @@ class Fleet:
     @staticmethod
     def stop_plain(provider: Provider) -> None:
         """A plain deployment: the app gets SIGTERM and stops at once, still registered. Its
-        sidecar is then killed, as if it were not there: nothing drains or deregisters it, and
-        the registry forgets it only when its heartbeat expires."""
-        stop(provider.app)
+        sidecar is killed at the same moment, as if it were not there: nothing drains or
+        deregisters it (the registry forgets it when its heartbeat expires), and nothing answers
+        for the app while it stops."""
+        provider.sidecar.send_signal(signal.SIGKILL)
+        provider.app.send_signal(signal.SIGTERM)
         stop(provider.sidecar, signal.SIGKILL)
+        stop(provider.app)

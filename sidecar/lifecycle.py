@@ -11,6 +11,7 @@ retried with backoff, within the drain deadline when going offline.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -34,6 +35,10 @@ log = logging.getLogger("sidecar.lifecycle")
 # closely, rarely enough to be invisible in the app's logs and CPU.
 HEALTH_POLL_SECONDS = 0.2
 HEALTH_TIMEOUT_SECONDS = 2.0
+# Once up, the app's health is checked every few seconds; this many failures in a row turn
+# /ready to 503 (one blip is not worth taking an instance out), one success turns it back.
+HEALTH_WATCH_SECONDS = 2.0
+HEALTH_FAILURES_UNHEALTHY = 3
 # Registry retries: quick first tries (a blip), then at most every 5 s (an outage).
 BACKOFF_FIRST_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 5.0
@@ -73,12 +78,14 @@ class Lifecycle:
         self.registry_error: str | None = None
         self.override: int | None = None
         self.refusing = False  # the drain has ended: requests are refused, not forwarded
+        self.app_healthy = True  # as far as the last health checks tell
         self._register_attempted = False  # a register call may have reached the registry
         self._registered_at = 0.0  # monotonic
         self._start_ms = 0
         self._published: tuple[int, int | None] | None = None  # (weight, override) in the registry
         self._publish_lock = asyncio.Lock()
         self._online_task: asyncio.Task[None] | None = None
+        self._health_task: asyncio.Task[None] | None = None
         self._offline_task: asyncio.Task[DrainResult] | None = None
         metrics.set_phase(self.phase)
 
@@ -91,7 +98,8 @@ class Lifecycle:
 
     @property
     def ready(self) -> bool:
-        return self.phase in ("warming", "serving") and (self.registered or not self.provider)
+        serving = self.phase in ("warming", "serving") and (self.registered or not self.provider)
+        return serving and self.app_healthy
 
     @property
     def closing(self) -> bool:
@@ -144,18 +152,35 @@ class Lifecycle:
         self._set_phase("serving")
         await self.publish_weight()
 
-    async def _wait_app_healthy(self) -> None:
+    def _health_url(self) -> str | None:
         if not self.settings.app or not self.settings.app_health:
+            return None
+        return self.settings.app + "/" + self.settings.app_health.lstrip("/")
+
+    async def _wait_app_healthy(self) -> None:
+        url = self._health_url()
+        if url is None:
             return
-        url = self.settings.app + "/" + self.settings.app_health.lstrip("/")
+        async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_SECONDS, trust_env=False) as client:
+            while not await _healthy(client, url):  # noqa: ASYNC110 - another process: polling is all there is
+                await asyncio.sleep(HEALTH_POLL_SECONDS)
+        self._health_task = asyncio.create_task(self._watch_app_health(url), name="app-health")
+
+    async def _watch_app_health(self, url: str) -> None:
+        """After start-up, /ready follows the app's health too."""
+        failures = 0
         async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_SECONDS, trust_env=False) as client:
             while True:
-                try:
-                    if (await client.get(url)).is_success:
-                        return
-                except httpx.HTTPError:
-                    pass  # not up yet
-                await asyncio.sleep(HEALTH_POLL_SECONDS)
+                await asyncio.sleep(HEALTH_WATCH_SECONDS)
+                failures = 0 if await _healthy(client, url) else failures + 1
+                healthy = failures < HEALTH_FAILURES_UNHEALTHY
+                if healthy != self.app_healthy:
+                    log.warning(
+                        "app %s: /ready now %s",
+                        "healthy again" if healthy else "unhealthy",
+                        200 if healthy else 503,
+                    )
+                self.app_healthy = healthy
 
     async def _register_now(self) -> None:
         start_ms = int(time.time() * 1000)
@@ -272,7 +297,7 @@ class Lifecycle:
         self.metrics.drain_seconds.set(result.seconds)
         self.metrics.notifications.labels("ok").inc(sum(sent))
         self.metrics.notifications.labels("failed").inc(len(sent) - sum(sent))
-        log.info("offline: %s", result.body())
+        log.info("offline: %s", json.dumps(result.body()))
         return result
 
     async def _deregister(self, deadline: float) -> bool:
@@ -291,7 +316,8 @@ class Lifecycle:
 
     async def stop_tasks(self) -> None:
         """On exit: cancel the sequences that still run, and wait for them to end."""
-        tasks = [task for task in (self._online_task, self._offline_task) if task and not task.done()]
+        sequences = (self._online_task, self._offline_task, self._health_task)
+        tasks = [task for task in sequences if task and not task.done()]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -323,3 +349,10 @@ class Lifecycle:
             log.info("phase %s -> %s", self.phase, phase)
         self.phase = phase
         self.metrics.set_phase(phase)
+
+
+async def _healthy(client: httpx.AsyncClient, url: str) -> bool:
+    try:
+        return (await client.get(url)).is_success
+    except httpx.HTTPError:
+        return False  # not up (yet), or not answering

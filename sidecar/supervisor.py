@@ -33,7 +33,7 @@ import os
 import signal
 import subprocess
 from asyncio import unix_events
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import FrameType, TracebackType
 from typing import Any, Self
 
@@ -115,6 +115,7 @@ class Supervisor:
         self._popen: subprocess.Popen[bytes] | None = None
         self._exited: asyncio.Future[int] | None = None
         self._hurried: asyncio.Future[None] | None = None
+        self._group_empty: asyncio.Event | None = None  # set once no process of the group is left
         self._previous: dict[int, _PreviousHandler] = {}
         self._subreaper = False
 
@@ -129,6 +130,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         self._exited = loop.create_future()
         self._hurried = loop.create_future()
+        self._group_empty = asyncio.Event()
         # The reaper goes in first: no exit can happen while nobody listens, and if the loop
         # refuses it (not the main thread) nothing else has been done yet.
         self._install(signal.SIGCHLD, self._reap)
@@ -179,19 +181,47 @@ class Supervisor:
         return await asyncio.shield(self._started())
 
     async def stop(self, timeout: float) -> int:
-        """SIGTERM the child's group; SIGKILL it after `timeout` seconds or on `hurry()`."""
+        """SIGTERM the child's group; SIGKILL it after `timeout` seconds or on `hurry()`.
+
+        The whole group, not only the main child: a startup script's background app must be
+        done too, or the sidecar (PID 1 of a container) exits and the kernel kills it mid-way.
+        A main child that already exited on its own may have left such processes: they get
+        SIGTERM as well."""
         exited = self._started()
-        if exited.done():
-            return exited.result()
-        assert self._hurried is not None
-        self._signal_group(signal.SIGTERM)
-        waiters: set[asyncio.Future[Any]] = {exited, self._hurried}
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if not exited.done():
-            why = "stop hurried" if self._hurried.done() else f"no exit {timeout:g}s after SIGTERM"
+        assert self._group_empty is not None
+        deadline = asyncio.get_running_loop().time() + timeout
+        if not exited.done() or self._group_alive():
+            self._signal_group(signal.SIGTERM)
+        # 1. The main child, 2. the rest of its group: both within the one timeout.
+        await self._until(asyncio.shield(exited), deadline)
+        if not self._group_alive():
+            self._group_empty.set()
+        # Set by the reaper: the group's orphans are our children (subreaper or PID 1). Neither?
+        # Then nothing tells us, and the group gets the whole timeout before its SIGKILL.
+        await self._until(self._group_empty.wait(), deadline)
+        if not exited.done() or self._group_alive():
+            assert self._hurried is not None
+            why = "stop hurried" if self._hurried.done() else f"still running {timeout:g}s after SIGTERM"
             log.warning("%s: sending SIGKILL to process group %d", why, self.pid)
             self._signal_group(signal.SIGKILL)
         return await asyncio.shield(exited)
+
+    async def _until(self, awaitable: Awaitable[Any], deadline: float) -> None:
+        """Wait for `awaitable`, for `hurry()` or until `deadline`, whichever comes first."""
+        assert self._hurried is not None
+        waiter = asyncio.ensure_future(awaitable)
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        await asyncio.wait({waiter, self._hurried}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # a member we may not signal: still a member
+            return True
+        return True
 
     def hurry(self) -> None:
         """A second SIGTERM: a stop() in progress (or a later one) SIGKILLs without waiting."""
@@ -209,6 +239,12 @@ class Supervisor:
         return self._exited
 
     def _reap(self) -> None:
+        self._reap_exited()
+        # Orphans of the group are ours (subreaper or PID 1): each exit brings us here.
+        if self.returncode is not None and self._group_empty is not None and not self._group_alive():
+            self._group_empty.set()
+
+    def _reap_exited(self) -> None:
         # SIGCHLDs coalesce, so one signal may stand for many exits: wait until none is left.
         while True:
             try:

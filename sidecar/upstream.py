@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from registry_adapters import Instance, Registry, RegistryError
@@ -50,6 +51,17 @@ EJECT_SECONDS = 5.0
 REPLAYABLE_BODY_BYTES = 64 * 1024
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 WATCH_BACKOFF_MAX_SECONDS = 5.0
+# Longer than a few provider heartbeats (Consul 3 s, SQLite 2 s): see UpstreamListener._apply.
+EMPTY_AFTER_OUTAGE_GRACE_SECONDS = 10.0
+
+
+Body = bytes | aiohttp.StreamReader | None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    reason: str  # for the retries metric
+    otherwise: web.Response  # the answer if the budget allows no retry
 
 
 @dataclass(slots=True)
@@ -155,6 +167,7 @@ class UpstreamListener:
         self.watch_error: str | None = None
         self._rng = random.Random()
         self._watch_task: asyncio.Task[None] | None = None
+        self._held: asyncio.TimerHandle | None = None  # an empty answer not applied yet
         self._runner: web.AppRunner | None = None
 
     async def __aenter__(self) -> UpstreamListener:
@@ -174,6 +187,8 @@ class UpstreamListener:
     ) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._held is not None:
+            self._held.cancel()
         if self._watch_task is not None:
             self._watch_task.cancel()
             await asyncio.wait([self._watch_task])
@@ -184,9 +199,8 @@ class UpstreamListener:
             try:
                 async with aclosing(self.registry.watch(self.service)) as watch:
                     async for instances in watch:
-                        self.table.update(instances)
+                        self._apply(instances, after_outage=self.watch_error is not None)
                         self.watch_error, pause = None, 0.2
-                        self.metrics.upstream_instances.labels(self.service).set(len(self.table.usable()))
             except RegistryError as exc:
                 if self.watch_error is None:
                     log.warning("watch of %s failed, keeping the last table: %s", self.service, exc)
@@ -194,6 +208,22 @@ class UpstreamListener:
                 self.metrics.registry_errors.labels("watch").inc()
             await asyncio.sleep(pause)
             pause = min(pause * 2, WATCH_BACKOFF_MAX_SECONDS)
+
+    def _apply(self, instances: list[Instance], after_outage: bool = False) -> None:
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
+        if after_outage and not instances and self.table.members:
+            # A registry back from an outage with nothing in it may have lost its state (a Consul
+            # dev agent restarted): providers re-register within a heartbeat or two. Until then,
+            # stale beats none; if nothing comes back, the empty answer stands after the grace.
+            log.warning("%s: registry came back empty; keeping the last table for now", self.service)
+            self._held = asyncio.get_running_loop().call_later(
+                EMPTY_AFTER_OUTAGE_GRACE_SECONDS, self._apply, []
+            )
+            return
+        self.table.update(instances)
+        self.metrics.upstream_instances.labels(self.service).set(len(self.table.usable()))
 
     def drop(self, instance_id: str) -> bool:
         dropped = self.table.drop(instance_id)
@@ -209,55 +239,59 @@ class UpstreamListener:
         self.budget.on_request(time.monotonic())
         headers = end_to_end(request.headers, drop=("host", CONSUMER_HEADER.lower()))
         headers[CONSUMER_HEADER] = self.consumer_url
-        body: bytes | aiohttp.StreamReader | None = None
+        body: Body = None
         if request.body_exists:
             length = request.content_length
             replayable = length is not None and length <= REPLAYABLE_BODY_BYTES
             body = await request.read() if replayable else request.content
         tried: set[str] = set()
-        while True:
-            member = self.table.choose(tried, self._rng)
-            if member is None:
-                return unavailable(f"no instance of {self.service} available", tried)
+        while (member := self.table.choose(tried, self._rng)) is not None:
             tried.add(member.instance.instance_id)
-            url = URL(f"http://{member.instance.address}{request.raw_path}", encoded=True)
             member.inflight += 1
             try:
-                upstream = await self.session.request(
-                    request.method, url, headers=headers, data=body, allow_redirects=False
-                )
-            except aiohttp.ClientConnectorError:
-                # Not connected: nothing was sent, the body (even a stream) is still unread.
-                member.inflight -= 1
-                self.table.eject(member.instance.instance_id, time.monotonic())
-                if self._may_retry("connect"):
-                    continue
-                return unavailable(f"cannot connect to {member.instance.address}", tried)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                # Sent, maybe processed: only an idempotent request may go again.
-                member.inflight -= 1
-                replayable = not isinstance(body, aiohttp.StreamReader)
-                if request.method in IDEMPOTENT and replayable and self._may_retry("broken"):
-                    continue
-                return web.json_response({"error": f"{member.instance.address} failed: {exc!r}"}, status=502)
-            try:
-                instance_id = member.instance.instance_id
-                if REFUSED_HEADER in upstream.headers:
-                    # Refused while closing: the instance is leaving. Refused otherwise: its app
-                    # is not reachable (starting, crashed); try it again in a few seconds.
-                    if CLOSING_HEADER in upstream.headers:
-                        self.drop(instance_id)
-                    else:
-                        self.table.eject(instance_id, time.monotonic())
-                    # Never processed: safe to send elsewhere, if the body can be sent again.
-                    if not isinstance(body, aiohttp.StreamReader) and self._may_retry("refused"):
-                        continue
-                elif CLOSING_HEADER in upstream.headers:
-                    self.drop(instance_id)
-                return await relay_response(request, upstream, no_mark)
+                outcome = await self._attempt(request, member.instance, headers, body)
             finally:
-                upstream.release()
                 member.inflight -= 1
+            if isinstance(outcome, web.StreamResponse):
+                return outcome
+            if not self._may_retry(outcome.reason):
+                return outcome.otherwise
+        return unavailable(f"no instance of {self.service} available", tried)
+
+    async def _attempt(
+        self, request: web.Request, instance: Instance, headers: CIMultiDict[str], body: Body
+    ) -> web.StreamResponse | Retry:
+        """One try on one instance: the response to relay, or why another instance may be tried."""
+        url = URL(f"http://{instance.address}{request.raw_path}", encoded=True)
+        replayable = not isinstance(body, aiohttp.StreamReader)
+        try:
+            upstream = await self.session.request(
+                request.method, url, headers=headers, data=body, allow_redirects=False
+            )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+            # Not connected: nothing was sent, the body (even a stream) is still unread.
+            self.table.eject(instance.instance_id, time.monotonic())
+            return Retry("connect", unavailable(f"cannot connect to {instance.address}"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            failed = web.json_response({"error": f"{instance.address} failed: {exc!r}"}, status=502)
+            # Sent, maybe processed: only an idempotent request may go again.
+            return Retry("broken", failed) if request.method in IDEMPOTENT and replayable else failed
+        try:
+            if REFUSED_HEADER in upstream.headers:
+                # Refused while closing: the instance is leaving. Refused otherwise: its app is
+                # not reachable (starting, crashed); try it again in a few seconds.
+                if CLOSING_HEADER in upstream.headers:
+                    self.drop(instance.instance_id)
+                else:
+                    self.table.eject(instance.instance_id, time.monotonic())
+                # Never processed: safe to send elsewhere, if the body can be sent again.
+                if replayable:
+                    return Retry("refused", unavailable(f"{instance.instance_id} refused the request"))
+            elif CLOSING_HEADER in upstream.headers:
+                self.drop(instance.instance_id)
+            return await relay_response(request, upstream, no_mark)
+        finally:
+            upstream.release()
 
     def _may_retry(self, reason: str) -> bool:
         if not self.budget.try_withdraw(time.monotonic()):
@@ -278,8 +312,8 @@ def no_mark(response: web.StreamResponse) -> None:
     """Consumer-side responses go to the local app as the provider sent them."""
 
 
-def unavailable(message: str, tried: set[str]) -> web.Response:
-    return web.json_response({"error": message, "tried": sorted(tried)}, status=503)
+def unavailable(message: str, tried: set[str] | None = None) -> web.Response:
+    return web.json_response({"error": message, "tried": sorted(tried or ())}, status=503)
 
 
 class Upstreams:

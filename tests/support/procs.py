@@ -7,6 +7,7 @@ observe a process we do not share memory with.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -26,38 +27,33 @@ from tests.support.ports import free_port
 DEADLINE_SECONDS = 20.0
 
 
+def _check(condition: Callable[[], Any]) -> Any:
+    try:
+        return condition()
+    except (httpx.HTTPError, OSError, ValueError):
+        return None  # not up yet, or answering something else: try again
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = DEADLINE_SECONDS, what: str = "condition") -> Any:
     """Bounded wait for something another process does; returns the first truthy value."""
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = condition()
-        except (httpx.HTTPError, OSError, ValueError):
-            value = None
-        if value:
-            return value
+    while not (value := _check(condition)):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+    return value
 
 
 async def await_for(
     condition: Callable[[], Any], timeout: float = DEADLINE_SECONDS, what: str = "condition"
 ) -> Any:
     """`wait_for` for async tests: the event loop keeps running while it waits."""
-    import asyncio
-
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = condition()
-        except (httpx.HTTPError, OSError, ValueError):
-            value = None
-        if value:
-            return value
+    while not (value := _check(condition)):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.05)
+    return value
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:

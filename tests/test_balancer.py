@@ -1,0 +1,355 @@
+"""The consumer's pure policy (sidecar.balancer): effective weights, weighted P2C picking and the
+retry budget, as functions of their inputs; properties checked with hypothesis.
+
+Statistical checks use Bernstein's inequality, which holds for any sample size (the normal
+approximation does not for a share of 1 in 5000 over 20 000 draws): each share is allowed to stray
+by the distance whose probability is below `FAILURE_PROBABILITY`. The draws are seeded, so a run
+is reproducible; the bound keeps it from failing for an unlucky seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections import Counter
+from typing import Any, cast
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from registry_adapters import Instance
+from registry_adapters import base as meta
+from sidecar import upstream
+from sidecar.balancer import Candidate, RetryBudget, effective_weight, pick
+from sidecar.config import load_settings
+from sidecar.metrics import Metrics
+from sidecar.upstream import UpstreamListener
+
+# Per checked share; a run checks a few hundred shares, so a false failure is out of reach.
+FAILURE_PROBABILITY = 1e-9
+DRAWS = 20_000
+NOW_MS = 1_700_000_000_000
+
+
+def tolerance(draws: int, p: float, failure: float = FAILURE_PROBABILITY) -> float:
+    """Largest deviation of a Binomial(draws, p) count from its mean with probability >= 1 -
+    `failure`, by Bernstein: P(|X - np| >= t) <= 2 exp(-t^2 / (2 (np(1-p) + t/3)))."""
+    log_term = math.log(2 / failure)
+    variance = draws * p * (1 - p)
+    return log_term / 3 + math.sqrt((log_term / 3) ** 2 + 2 * log_term * variance)
+
+
+def shares(candidates: list[Candidate], seed: int, draws: int = DRAWS) -> Counter[int | None]:
+    rng = random.Random(seed)
+    return Counter(pick(candidates, rng) for _ in range(draws))
+
+
+def fields(**values: object) -> dict[str, str]:
+    """Sidecar metadata as a provider publishes it (every value a string)."""
+    keys = {
+        "weight": meta.META_WEIGHT,
+        "override": meta.META_WEIGHT_OVERRIDE,
+        "window": meta.META_WARMUP_S,
+        "curve": meta.META_WARMUP_CURVE,
+        "floor": meta.META_WARMUP_MIN_PERCENT,
+        "start_ms": meta.META_START_MS,
+    }
+    return {keys[name]: str(value) for name, value in values.items()}
+
+
+# -- pick ----------------------------------------------------------------------------------------
+
+weight_lists = st.lists(st.integers(min_value=1, max_value=1000), min_size=2, max_size=6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(weight_lists, st.integers(min_value=0, max_value=2**32))
+def test_idle_share_follows_weights(weights: list[int], seed: int) -> None:
+    """With nothing in flight, each candidate's long-run share of picks is weight / sum."""
+    counts = shares([Candidate(float(w), 0) for w in weights], seed)
+    total = sum(weights)
+    for index, weight in enumerate(weights):
+        expected = DRAWS * weight / total
+        assert abs(counts[index] - expected) <= tolerance(DRAWS, weight / total), (index, counts)
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=1000), min_size=1, max_size=6),
+    st.lists(st.integers(min_value=0, max_value=50), min_size=6, max_size=6),
+    st.integers(min_value=0, max_value=2**32),
+)
+def test_zero_weight_never_picked(weights: list[int], inflight: list[int], seed: int) -> None:
+    """A zero-weight candidate is never picked, whatever the loads; all zero gives None."""
+    candidates = [Candidate(float(w), n) for w, n in zip(weights, inflight, strict=False)]
+    rng = random.Random(seed)
+    picks = {pick(candidates, rng) for _ in range(200)}
+    if not any(weights):
+        assert picks == {None}
+    else:
+        assert None not in picks
+        assert all(weights[index] > 0 for index in picks if index is not None)
+
+
+def test_edge_cases() -> None:
+    """No candidate or only zero weights -> None; a single usable candidate is always it."""
+    rng = random.Random(1)
+    assert pick([], rng) is None
+    assert pick([Candidate(0.0, 0), Candidate(0.0, 3)], rng) is None
+    assert pick([Candidate(0.0, 0), Candidate(-5.0, 0)], rng) is None
+    assert {pick([Candidate(7.0, 100)], rng) for _ in range(50)} == {0}
+    assert {pick([Candidate(0.0, 0), Candidate(3.0, 9), Candidate(0.0, 0)], rng) for _ in range(50)} == {1}
+
+
+def test_less_loaded_of_equal_weights_wins_three_quarters() -> None:
+    """Two equal weights, one with requests in flight: the idle one wins when either draw hits
+    it, i.e. with probability 1 - (1/2)^2 = 3/4."""
+    counts = shares([Candidate(100.0, 5), Candidate(100.0, 0)], seed=7)
+    assert abs(counts[1] - 0.75 * DRAWS) <= tolerance(DRAWS, 0.75)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=1000),
+    st.integers(min_value=0, max_value=100),
+    st.integers(min_value=1, max_value=100),
+    st.booleans(),
+    st.integers(min_value=0, max_value=2**32),
+)
+def test_less_loaded_picked_more_often(weight: int, low: int, extra: int, swap: bool, seed: int) -> None:
+    """Under unequal loads, of two equal-weight candidates the less loaded is picked more often."""
+    light, heavy = Candidate(float(weight), low), Candidate(float(weight), low + extra)
+    candidates = [heavy, light] if swap else [light, heavy]
+    light_index = candidates.index(light)
+    counts = shares(candidates, seed, draws=4000)
+    assert counts[light_index] > counts[1 - light_index]
+    assert abs(counts[light_index] - 0.75 * 4000) <= tolerance(4000, 0.75)
+
+
+def test_load_is_per_unit_of_weight() -> None:
+    """Load compares in-flight requests per unit of weight: 4 in flight on weight 400 is lighter
+    than 2 on weight 100, so the heavier-weighted one wins whenever drawn (p = 1 - (1/5)^2)."""
+    counts = shares([Candidate(400.0, 4), Candidate(100.0, 2)], seed=11)
+    assert abs(counts[0] - 0.96 * DRAWS) <= tolerance(DRAWS, 0.96)
+
+
+# -- effective_weight ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override", ["0", "250", "-3"])
+def test_override_wins(override: str) -> None:
+    """An override beats the base and a running warmup, even 0; a negative one counts as 0."""
+    published = fields(weight=100, override=override, window=60, curve=2, floor=10, start_ms=NOW_MS)
+    assert effective_weight(100, published, NOW_MS + 1000) == max(0, int(override))
+
+
+def test_warmup_curve_points() -> None:
+    """Warmup: the floor early on, base x (t/T)^curve mid-way, the base once T has passed."""
+    published = fields(weight=200, window=10, curve=2, floor=10, start_ms=NOW_MS)
+    assert effective_weight(5, published, NOW_MS) == pytest.approx(20.0)  # floor: 10 % of 200
+    assert effective_weight(5, published, NOW_MS + 1000) == pytest.approx(20.0)  # (0.1)^2 < floor
+    assert effective_weight(5, published, NOW_MS + 5000) == pytest.approx(50.0)  # 200 x 0.5^2
+    assert effective_weight(5, published, NOW_MS + 8000) == pytest.approx(128.0)  # 200 x 0.8^2
+    assert effective_weight(5, published, NOW_MS + 10_000) == 200.0
+    assert effective_weight(5, published, NOW_MS + 3_600_000) == 200.0
+    cubic = fields(weight=1000, window=10, curve=3, floor=0, start_ms=NOW_MS)
+    assert effective_weight(5, cubic, NOW_MS + 5000) == pytest.approx(125.0)
+    # A clock running behind the provider's: not yet started counts as the very beginning.
+    assert effective_weight(5, published, NOW_MS - 4000) == pytest.approx(20.0)
+
+
+def test_no_warmup_is_base() -> None:
+    """Warmup off (window 0) or no warmup keys: the published base weight."""
+    assert effective_weight(5, fields(weight=300, window=0, start_ms=NOW_MS), NOW_MS) == 300.0
+    assert effective_weight(5, fields(weight=300), NOW_MS) == 300.0
+
+
+@pytest.mark.parametrize(
+    "published",
+    [
+        {},
+        {"version": "1.2"},
+        fields(weight="heavy"),
+        fields(weight=100, window="soon", start_ms=NOW_MS),
+        fields(weight=100, window=10, start_ms="yesterday"),
+        fields(weight=100, window=10, curve="steep", start_ms=NOW_MS),
+        fields(weight=100, window=10, floor="", start_ms=NOW_MS),
+        fields(override="half"),
+        fields(window=10, start_ms=NOW_MS),  # warmup without a base weight
+    ],
+)
+def test_missing_or_invalid_metadata_gives_registry_weight(published: dict[str, str]) -> None:
+    """No sidecar metadata, or metadata that does not parse: the registry weight, unchanged."""
+    assert effective_weight(42, published, NOW_MS) == 42.0
+    assert effective_weight(-7, published, NOW_MS) == 0.0
+
+
+@given(
+    base=st.integers(min_value=1, max_value=65535),
+    window_ms=st.integers(min_value=500, max_value=3_600_000),
+    curve=st.floats(min_value=0.1, max_value=10),
+    floor=st.floats(min_value=0, max_value=100),
+    fraction=st.floats(min_value=0, max_value=1, exclude_max=True),
+)
+def test_warmup_stays_between_floor_and_base(
+    base: int, window_ms: int, curve: float, floor: float, fraction: float
+) -> None:
+    """During the window the weight is within [base x min%, base]; after it, exactly base."""
+    # Formatted as the provider publishes them (lifecycle: f"{value:g}").
+    published = fields(
+        weight=base, window=f"{window_ms / 1000:g}", curve=f"{curve:g}", floor=f"{floor:g}", start_ms=NOW_MS
+    )
+    window_ms = round(float(published[meta.META_WARMUP_S]) * 1000)
+    elapsed_ms = int(fraction * window_ms)
+    during = effective_weight(1, published, NOW_MS + elapsed_ms)
+    lowest = base * float(published[meta.META_WARMUP_MIN_PERCENT]) / 100
+    assert lowest - 1e-9 * base <= during <= base
+    assert effective_weight(1, published, NOW_MS + window_ms) == base
+    assert effective_weight(1, published, NOW_MS + window_ms + elapsed_ms) == base
+
+
+@given(
+    base=st.integers(min_value=1, max_value=65535),
+    window_ms=st.integers(min_value=500, max_value=3_600_000),
+    curve=st.floats(min_value=0.1, max_value=10),
+    floor=st.floats(min_value=0, max_value=100),
+    a=st.floats(min_value=0, max_value=1),
+    b=st.floats(min_value=0, max_value=1),
+)
+def test_warmup_never_falls(
+    base: int, window_ms: int, curve: float, floor: float, a: float, b: float
+) -> None:
+    """The effective weight of a warming instance only rises with time."""
+    published = fields(weight=base, window=window_ms / 1000, curve=curve, floor=floor, start_ms=NOW_MS)
+    early, late = sorted((int(a * window_ms), int(b * window_ms)))
+    assert effective_weight(1, published, NOW_MS + early) <= effective_weight(1, published, NOW_MS + late)
+
+
+# -- RetryBudget ---------------------------------------------------------------------------------
+
+T0 = 1000.0  # a monotonic clock reading, as time.monotonic() gives
+
+
+def drain(budget: RetryBudget, now: float, limit: int = 10_000) -> int:
+    """Withdraw until refused; the number of retries allowed at `now`."""
+    allowed = 0
+    while allowed < limit and budget.try_withdraw(now):
+        allowed += 1
+    return allowed
+
+
+def test_budget_without_traffic_allows_min_per_second() -> None:
+    """No requests: about min_per_second retries per second (10 by default), not more."""
+    budget = RetryBudget()
+    assert drain(budget, T0) == 10  # the initial balance
+    per_second = [drain(budget, T0 + second) for second in range(1, 11)]
+    assert all(9 <= allowed <= 11 for allowed in per_second), per_second
+    assert sum(per_second) == pytest.approx(100, abs=1)
+    # Asked every 10 ms for 5 s: the same rate, the calls themselves earn nothing.
+    attempts = [budget.try_withdraw(T0 + 10 + step / 100) for step in range(1, 501)]
+    assert sum(attempts) == pytest.approx(50, abs=1)
+
+
+@pytest.mark.parametrize("requests", [100, 400])
+def test_budget_adds_a_fifth_of_requests(requests: int) -> None:
+    """N requests at once add 20 % of N retries to the min_per_second allowance."""
+    budget = RetryBudget()
+    for _ in range(requests):
+        budget.on_request(T0)
+    # abs=1: a fifth is not exact in binary, 100 deposits of 0.2 make 19.999...
+    assert drain(budget, T0) == pytest.approx(10 + requests / 5, abs=1)
+
+
+def test_budget_follows_requests_over_time() -> None:
+    """A steady stream where every request wants a retry: about 20 % of them get one, plus the
+    time allowance."""
+    budget = RetryBudget(percent=0.2, min_per_second=1.0, cap=100.0)
+    granted = 0
+    for step in range(10_000):  # 1000 requests a second for 10 s
+        now = T0 + step / 1000
+        budget.on_request(now)
+        granted += budget.try_withdraw(now)
+    # 0.2 x 10 000 from requests, 1/s x 10 s from time, 1 initial.
+    assert 2000 <= granted <= 2011
+
+
+def test_budget_is_capped() -> None:
+    """Neither a long idle time nor a burst of requests banks more than `cap` retries."""
+    idle = RetryBudget()
+    idle.try_withdraw(T0)
+    assert drain(idle, T0 + 3600) == 100
+    busy = RetryBudget()
+    for _ in range(100_000):
+        busy.on_request(T0)
+    assert drain(busy, T0) == 100
+    small = RetryBudget(percent=0.5, min_per_second=2.0, cap=5.0)
+    for _ in range(1000):
+        small.on_request(T0)
+    assert drain(small, T0 + 60) == 5
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(min_value=0, max_value=5), st.integers(min_value=0, max_value=300)),
+        max_size=30,
+    )
+)
+def test_budget_bound(steps: list[tuple[float, int]]) -> None:
+    """Over any schedule, retries granted <= initial + 20 % of requests + rate x elapsed time."""
+    budget = RetryBudget()
+    now, requests = T0, 0
+    granted = drain(budget, now)
+    for pause, count in steps:
+        now += pause
+        for _ in range(count):
+            budget.on_request(now)
+        requests += count
+        granted += drain(budget, now)
+    assert granted <= 10 + 0.2 * requests + 10 * (now - T0) + 1e-6
+
+
+# --- the table's reaction to registry answers (pure logic around InstanceTable, in process)
+
+
+def _instance(instance_id: str) -> Instance:
+    return Instance("svc", instance_id, "127.0.0.1", 1, 100, {})
+
+
+def _listener() -> UpstreamListener:
+    settings = load_settings({"service": "c", "upstream": ["svc=127.0.0.1:1"]}, env={})
+    # Neither the registry nor the HTTP session is used by what these tests call.
+    return UpstreamListener(settings.upstream[0], settings, cast(Any, None), cast(Any, None), Metrics())
+
+
+async def test_empty_answer_after_outage_is_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry back from an outage with nothing in it keeps the last table for a grace
+    period (providers re-register), then the empty answer stands."""
+    monkeypatch.setattr(upstream, "EMPTY_AFTER_OUTAGE_GRACE_SECONDS", 0.0)
+    listener = _listener()
+    listener._apply([_instance("a"), _instance("b")])
+    listener._apply([], after_outage=True)
+    assert set(listener.table.members) == {"a", "b"}
+    await asyncio.sleep(0)  # the grace timer (0 s here) fires on the next turn of the loop
+    await asyncio.sleep(0)
+    assert listener.table.members == {}
+
+
+async def test_answer_during_grace_replaces_held_empty_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-empty answer during the grace period wins over the held empty one."""
+    monkeypatch.setattr(upstream, "EMPTY_AFTER_OUTAGE_GRACE_SECONDS", 0.0)
+    listener = _listener()
+    listener._apply([_instance("a")])
+    listener._apply([], after_outage=True)
+    listener._apply([_instance("b")])
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert set(listener.table.members) == {"b"}
+
+
+def test_empty_answer_without_outage_applies_at_once() -> None:
+    """An empty answer from a healthy watch (every provider left) applies at once."""
+    listener = _listener()
+    listener._apply([_instance("a")])
+    listener._apply([])
+    assert listener.table.members == {}
