@@ -39,10 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
-import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -51,10 +48,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
+from benchcommon import header, stop_on_signals
 
 from sidecar.fleet import free_port, wait_http_ok
 
@@ -159,27 +156,8 @@ def run_case(workdir: Path, registry: str, app_port: int, quiet: float, factors:
     return results
 
 
-def header(title: str) -> dict[str, Any]:
-    info = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "cores": os.cpu_count(),
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-    }
-    print(f"{title} -- {info['date']}")
-    print(f"machine: {info['cores']} cores, load average {info['loadavg']} at start, Python {info['python']}")
-    return info
-
-
-def interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM and SIGINT end the run through the `finally` blocks, which stop every process it
-    started (SIGINT is set explicitly: a shell may start a background job with SIGINT ignored)."""
-    raise KeyboardInterrupt
-
-
 def main() -> None:
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, interrupt)
+    stop_on_signals()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -54,8 +54,6 @@ import argparse
 import asyncio
 import datetime
 import json
-import os
-import platform
 import signal
 import socket
 import statistics
@@ -68,10 +66,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import httpx
+from benchcommon import header, stop_on_signals
 
 from sidecar.fleet import free_port, wait_http_ok
 from sidecar.loadgen import LoadGenerator
@@ -376,30 +375,11 @@ def print_reps(mode: str, reps: list[Rep]) -> None:
         )
 
 
-def header(title: str) -> dict[str, Any]:
-    info = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "cores": os.cpu_count(),
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-    }
-    print(f"{title} -- {info['date']}")
-    print(f"machine: {info['cores']} cores, load average {info['loadavg']} at start, Python {info['python']}")
-    return info
-
-
-def interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM and SIGINT end the run through the `finally` blocks, which stop every process it
-    started (SIGINT is set explicitly: a shell may start a background job with SIGINT ignored)."""
-    raise KeyboardInterrupt
-
-
 def main() -> None:
     if sys.argv[1:2] == ["_app"]:
         app_main(sys.argv[2:])
         return
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, interrupt)
+    stop_on_signals()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

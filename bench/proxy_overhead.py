@@ -15,37 +15,16 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
+from sidecar.fleet import free_port, wait_http_ok
 
 CONCURRENCY = 32
 DURATION_S = 10
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} not ready after {timeout} s")
 
 
 def to_ms(text: str) -> float:
@@ -92,7 +71,7 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            wait_http(f"http://127.0.0.1:{admin_port}/ready")
+            wait_http_ok(f"http://127.0.0.1:{admin_port}/ready")
             path = "/work?ms=0"
             wrk(f"http://127.0.0.1:{app_port}{path}", 2, args.concurrency)  # warm both up
             wrk(f"http://127.0.0.1:{listen_port}{path}", 2, args.concurrency)

@@ -38,10 +38,7 @@ first, so that neither always gets the quieter minute.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import signal
 import subprocess
 import sys
@@ -51,10 +48,10 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
+from benchcommon import header, stop_on_signals
 
 from sidecar.fleet import Fleet, Provider
 from sidecar.loadgen import LoadGenerator, Sample
@@ -166,27 +163,8 @@ def run_roll(workdir: Path, registry: str, mode: str) -> Roll:
     return result
 
 
-def header(title: str) -> dict[str, Any]:
-    info = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "cores": os.cpu_count(),
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-    }
-    print(f"{title} -- {info['date']}")
-    print(f"machine: {info['cores']} cores, load average {info['loadavg']} at start, Python {info['python']}")
-    return info
-
-
-def interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM and SIGINT end the run through the `finally` blocks, which stop every process it
-    started (SIGINT is set explicitly: a shell may start a background job with SIGINT ignored)."""
-    raise KeyboardInterrupt
-
-
 def main() -> None:
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, interrupt)
+    stop_on_signals()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

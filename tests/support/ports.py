@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import socket
 
+# Ports handed out by this process: a port closed again is free to the kernel, which may hand
+# it out twice in a row (seen: --listen and --admin given the same port). Never reuse one here.
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
     """A port on 127.0.0.1 that is free for TCP and UDP right now.
@@ -20,4 +24,6 @@ def free_port() -> int:
                     udp.bind(("127.0.0.1", port))
                 except OSError:
                     continue
-        return port
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port

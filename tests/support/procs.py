@@ -122,12 +122,15 @@ class SidecarProc:
         return f"http://127.0.0.1:{self.listen_port}"
 
     def wait_ready(self, timeout: float = DEADLINE_SECONDS) -> None:
-        wait_for(
-            lambda: httpx.get(f"{self.admin}/ready", timeout=1).status_code == 200, timeout, "/ready 200"
-        )
+        wait_for(lambda: self._probe("/ready"), timeout, "/ready 200")
 
     def wait_live(self) -> None:
-        wait_for(lambda: httpx.get(f"{self.admin}/live", timeout=1).status_code == 200, what="/live")
+        wait_for(lambda: self._probe("/live"), what="/live")
+
+    def _probe(self, path: str) -> bool:
+        if self.proc.poll() is not None:  # no point waiting: say why at once
+            raise AssertionError(f"the sidecar exited with {self.proc.returncode}:\n{self.log()[-2000:]}")
+        return httpx.get(f"{self.admin}{path}", timeout=1).status_code == 200
 
     def status(self) -> dict[str, Any]:
         body: dict[str, Any] = httpx.get(f"{self.admin}/status", timeout=5).json()
