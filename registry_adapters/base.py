@@ -59,7 +59,8 @@ class Instance:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """host:port, with an IPv6 host in brackets (usable in a URL)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def with_weight(self, weight: int) -> Instance:
         return replace(self, weight=weight)

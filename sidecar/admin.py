@@ -34,11 +34,24 @@ def json_error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
+class BadBody(Exception):
+    """A request body that cannot be used; answered 400 with the message."""
+
+
+async def read_json(request: web.Request, expected: str) -> Any:
+    try:
+        return json.loads(await request.read())
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 and bad JSON are ValueErrors too
+        raise BadBody(f"body is not valid JSON ({str(exc)[:200]}); {expected}") from None
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """aiohttp's own errors (404, 405, 413) as JSON, and no traceback ever reaches a caller."""
     try:
         return await handler(request)
+    except BadBody as exc:
+        return json_error(400, str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -101,7 +114,8 @@ class AdminServer:
         token = self.settings.token
         if token:
             sent = request.headers.get("Authorization", "")
-            if hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            # surrogateescape: header bytes that are not UTF-8 must compare unequal, not raise
+            if hmac.compare_digest(sent.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode()):
                 return True
         try:
             caller = ipaddress.ip_address(request.remote or "")
@@ -162,10 +176,7 @@ class AdminServer:
             return self.forbidden()
         if self.lifecycle.closing:
             return json_error(409, "the instance is going offline: its weight can no longer change")
-        try:
-            payload = json.loads(await request.read())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return json_error(400, f'body is not valid JSON ({exc}); expected {{"weight": N}}')
+        payload = await read_json(request, 'expected {"weight": N}')
         if not isinstance(payload, dict) or set(payload) != {"weight"}:
             return json_error(400, 'expected a JSON object with exactly one key: {"weight": N}')
         weight = payload["weight"]
@@ -188,10 +199,7 @@ class AdminServer:
         """An offline notification from a provider sidecar: drop the instance at once."""
         if not self.allowed(request):
             return self.forbidden()
-        try:
-            payload = json.loads(await request.read())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return json_error(400, f"body is not valid JSON ({exc})")
+        payload = await read_json(request, "expected a JSON object with service, instance_id and event")
         if not isinstance(payload, dict):
             return json_error(400, "expected a JSON object with service, instance_id and event")
         for key in ("service", "instance_id", "event"):

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -77,8 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_sidecar_options(commands.add_parser("run", help="run the sidecar"))
     add_sidecar_options(commands.add_parser("exec", help="run the sidecar with CMD as its supervised child"))
     shutdown = commands.add_parser("shutdown", help="call /shutdown and wait until drained")
-    shutdown.add_argument("--admin", default="127.0.0.1:16688", metavar="HOST:PORT")
-    shutdown.add_argument("--token", default=None, metavar="T")
+    # The same SIDECAR_ADMIN and SIDECAR_TOKEN as the sidecar itself, so one env file serves both.
+    shutdown.add_argument(
+        "--admin", default=os.environ.get("SIDECAR_ADMIN", "127.0.0.1:16688"), metavar="HOST:PORT"
+    )
+    shutdown.add_argument("--token", default=os.environ.get("SIDECAR_TOKEN"), metavar="T")
     demo = commands.add_parser("demo", help="the rolling-restart demonstration")
     demo.add_argument("--registry", default=None, metavar="URL", help="default: a fresh embedded SQLite file")
     return parser

@@ -124,6 +124,12 @@ def parse_text(text: str) -> str:
     return text
 
 
+def parse_health_path(text: str) -> str:
+    if text and (not text.startswith("/") or not text.isprintable() or " " in text):
+        raise ValueError(f"expected a path such as /health (or '' to disable), got {text!r}")
+    return text
+
+
 def parse_name(text: str) -> str:
     text = text.strip()
     if not text or len(text) > 200 or any(c.isspace() or c == "/" for c in text):
@@ -173,7 +179,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("app", parse_http_url, None, "the application behind the inbound proxy", "URL"),
     Option(
         "app-health",
-        parse_text,
+        parse_health_path,
         "/health",
         "health path polled until 2xx before registering; '' disables",
         "PATH",
@@ -270,7 +276,9 @@ def load_settings(
         source = ""
         if flags.get(option.attr) is not None:
             raw, source = flags[option.attr], option.flag
-        elif option.env in env:
+        elif option.env in env and not (option.repeatable and not env[option.env].strip()):
+            # An empty list from the environment means "not set": an empty --allow would lock
+            # every caller out, loopback included.
             raw, source = env[option.env], option.env
             if option.repeatable:
                 raw = [part for part in raw.split(",") if part.strip()]
@@ -298,6 +306,9 @@ def load_settings(
     if values["listen"] is not None and values["listen"] == values["admin"]:
         raise ConfigError(f"--listen and --admin are both {values['admin']}: they need separate ports")
     values["upstream"] = tuple(values["upstream"])
+    names = [upstream.service for upstream in values["upstream"]]
+    if duplicated := sorted({name for name in names if names.count(name) > 1}):
+        raise ConfigError(f"--upstream: {duplicated[0]} is given more than once")
     values["allow"] = tuple(values["allow"])
     return Settings(**values, command=tuple(command))
 
@@ -323,7 +334,7 @@ def _read_toml(path: str) -> dict[str, Any]:
             data = tomllib.load(handle)
     except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read it ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
     known = {option.name for option in OPTIONS} | {option.attr for option in OPTIONS}
     unknown = sorted(set(data) - known)

@@ -2,7 +2,9 @@
 
     SidecarError
     +-- ConfigError          an option has a value we cannot use; the message names the option
-    +-- StartupError         a component could not start (port in use, registry URL unusable)
+    +-- StartupError         a component could not start (a port in use)
+    +-- ChildSpawnError      exec mode: CMD could not be started (127 not found, 126 not executable;
+                             defined in sidecar.supervisor, which raises it)
 
 Registry backends raise `registry_adapters.RegistryError` and its subclasses; the lifecycle
 catches those at its boundary, records them in /status and metrics, and retries.

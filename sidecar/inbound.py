@@ -24,6 +24,7 @@ from sidecar.metrics import Metrics
 from sidecar.relay import (
     CLOSING_HEADER,
     CONSUMER_HEADER,
+    IDEMPOTENT,
     REFUSED_HEADER,
     end_to_end,
     relay_response,
@@ -32,9 +33,6 @@ from sidecar.relay import (
 
 log = logging.getLogger("sidecar.inbound")
 
-# Requests that may be sent again when a pooled keep-alive connection turns out to have been
-# closed by the app before it read anything: the same rule browsers and Go's net/http apply.
-RETRY_ON_STALE_CONNECTION = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # Enough connections for a busy instance; beyond it requests wait for a free one.
 APP_CONNECTION_LIMIT = 1024
 
@@ -93,7 +91,7 @@ class InboundProxy:
         else:
             consumer = request.headers.get(CONSUMER_HEADER)
             if consumer:
-                self.consumers.remember(consumer)
+                self.consumers.remember(consumer, request.remote)
             with self.tracker.track():
                 response = await self._forward(request)
         self.metrics.requests.labels(str(response.status)).inc()
@@ -110,16 +108,16 @@ class InboundProxy:
         if request.remote:
             forwarded = request.headers.get("X-Forwarded-For")
             headers["X-Forwarded-For"] = f"{forwarded}, {request.remote}" if forwarded else request.remote
-        url = URL(self.app_url + request.raw_path, encoded=True)
+        url = URL(self.app_url + request.rel_url.raw_path_qs, encoded=True)
         body = request.content if request.body_exists else None
-        tries = 2 if body is None and request.method in RETRY_ON_STALE_CONNECTION else 1
+        tries = 2 if body is None and request.method in IDEMPOTENT else 1
         for attempt in range(1, tries + 1):
             try:
                 upstream = await self._session.request(
                     request.method, url, headers=headers, data=body, allow_redirects=False
                 )
                 break
-            except aiohttp.ClientConnectorError:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
                 # Not even connected: the app never saw this request.
                 return self._refuse("app unreachable")
             except aiohttp.ServerDisconnectedError:

@@ -11,6 +11,7 @@ recently, bounded in size and age, so the offline sequence knows whom to notify.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -75,17 +76,23 @@ class ConsumerBook:
         self._max_size = max_size
         self._ttl = ttl
 
-    def remember(self, header_value: str) -> bool:
-        """Remember a consumer's admin URL; ignore (return False) anything that is not one."""
+    def remember(self, header_value: str, caller: str | None) -> bool:
+        """Remember a consumer's admin URL; ignore (return False) anything that is not one.
+
+        Only a URL whose host is the caller's own address is kept: notifications carry the
+        fleet token, and must not go wherever an unauthenticated header says."""
         url = header_value.strip().rstrip("/")
-        if len(url) > MAX_CONSUMER_URL_LENGTH:
+        if len(url) > MAX_CONSUMER_URL_LENGTH or not url.isprintable() or not caller:
             return False
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - raises ValueError on a bad port
+            host = ipaddress.ip_address(parts.hostname or "")
+            if ipaddress.ip_address(caller) != host:
+                return False
         except ValueError:
             return False
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        if parts.scheme not in ("http", "https") or parts.query or parts.fragment or parts.username:
             return False
         self._seen[url] = time.monotonic()
         self._seen.move_to_end(url)

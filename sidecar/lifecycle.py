@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -30,6 +30,7 @@ from sidecar.notify import Notifier, OfflineNotice
 from sidecar.warmup import Warmup
 
 log = logging.getLogger("sidecar.lifecycle")
+T = TypeVar("T")
 
 # Health polling of an app that is starting: often enough that registration follows readiness
 # closely, rarely enough to be invisible in the app's logs and CPU.
@@ -131,6 +132,7 @@ class Lifecycle:
 
     def start(self) -> None:
         self._online_task = asyncio.create_task(self.online(), name="online-sequence")
+        self._online_task.add_done_callback(_log_failure)
 
     async def online(self) -> None:
         # 1. Phase starting: poll the app's health URL until it answers 2xx.
@@ -142,6 +144,7 @@ class Lifecycle:
         # 3. Register with the sidecar metadata (retried while the registry is down); ready.
         if self.provider:
             await self._retry("register", self._register_now)
+            await self.publish_weight()  # an override set while starting (weight 0, say)
         warming = self.warmup.window > 0 and self.provider
         self._set_phase("warming" if warming else "serving")
         log.info("online: %s registered as %s", self.settings.service, self.settings.instance_id)
@@ -165,6 +168,7 @@ class Lifecycle:
             while not await _healthy(client, url):  # noqa: ASYNC110 - another process: polling is all there is
                 await asyncio.sleep(HEALTH_POLL_SECONDS)
         self._health_task = asyncio.create_task(self._watch_app_health(url), name="app-health")
+        self._health_task.add_done_callback(_log_failure)
 
     async def _watch_app_health(self, url: str) -> None:
         """After start-up, /ready follows the app's health too."""
@@ -185,12 +189,13 @@ class Lifecycle:
     async def _register_now(self) -> None:
         start_ms = int(time.time() * 1000)
         self._register_attempted = True
-        await self.registry.register(self._instance(start_ms))
+        instance = self._instance(start_ms)
+        await self.registry.register(instance)
         self._start_ms = start_ms
         self._registered_at = time.monotonic()
         self.registered = True
-        self._published = (self.current_weight(), self.override)
-        self.metrics.weight.set(self.current_weight())
+        self._published = (instance.weight, self.override)
+        self.metrics.weight.set(instance.weight)
 
     def _instance(self, start_ms: int) -> Instance:
         advertise = self.settings.advertise
@@ -206,9 +211,10 @@ class Lifecycle:
         if self.override is not None:
             fields[meta.META_WEIGHT_OVERRIDE] = str(self.override)
         # Registries such as Consul cannot publish weight 0 at registration: set_weight(0) follows.
-        weight = max(
-            1, self.current_weight() if self.registered else self.warmup.weight(self.settings.weight, 0)
-        )
+        if self.override is None and not self.registered:
+            weight = self.warmup.weight(self.settings.weight, 0)  # registering now: t = 0
+        else:
+            weight = max(1, self.current_weight())
         return Instance(
             self.settings.service, self.settings.instance_id, advertise.host, advertise.port, weight, fields
         )
@@ -264,26 +270,24 @@ class Lifecycle:
         notice = OfflineNotice(self.settings.service, self.settings.instance_id, str(self.settings.advertise))
         notifying = asyncio.create_task(self.notifier.send_all(self.consumers.recent(), notice))
         # 4. Keep serving what arrives: the inbound proxy marks those responses closing.
-        # 5. Wait for: nothing in flight, no request for --quiet-period, notifications done.
-        waiting = asyncio.gather(
-            asyncio.shield(notifying), self.tracker.wait_quiet(self.settings.quiet_period, started)
-        )
+        # 5. Wait for: nothing in flight, no request for --quiet-period, notifications done;
+        #    then for the deregistration. All of it bounded by --drain-timeout.
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                await waiting
-        except TimeoutError:
-            log.warning("offline: drain timeout with %d requests in flight", self.tracker.count)
-        inflight = self.tracker.count
-        deregistered = not was_registered
-        if deregistering is not None:
-            try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    deregistered = await deregistering
-            except TimeoutError:
-                deregistered = False
-        sent = await notifying if notifying.done() else []
-        if not notifying.done():
-            notifying.cancel()
+            waiting = (
+                asyncio.shield(notifying),
+                self.tracker.wait_quiet(self.settings.quiet_period, started),
+            )
+            if not await _within(asyncio.gather(*waiting, return_exceptions=True), deadline):
+                log.warning("offline: drain timeout with %d requests in flight", self.tracker.count)
+            inflight = self.tracker.count
+            # Nothing to take out if no register call was ever made.
+            deregistered = deregistering is None or await _within(deregistering, deadline) is True
+        finally:  # also when a second signal cuts the sequence short
+            for task in (notifying, deregistering):
+                if task is not None and not task.done():
+                    task.cancel()
+        finished = notifying.done() and not notifying.cancelled() and notifying.exception() is None
+        sent = notifying.result() if finished else []
         # 6. Phase drained: refuse whatever still arrives; the result answers /shutdown.
         self.refusing = True
         self._set_phase("drained")
@@ -356,3 +360,18 @@ async def _healthy(client: httpx.AsyncClient, url: str) -> bool:
         return (await client.get(url)).is_success
     except httpx.HTTPError:
         return False  # not up (yet), or not answering
+
+
+async def _within(awaitable: Awaitable[T], deadline: float) -> T | None:
+    """`awaitable`'s result, or None if `deadline` (time.monotonic()) passes first."""
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            return await awaitable
+    except TimeoutError:
+        return None
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A background sequence that fails must say so (a bug: registry errors are retried)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("%s failed", task.get_name(), exc_info=exc)

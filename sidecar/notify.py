@@ -22,6 +22,9 @@ log = logging.getLogger("sidecar.notify")
 TIMEOUT_SECONDS = 2.0
 TRIES = 3
 RETRY_PAUSE_SECONDS = 0.2
+# At most this many notifications in flight: a book full of unreachable consumers must not
+# exhaust sockets, nor hold back the reachable ones for longer than a few timeouts.
+PARALLEL = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +59,13 @@ class Notifier:
 
     async def send_all(self, consumers: Iterable[str], notice: OfflineNotice) -> list[bool]:
         """Notify each consumer admin URL in parallel; one bool per consumer (True = answered 2xx)."""
-        return list(await asyncio.gather(*(self.send(url, notice) for url in consumers)))
+        slots = asyncio.Semaphore(PARALLEL)
+
+        async def send(url: str) -> bool:
+            async with slots:
+                return await self.send(url, notice)
+
+        return list(await asyncio.gather(*(send(url) for url in consumers)))
 
     async def send(self, consumer: str, notice: OfflineNotice) -> bool:
         if self._client is None:
@@ -64,7 +73,8 @@ class Notifier:
         for attempt in range(1, TRIES + 1):
             try:
                 response = await self._client.post(f"{consumer}/notify", json=notice.body())
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+                # A notification is best effort: nothing a consumer URL does may stop a drain.
                 log.info("notify %s: try %d failed: %s", consumer, attempt, exc.__class__.__name__)
             else:
                 if response.is_success:

@@ -37,6 +37,10 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+# Methods whose request may be sent again when a connection broke before an answer came (RFC 9110
+# 9.2.2): a pooled keep-alive connection the server had just closed, say. Browsers and Go's
+# net/http apply the same rule.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # Bounded, so memory stays bounded: 1024 connections x 64 KiB = 64 MiB at most.
 SMALL_BODY_BYTES = 64 * 1024
 # When the sidecar stops, requests still running (after a drain that timed out) get this long.
@@ -59,7 +63,13 @@ async def relay_response(
     length = upstream.content_length
     if length is not None and length <= SMALL_BODY_BYTES and request.method != "HEAD":
         del headers["Content-Length"]  # aiohttp sets it from the body
-        small = web.Response(status=upstream.status, reason=upstream.reason, body=await upstream.read())
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            # Cut off mid-body, before we sent anything: a clean 502 is still possible.
+            log.info("response to %s %s cut short: %s", request.method, request.path, exc.__class__.__name__)
+            return web.json_response({"error": "the response was cut off mid-body"}, status=502)
+        small = web.Response(status=upstream.status, reason=upstream.reason, body=body)
         small.headers.extend(headers)
         mark(small)
         return small

@@ -35,6 +35,7 @@ from sidecar.metrics import Metrics
 from sidecar.relay import (
     CLOSING_HEADER,
     CONSUMER_HEADER,
+    IDEMPOTENT,
     REFUSED_HEADER,
     end_to_end,
     relay_response,
@@ -49,7 +50,6 @@ EJECT_SECONDS = 5.0
 # Request bodies up to this size are kept so that they can be sent again; larger ones stream
 # and are retried only when they could not be sent at all.
 REPLAYABLE_BODY_BYTES = 64 * 1024
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 WATCH_BACKOFF_MAX_SECONDS = 5.0
 # Longer than a few provider heartbeats (Consul 3 s, SQLite 2 s): see UpstreamListener._apply.
 EMPTY_AFTER_OUTAGE_GRACE_SECONDS = 10.0
@@ -201,10 +201,11 @@ class UpstreamListener:
                     async for instances in watch:
                         self._apply(instances, after_outage=self.watch_error is not None)
                         self.watch_error, pause = None, 0.2
-            except RegistryError as exc:
+            except Exception as exc:  # whatever the registry did, the last table stays and we retry
                 if self.watch_error is None:
-                    log.warning("watch of %s failed, keeping the last table: %s", self.service, exc)
-                self.watch_error = str(exc)
+                    log.warning("watch of %s failed, keeping the last table: %s", self.service, exc,
+                                exc_info=not isinstance(exc, RegistryError))  # fmt: skip
+                self.watch_error = str(exc) or exc.__class__.__name__
                 self.metrics.registry_errors.labels("watch").inc()
             await asyncio.sleep(pause)
             pause = min(pause * 2, WATCH_BACKOFF_MAX_SECONDS)
@@ -262,8 +263,12 @@ class UpstreamListener:
         self, request: web.Request, instance: Instance, headers: CIMultiDict[str], body: Body
     ) -> web.StreamResponse | Retry:
         """One try on one instance: the response to relay, or why another instance may be tried."""
-        url = URL(f"http://{instance.address}{request.raw_path}", encoded=True)
         replayable = not isinstance(body, aiohttp.StreamReader)
+        try:
+            url = URL(f"http://{instance.address}{request.rel_url.raw_path_qs}", encoded=True)
+        except ValueError:  # a registry entry that is no address
+            self.drop(instance.instance_id)
+            return Retry("connect", unavailable(f"{instance.instance_id} has no usable address"))
         try:
             upstream = await self.session.request(
                 request.method, url, headers=headers, data=body, allow_redirects=False

@@ -46,6 +46,8 @@ def assert_json_error(response: httpx.Response, status: int, mentions: str = "")
         (b'{"weight": ', "not valid JSON"),
         (b"", "not valid JSON"),
         (b"\xff\xfe", "not valid JSON"),
+        (b'{"weight": ' + b"9" * 5000 + b"}", "not valid JSON"),
+        (b"[" * 50_000, "not valid JSON"),  # nested deeper than the parser recurses
     ],
 )
 def test_bad_weight_bodies(car: SidecarProc, body: bytes, mentions: str) -> None:
@@ -98,6 +100,14 @@ def test_mutating_endpoints_need_allow_or_token(
     wrong = {"Authorization": "Bearer wrong"}
     assert_json_error(httpx.request(method, url, content=content, headers=wrong), 403, "forbidden")
     assert car.status()["phase"] in ("serving", "warming")
+
+
+def test_undecodable_authorization_header_is_403(car: SidecarProc) -> None:
+    """An Authorization header that is not UTF-8 is a wrong token (403), not an error."""
+    response = httpx.put(
+        f"{car.admin}/weight", json={"weight": 5}, headers={"Authorization": b"Bearer \xff\xfe"}
+    )
+    assert_json_error(response, 403, "forbidden")
 
 
 def test_token_allows_and_process_still_serves(car: SidecarProc) -> None:

@@ -68,6 +68,8 @@ def test_repeatable_options_from_env() -> None:
         ({"registry": "localhost:8500"}, {}, "--registry: expected a URL"),
         ({"service": None}, {}, "--service is required"),
         ({"app": None}, {}, "--listen needs --app"),
+        ({"app_health": "health"}, {}, "--app-health: expected a path such as /health"),
+        ({"upstream": ["a=127.0.0.1:1", "a=127.0.0.1:2"]}, {}, "--upstream: a is given more than once"),
     ],
 )
 def test_bad_values_name_the_option(flags: dict[str, object], env: dict[str, str], message: str) -> None:
@@ -78,6 +80,11 @@ def test_bad_values_name_the_option(flags: dict[str, object], env: dict[str, str
     assert "\n" not in str(caught.value)
 
 
+def test_empty_list_from_env_is_unset() -> None:
+    """SIDECAR_ALLOW= (empty) keeps the loopback default instead of locking every caller out."""
+    assert load_settings(BASE, env={"SIDECAR_ALLOW": ""}).allow == load_settings(BASE, env={}).allow
+
+
 def test_bad_config_file(tmp_path: Path) -> None:
     """An unknown key or broken TOML in --config is named in the error."""
     config = tmp_path / "bad.toml"
@@ -85,6 +92,9 @@ def test_bad_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown key 'wieght'"):
         load_settings({**BASE, "config": str(config)}, env={})
     config.write_text("weight = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings({**BASE, "config": str(config)}, env={})
+    config.write_bytes(b"weight = 5 # \xff\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings({**BASE, "config": str(config)}, env={})
     with pytest.raises(ConfigError, match="cannot read"):

@@ -231,3 +231,21 @@ def test_shutdown_command_waits_and_reports(tmp_path: Path, registry_url: str) -
         )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["drained"] is True
+
+
+def test_odd_consumer_headers_cannot_break_a_drain(tmp_path: Path, registry_url: str) -> None:
+    """X-Sidecar-Consumer values that are not a consumer's own address (another host, a host
+    name, garbage) are not remembered, so nothing is sent there and the drain completes."""
+    with demo_app(tmp_path) as app, sidecar(tmp_path, registry_url, app, "--quiet-period", "0") as car:
+        for value in (
+            "http://xn--.com:16688",
+            "http://192.0.2.7:16688",
+            "http://127.0.0.2:16688",
+            "x" * 600,
+        ):
+            assert httpx.get(f"{car.url}/work", headers={"X-Sidecar-Consumer": value}).status_code == 200
+        assert car.status()["consumers"] == 0
+        answer = httpx.get(f"{car.admin}/shutdown", timeout=30)
+    assert answer.status_code == 200
+    assert answer.json()["drained"] is True
+    assert answer.json()["notified"] == 0

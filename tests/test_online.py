@@ -125,3 +125,17 @@ def test_ready_follows_app_health(tmp_path: Path, registry_url: str) -> None:
         )
         httpx.post(f"{app.url}/health", params={"healthy": "1"})
         wait_for(lambda: ready(car.admin) == (200, "serving"), timeout=10, what="/ready 200 again")
+
+
+def test_override_set_while_starting_reaches_the_registry(tmp_path: Path, consul_agent: ConsulAgent) -> None:
+    """PUT /weight before the instance is registered: it registers with that weight."""
+    url = consul_agent.url
+    with (
+        demo_app(tmp_path, startup_delay=3) as app,
+        sidecar(tmp_path, url, app, "--instance-id", "early-1", service="early", wait="live") as car,
+    ):
+        put = httpx.put(f"{car.admin}/weight", json={"weight": 7})
+        assert put.status_code == 200
+        assert put.json()["published"] is False  # not registered yet
+        car.wait_ready()
+        assert wait_for(lambda: consul_weights(url, "early").get("early-1") == 7, what="weight 7 in Consul")

@@ -3,6 +3,7 @@ connections to the app are kept alive, and an unreachable app is a refusal, not 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import Iterator
@@ -11,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.procs import AppProc, SidecarProc, demo_app, sidecar
+from tests.support.ports import free_port
+from tests.support.procs import AppProc, SidecarProc, await_for, demo_app, sidecar
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +91,31 @@ def test_unreachable_app_is_refused(tmp_path: Path) -> None:
             response = httpx.get(f"{car.url}/work")
             assert response.status_code == 503
             assert response.headers["X-Sidecar-Refused"] == "gone-1"
+
+
+async def test_response_cut_short_is_a_502(tmp_path: Path) -> None:
+    """An app that announces a small body and closes the connection half-way: the caller gets a
+    502 with a JSON error, not a 500, and the sidecar keeps serving."""
+
+    async def truncating(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(truncating, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    args = ("--app", f"http://127.0.0.1:{port}", "--listen", f"127.0.0.1:{free_port()}", "--app-health", "")
+    try:
+        async with asyncio.timeout(30):
+            with sidecar(tmp_path, f"sqlite://{tmp_path / 'r.db'}", None, *args, wait="live") as car:
+                listen = car.args[car.args.index("--listen") + 1]
+                async with httpx.AsyncClient(timeout=10) as client:
+                    await await_for(lambda: car.status()["ready"], what="ready")
+                    response = await client.get(f"http://{listen}/x")
+                    assert response.status_code == 502
+                    assert "cut off" in response.json()["error"]
+                    assert (await client.get(f"{car.admin}/live")).status_code == 200
+                assert "Traceback" not in car.log()
+    finally:
+        server.close()
