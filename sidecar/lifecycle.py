@@ -130,9 +130,14 @@ class Lifecycle:
 
     # --- the online sequence
 
-    def start(self) -> None:
+    async def __aenter__(self) -> Lifecycle:
+        """Start the online sequence; leaving the block cancels whatever sequence still runs."""
         self._online_task = asyncio.create_task(self.online(), name="online-sequence")
         self._online_task.add_done_callback(_log_failure)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop_tasks()
 
     async def online(self) -> None:
         # 1. Phase starting: poll the app's health URL until it answers 2xx.

@@ -69,6 +69,7 @@ async def first_of(*waitables: Awaitable[object]) -> asyncio.Future[object]:
     done, pending = await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
     for future in pending:
         future.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
     return done.pop()
 
 
@@ -94,8 +95,7 @@ async def serve(settings: Settings) -> int:
             return {"upstreams": upstreams.status(), "child": child.status() if child else None}
 
         await stack.enter_async_context(AdminServer(settings, lifecycle, upstreams.on_offline, status_extra))
-        lifecycle.start()
-        stack.push_async_callback(lifecycle.stop_tasks)
+        await stack.enter_async_context(lifecycle)  # the online sequence starts
 
         # Running: until SIGTERM/SIGINT, or (exec mode) until the child exits on its own.
         await first_of(stops.first.wait(), *([child.wait()] if child else []))
