@@ -40,6 +40,8 @@ HEALTH_TIMEOUT_SECONDS = 2.0
 # /ready to 503 (one blip is not worth taking an instance out), one success turns it back.
 HEALTH_WATCH_SECONDS = 2.0
 HEALTH_FAILURES_UNHEALTHY = 3
+# A weight the registry failed to take is tried again this often once serving.
+RESYNC_SECONDS = 5.0
 # Registry retries: quick first tries (a blip), then at most every 5 s (an outage).
 BACKOFF_FIRST_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 5.0
@@ -150,15 +152,19 @@ class Lifecycle:
         if self.provider:
             await self._retry("register", self._register_now)
             await self.publish_weight()  # an override set while starting (weight 0, say)
+            log.info("online: %s registered as %s", self.settings.service, self.settings.instance_id)
         warming = self.warmup.window > 0 and self.provider
         self._set_phase("warming" if warming else "serving")
-        log.info("online: %s registered as %s", self.settings.service, self.settings.instance_id)
         # 4. Warmup: raise the registry weight in steps until the window has passed.
         while warming and (elapsed := time.monotonic() - self._registered_at) < self.warmup.window:
             await self.publish_weight()
             await asyncio.sleep(min(self.warmup.step_seconds(), self.warmup.window - elapsed))
         self._set_phase("serving")
-        await self.publish_weight()
+        # 5. From now on, retry any weight the registry failed to take (a PUT /weight during an
+        #    outage, say); a no-op while the registry is in line.
+        while self.provider:
+            await self.publish_weight()
+            await asyncio.sleep(RESYNC_SECONDS)
 
     def _health_url(self) -> str | None:
         if not self.settings.app or not self.settings.app_health:

@@ -10,7 +10,7 @@ import httpx
 
 from tests.support.consul_agent import ConsulAgent
 from tests.support.procs import demo_app, sidecar, wait_for
-from tests.support.registry_view import registered_ids
+from tests.support.registry_view import consul_weights, registered_ids
 
 
 def test_consul_down_at_start(tmp_path: Path, fresh_consul: ConsulAgent) -> None:
@@ -54,3 +54,18 @@ def test_consul_down_during_shutdown(tmp_path: Path, fresh_consul: ConsulAgent) 
         refused = httpx.get(f"{car.url}/work")
         assert refused.status_code == 503
         assert "X-Sidecar-Refused" in refused.headers
+
+
+def test_weight_set_during_outage_reaches_consul_later(tmp_path: Path, fresh_consul: ConsulAgent) -> None:
+    """PUT /weight while Consul is down answers published false; once Consul is back, the
+    sidecar publishes it by itself."""
+    args = ("--instance-id", "outage-w", "--weight", "100")
+    with demo_app(tmp_path) as app, sidecar(tmp_path, fresh_consul.url, app, *args, service="outw") as car:
+        fresh_consul.stop()
+        put = httpx.put(f"{car.admin}/weight", json={"weight": 7}, timeout=30)
+        assert put.status_code == 200
+        assert put.json()["published"] is False
+        fresh_consul.start()
+        wait_for(
+            lambda: consul_weights(fresh_consul.url, "outw").get("outage-w") == 7, 30, "weight 7 in Consul"
+        )
