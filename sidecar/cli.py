@@ -76,7 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_sidecar_options(commands.add_parser("run", help="run the sidecar"))
-    add_sidecar_options(commands.add_parser("exec", help="run the sidecar with CMD as its supervised child"))
+    add_sidecar_options(
+        commands.add_parser(
+            "exec",
+            help="run the sidecar with CMD as its supervised child",
+            usage="graceful-sidecar exec [options] -- CMD [ARGS...]",
+        )
+    )
     shutdown = commands.add_parser("shutdown", help="call /shutdown and wait until drained")
     # The same SIDECAR_ADMIN and SIDECAR_TOKEN as the sidecar itself, so one env file serves both.
     shutdown.add_argument(
