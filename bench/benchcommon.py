@@ -7,6 +7,8 @@ import datetime
 import os
 import platform
 import signal
+import sys
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -32,3 +34,13 @@ def interrupt(signum: int, frame: FrameType | None) -> None:
 def stop_on_signals() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, interrupt)
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a benchmark's main; Ctrl-C or SIGTERM ends it with 130 after its cleanup ran."""
+    stop_on_signals()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted; the processes this run started were stopped", file=sys.stderr)
+        sys.exit(130)

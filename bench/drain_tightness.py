@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import statistics
 import subprocess
 import sys
@@ -51,15 +50,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchcommon import header, stop_on_signals
+from benchcommon import header, run
 
-from sidecar.fleet import free_port, wait_http_ok
+from sidecar.fleet import free_port, stop, wait_http_ok
 
 REPS = 5
 QUIET_PERIODS = (0.5, 1.0)
 DURATION_SETS = {"shorter": (0.2, 0.4, 0.6), "longer": (0.6, 1.2, 1.6)}  # x the quiet period
 AIM_MS = 100.0
-STOP_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -124,16 +122,6 @@ def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    proc.wait()
-
-
 def run_case(workdir: Path, registry: str, app_port: int, quiet: float, factors: tuple[float, ...],
              reps: int, case: str) -> list[Rep]:  # fmt: skip
     durations_ms = [round(f * quiet * 1000) for f in factors]
@@ -157,7 +145,6 @@ def run_case(workdir: Path, registry: str, app_port: int, quiet: float, factors:
 
 
 def main() -> None:
-    stop_on_signals()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -240,8 +227,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted; the processes this run started were stopped", file=sys.stderr)
-        sys.exit(130)
+    run(main)

@@ -54,7 +54,6 @@ import argparse
 import asyncio
 import datetime
 import json
-import signal
 import socket
 import statistics
 import subprocess
@@ -70,9 +69,9 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from benchcommon import header, stop_on_signals
+from benchcommon import header, run
 
-from sidecar.fleet import free_port, wait_http_ok
+from sidecar.fleet import free_port, stop_all, wait_http_ok
 from sidecar.loadgen import LoadGenerator
 
 REPS = 5
@@ -83,7 +82,6 @@ QUIET_PERIOD_S = 0.5
 AIM_MS = 50.0
 # The replacement must have served the consumer a few times before it is shut down in turn.
 WARM_REQUESTS = 20
-STOP_TIMEOUT_S = 15.0
 TOKEN = "bench-token"
 NOBODY = "192.0.2.0/24"  # TEST-NET-1: no caller is ever in it
 
@@ -215,20 +213,6 @@ class Setup:
         self.consumer_log = self.workdir / f"consumer-{self.service}.log"
         self.consumer_admin = f"http://127.0.0.1:{admin_port}"
         wait_http_ok(f"{self.consumer_admin}/ready")
-
-
-def stop_all(procs: list[subprocess.Popen[bytes]], signum: int = signal.SIGTERM) -> None:
-    """Signal every live process, then wait for each; SIGKILL what is still there after the timeout."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signum)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def timed_get(url: str, timeout: float = 60.0) -> tuple[float, float, int, dict[str, Any]]:
@@ -379,7 +363,6 @@ def main() -> None:
     if sys.argv[1:2] == ["_app"]:
         app_main(sys.argv[2:])
         return
-    stop_on_signals()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -444,8 +427,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted; the processes this run started were stopped", file=sys.stderr)
-        sys.exit(130)
+    run(main)

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,9 +50,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchcommon import header, stop_on_signals
+from benchcommon import header, run
 
-from sidecar.fleet import Fleet, Provider
+from sidecar.fleet import Fleet, Provider, stop_all
 from sidecar.loadgen import LoadGenerator, Sample
 
 CONCURRENCY = 32
@@ -62,7 +61,6 @@ WARMUP_S = 2.0
 PACE_S = 2.0  # after /ready, before the next step (minReadySeconds)
 STEADY_S = 2.0
 TAIL_S = 1.0
-STOP_TIMEOUT_S = 15.0
 
 
 @dataclass
@@ -102,20 +100,6 @@ class Roll:
         }
 
 
-def stop_now(procs: list[subprocess.Popen[bytes]], signals: list[int]) -> None:
-    """Send each process its signal at once, then wait for all (SIGKILL after the timeout)."""
-    for proc, signum in zip(procs, signals, strict=True):
-        if proc.poll() is None:
-            proc.send_signal(signum)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def roll(fleet: Fleet, mode: str, providers: list[Provider]) -> tuple[Roll, list[Provider]]:
     result = Roll(mode, started=time.monotonic())
     replacements = []
@@ -124,11 +108,11 @@ def roll(fleet: Fleet, mode: str, providers: list[Provider]) -> tuple[Roll, list
             # preStop GET /shutdown (blocks until drained), then SIGTERM to app and sidecar.
             answer = httpx.get(f"{old.admin}/shutdown", timeout=60, trust_env=False)
             result.drains.append(float(answer.json()["seconds"]))
-            stop_now([old.app, old.sidecar], [signal.SIGTERM, signal.SIGTERM])
+            stop_all([old.app, old.sidecar])
             args: tuple[str, ...] = ("--warmup", f"{WARMUP_S:g}")
         else:
             # No drain: SIGKILL the sidecar (it is "not there") and SIGTERM the app, together.
-            stop_now([old.sidecar, old.app], [signal.SIGKILL, signal.SIGTERM])
+            stop_all([old.sidecar, old.app], [signal.SIGKILL, signal.SIGTERM])
             args = ("--warmup", "0")
         result.inflight_at_sigterm.append(old.inflight_at_sigterm())
         new = fleet.start_provider(f"{fleet.service}-new{number}", *args)
@@ -153,7 +137,7 @@ def run_roll(workdir: Path, registry: str, mode: str) -> Roll:
         finally:
             # All providers at once; the fleet then stops the consumer (and what is left) by pid.
             procs = [proc for p in providers for proc in (p.sidecar, p.app)]
-            stop_now(procs, [signal.SIGTERM] * len(procs))
+            stop_all(procs)
     samples = list(load.samples)
     result.samples = [
         s for s in samples if s.started <= result.ended and s.started + s.seconds >= result.started
@@ -164,7 +148,6 @@ def run_roll(workdir: Path, registry: str, mode: str) -> Roll:
 
 
 def main() -> None:
-    stop_on_signals()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -223,8 +206,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted; the processes this run started were stopped", file=sys.stderr)
-        sys.exit(130)
+    run(main)

@@ -62,6 +62,21 @@ def stop(proc: subprocess.Popen[bytes], signum: int = signal.SIGTERM) -> int:
     return proc.wait()
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]], signals: list[int] | None = None) -> None:
+    """Signal every live process at once (SIGTERM unless `signals` gives one each), then wait
+    for them all; SIGKILL whatever is still there when the stop timeout ends."""
+    for proc, signum in zip(procs, signals or [signal.SIGTERM] * len(procs), strict=True):
+        if proc.poll() is None:
+            proc.send_signal(signum)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass
 class Provider:
     name: str

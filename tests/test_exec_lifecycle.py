@@ -30,7 +30,7 @@ import httpx
 
 from sidecar.relay import CLOSING_HEADER, REFUSED_HEADER
 from tests.support.ports import free_port
-from tests.support.procs import await_for, wait_for
+from tests.support.procs import SidecarProc, await_for, wait_for
 from tests.support.registry_view import registered_ids
 
 DEADLINE = 15.0
@@ -92,31 +92,15 @@ sys.exit(asyncio.run(main()))
 
 
 @dataclass
-class ExecSidecar:
+class ExecSidecar(SidecarProc):
     """A `graceful-sidecar exec` process with --listen and --app; its stdout+stderr in a file."""
 
-    proc: subprocess.Popen[bytes]
-    admin_port: int
-    listen_port: int
-    log_path: Path
     child_pid: int = 0
-
-    @property
-    def admin(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listen_port}"
-
-    def status(self) -> dict[str, Any]:
-        body: dict[str, Any] = httpx.get(f"{self.admin}/status", timeout=2, trust_env=False).json()
-        return body
 
     def log_entries(self) -> list[dict[str, Any]]:
         """The sidecar's JSON log lines (the child's own output, not JSON, is skipped)."""
         entries = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
+        for line in self.log().splitlines():
             with contextlib.suppress(ValueError):
                 entry = json.loads(line)
                 if isinstance(entry, dict) and "ts" in entry:
