@@ -21,24 +21,43 @@ from registry_adapters import base as meta
 from sidecar.warmup import Warmup
 
 
-def effective_weight(instance_weight: int, fields: Mapping[str, str], now_ms: int) -> float:
-    """The weight a consumer gives an instance, from the metadata its provider sidecar published:
-    an override wins; during warmup `base x max(min%, (t/T)^curve)`; else the base. Instances
-    without (valid) sidecar metadata keep their registry weight."""
+@dataclass(frozen=True, slots=True)
+class WeightSpec:
+    """An instance's weight rule, parsed once from its metadata; `at(now_ms)` is all that is
+    left to compute per request."""
+
+    base: float
+    start_ms: int = 0
+    warmup: Warmup | None = None  # None: no warmup, or an override, or no sidecar metadata
+
+    def at(self, now_ms: int) -> float:
+        if self.warmup is None:
+            return self.base
+        return self.base * self.warmup.factor((now_ms - self.start_ms) / 1000.0)
+
+
+def weight_spec(instance_weight: int, fields: Mapping[str, str]) -> WeightSpec:
+    """The weight rule a provider sidecar published: an override wins; during warmup
+    `base x max(min%, (t/T)^curve)`; else the base. Instances without (valid) sidecar metadata
+    keep their registry weight."""
     try:
         if meta.META_WEIGHT_OVERRIDE in fields:
-            return float(max(0, int(fields[meta.META_WEIGHT_OVERRIDE])))
+            return WeightSpec(float(max(0, int(fields[meta.META_WEIGHT_OVERRIDE]))))
         base = float(int(fields[meta.META_WEIGHT]))
         window = float(fields.get(meta.META_WARMUP_S, "0"))
         start_ms = int(fields.get(meta.META_START_MS, "0"))
         curve = float(fields.get(meta.META_WARMUP_CURVE, "2"))
         floor = float(fields.get(meta.META_WARMUP_MIN_PERCENT, "10"))
     except (KeyError, ValueError):
-        return float(max(0, instance_weight))
+        return WeightSpec(float(max(0, instance_weight)))
     if window <= 0 or base <= 0:
-        return max(0.0, base)
-    warmup = Warmup(window, max(0.1, curve), min(100.0, max(0.0, floor)))
-    return base * warmup.factor((now_ms - start_ms) / 1000.0)
+        return WeightSpec(max(0.0, base))
+    return WeightSpec(base, start_ms, Warmup(window, max(0.1, curve), min(100.0, max(0.0, floor))))
+
+
+def effective_weight(instance_weight: int, fields: Mapping[str, str], now_ms: int) -> float:
+    """The weight a consumer gives an instance at `now_ms` (see `weight_spec`)."""
+    return weight_spec(instance_weight, fields).at(now_ms)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from contextlib import AsyncExitStack, aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -29,7 +29,7 @@ from yarl import URL
 
 from registry_adapters import Instance, Registry, RegistryError
 from registry_adapters import base as meta
-from sidecar.balancer import Candidate, RetryBudget, effective_weight, pick
+from sidecar.balancer import Candidate, RetryBudget, WeightSpec, pick, weight_spec
 from sidecar.config import Settings, Upstream
 from sidecar.metrics import Metrics
 from sidecar.relay import (
@@ -69,6 +69,15 @@ class Member:
     instance: Instance
     inflight: int = 0
     ejected_until: float = 0.0
+    spec: WeightSpec = field(init=False)  # parsed from the metadata when the instance changes
+
+    def __post_init__(self) -> None:
+        self.spec = weight_spec(self.instance.weight, self.instance.meta)
+
+    def update(self, instance: Instance) -> None:
+        if instance != self.instance:
+            self.instance = instance
+            self.spec = weight_spec(instance.weight, instance.meta)
 
     @property
     def start(self) -> str:
@@ -91,7 +100,7 @@ class InstanceTable:
             if member is None:
                 member = Member(instance)
             else:
-                member.instance = instance  # same object: requests in flight hold it
+                member.update(instance)  # same object: requests in flight hold it
             fresh[instance.instance_id] = member
         self.members = fresh
         for instance_id, start in list(self._dropped.items()):
@@ -122,10 +131,7 @@ class InstanceTable:
         # Only ejected instances left: try them rather than fail (they may be back already).
         pool = healthy or members
         index = pick(
-            [
-                Candidate(effective_weight(m.instance.weight, m.instance.meta, now_ms), m.inflight)
-                for m in pool
-            ],
+            [Candidate(m.spec.at(now_ms), m.inflight) for m in pool],
             rng,
         )
         return None if index is None else pool[index]
@@ -136,7 +142,7 @@ class InstanceTable:
             {
                 "instance_id": instance_id,
                 "address": m.instance.address,
-                "weight": round(effective_weight(m.instance.weight, m.instance.meta, now_ms), 2),
+                "weight": round(m.spec.at(now_ms), 2),
                 "inflight": m.inflight,
                 "dropped": instance_id in self._dropped,
                 "ejected": m.ejected_until > now,
