@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass
 from typing import Any, Self
 from urllib.parse import SplitResult, parse_qs
@@ -158,7 +158,7 @@ class ConsulRegistry(Backend):
             # An unknown service is no error: 1.8.x answers 200, newer agents 404 (False here).
             await self._call("deregister", self._api().agent.service.deregister(instance_id))
 
-    async def watch(self, service: str) -> AsyncIterator[list[Instance]]:
+    async def watch(self, service: str) -> AsyncGenerator[list[Instance], None]:
         index: int | None = None
         last: list[Instance] | None = None
         while True:

@@ -31,7 +31,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +145,7 @@ class SQLiteRegistry(Backend):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    async def watch(self, service: str) -> AsyncIterator[list[Instance]]:
+    async def watch(self, service: str) -> AsyncGenerator[list[Instance], None]:
         last: list[Instance] | None = None
         while True:
             current = await self._run(self._read_live, service)
