@@ -78,6 +78,13 @@ def parse_seconds(text: str) -> float:
     return _float_in(text, 0, 86400, "seconds")
 
 
+def parse_positive_seconds(text: str) -> float:
+    seconds = parse_seconds(text)
+    if seconds <= 0:
+        raise ValueError(f"expected seconds above 0, got {text!r}")
+    return seconds
+
+
 def _int_in(text: str, low: int, high: int, *, what: str = "an integer") -> int:
     try:
         value = int(str(text).strip())
@@ -210,6 +217,27 @@ OPTIONS: tuple[Option, ...] = (
     Option("token", parse_text, None, "bearer token accepted on mutating admin endpoints", "T"),
     Option("allow", parse_cidr, LOOPBACK, "callers allowed without a token (repeatable)", "CIDR", True),
     Option("log-format", parse_log_format, None, "json or text (default: text on a TTY, else json)", "FMT"),
+    Option(
+        "header-timeout",
+        parse_positive_seconds,
+        10.0,
+        "a client connection must send a complete request head within this",
+        "SEC",
+    ),
+    Option(
+        "idle-timeout",
+        parse_positive_seconds,
+        60.0,
+        "idle keep-alive client connections are closed after this (at once while draining)",
+        "SEC",
+    ),
+    Option(
+        "app-timeout",
+        parse_positive_seconds,
+        None,
+        "the app may stay silent this long while it owes a response; then 504 (default: no limit)",
+        "SEC",
+    ),
     Option("stop-timeout", parse_seconds, 10.0, "exec mode: SIGTERM to SIGKILL of the child", "SEC"),
 )
 OPTIONS_BY_ATTR = {option.attr: option for option in OPTIONS}
@@ -237,6 +265,9 @@ class Settings:
     token: str | None
     allow: tuple[IPNetwork, ...]
     log_format: str
+    header_timeout: float
+    idle_timeout: float
+    app_timeout: float | None
     stop_timeout: float
     command: tuple[str, ...] = field(default=())
 
