@@ -1,9 +1,8 @@
 """Consumer side: one local listener per `--upstream NAME=HOST:PORT`, load-balancing to NAME.
 
-The instance table of each service follows the registry's watch, and is corrected locally the
-moment better information arrives: an offline notification (`POST /notify`) or a response
-marked `X-Sidecar-Closing` drops an instance at once, a refused connection ejects it for a few
-seconds. A registry outage keeps the last table: stale information beats none.
+Each listener picks from a `WatchedTable` (sidecar.instances): the registry's view, corrected
+locally by what this listener learns (a closing mark drops an instance, a refused connection
+ejects it for a few seconds).
 
 Retries are only for requests the provider never processed: a 503 with `X-Sidecar-Refused`, or
 a connection that could not be made. A connection that broke after the request was sent is
@@ -13,12 +12,11 @@ and goes to an instance not tried yet.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
-from contextlib import AsyncExitStack, aclosing
-from dataclasses import dataclass, field
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -27,10 +25,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from registry_adapters import Instance, Registry, RegistryError
-from registry_adapters import base as meta
-from sidecar.balancer import Candidate, RetryBudget, WeightSpec, pick, weight_spec
+from registry_adapters import Instance, Registry
+from sidecar.balancer import RetryBudget
 from sidecar.config import Settings, Upstream
+from sidecar.instances import WatchedTable
 from sidecar.metrics import Metrics
 from sidecar.relay import (
     CLOSING_HEADER,
@@ -44,15 +42,9 @@ from sidecar.relay import (
 
 log = logging.getLogger("sidecar.upstream")
 
-# A refused connection usually means the instance is gone; the registry confirms within
-# seconds, and an instance that was only restarting comes back after this.
-EJECT_SECONDS = 5.0
 # Request bodies up to this size are kept so that they can be sent again; larger ones stream
 # and are retried only when they could not be sent at all.
 REPLAYABLE_BODY_BYTES = 64 * 1024
-WATCH_BACKOFF_MAX_SECONDS = 5.0
-# Longer than a few provider heartbeats (Consul 3 s, SQLite 2 s): see UpstreamListener._apply.
-EMPTY_AFTER_OUTAGE_GRACE_SECONDS = 10.0
 
 
 Body = bytes | aiohttp.StreamReader | None
@@ -62,93 +54,6 @@ Body = bytes | aiohttp.StreamReader | None
 class Retry:
     reason: str  # for the retries metric
     otherwise: web.Response  # the answer if the budget allows no retry
-
-
-@dataclass(slots=True)
-class Member:
-    instance: Instance
-    inflight: int = 0
-    ejected_until: float = 0.0
-    spec: WeightSpec = field(init=False)  # parsed from the metadata when the instance changes
-
-    def __post_init__(self) -> None:
-        self.spec = weight_spec(self.instance.weight, self.instance.meta)
-
-    def update(self, instance: Instance) -> None:
-        if instance != self.instance:
-            self.instance = instance
-            self.spec = weight_spec(instance.weight, instance.meta)
-
-    @property
-    def start(self) -> str:
-        return self.instance.meta.get(meta.META_START_MS, "")
-
-
-class InstanceTable:
-    """The instances of one service that may receive requests, as this consumer knows them."""
-
-    def __init__(self, service: str) -> None:
-        self.service = service
-        self.members: dict[str, Member] = {}
-        self._dropped: dict[str, str] = {}  # instance id -> its sidecar_start_ms when dropped
-
-    def update(self, instances: list[Instance]) -> None:
-        """The registry's view. A dropped instance stays dropped until it registers anew."""
-        fresh: dict[str, Member] = {}
-        for instance in instances:
-            member = self.members.get(instance.instance_id)
-            if member is None:
-                member = Member(instance)
-            else:
-                member.update(instance)  # same object: requests in flight hold it
-            fresh[instance.instance_id] = member
-        self.members = fresh
-        for instance_id, start in list(self._dropped.items()):
-            current = fresh.get(instance_id)
-            if current is None or current.start != start:
-                del self._dropped[instance_id]  # gone from the registry, or a new incarnation
-
-    def drop(self, instance_id: str) -> bool:
-        member = self.members.get(instance_id)
-        if member is None or instance_id in self._dropped:
-            return False
-        self._dropped[instance_id] = member.start
-        log.info("%s: dropped %s", self.service, instance_id)
-        return True
-
-    def eject(self, instance_id: str, now: float) -> None:
-        member = self.members.get(instance_id)
-        if member is not None:
-            member.ejected_until = now + EJECT_SECONDS
-
-    def usable(self) -> list[Member]:
-        return [m for instance_id, m in self.members.items() if instance_id not in self._dropped]
-
-    def choose(self, tried: set[str], rng: random.Random) -> Member | None:
-        now, now_ms = time.monotonic(), int(time.time() * 1000)
-        members = [m for m in self.usable() if m.instance.instance_id not in tried]
-        healthy = [m for m in members if m.ejected_until <= now]
-        # Only ejected instances left: try them rather than fail (they may be back already).
-        pool = healthy or members
-        index = pick(
-            [Candidate(m.spec.at(now_ms), m.inflight) for m in pool],
-            rng,
-        )
-        return None if index is None else pool[index]
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        now, now_ms = time.monotonic(), int(time.time() * 1000)
-        return [
-            {
-                "instance_id": instance_id,
-                "address": m.instance.address,
-                "weight": round(m.spec.at(now_ms), 2),
-                "inflight": m.inflight,
-                "dropped": instance_id in self._dropped,
-                "ejected": m.ejected_until > now,
-            }
-            for instance_id, m in sorted(self.members.items())
-        ]
 
 
 class UpstreamListener:
@@ -168,22 +73,20 @@ class UpstreamListener:
         self.registry = registry
         self.session = session
         self.metrics = metrics
-        self.table = InstanceTable(upstream.service)
+        self.watched = WatchedTable(upstream.service, registry, metrics)
+        self.table = self.watched.table
         self.budget = RetryBudget()
-        self.watch_error: str | None = None
         self._rng = random.Random()
-        self._watch_task: asyncio.Task[None] | None = None
-        self._held: asyncio.TimerHandle | None = None  # an empty answer not applied yet
         self._runner: web.AppRunner | None = None
 
     async def __aenter__(self) -> UpstreamListener:
-        self._watch_task = asyncio.create_task(self._watch(), name=f"watch-{self.service}")
+        await self.watched.__aenter__()
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         try:
             self._runner = await start_server(app, self.upstream.listen, f"--upstream {self.service}=")
         except BaseException:
-            self._watch_task.cancel()
+            await self.watched.__aexit__(None, None, None)
             raise
         log.info("upstream %s on %s", self.service, self.upstream.listen)
         return self
@@ -193,49 +96,10 @@ class UpstreamListener:
     ) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._held is not None:
-            self._held.cancel()
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            await asyncio.wait([self._watch_task])
-
-    async def _watch(self) -> None:
-        pause = 0.2
-        while True:
-            try:
-                async with aclosing(self.registry.watch(self.service)) as watch:
-                    async for instances in watch:
-                        self._apply(instances, after_outage=self.watch_error is not None)
-                        self.watch_error, pause = None, 0.2
-            except Exception as exc:  # whatever the registry did, the last table stays and we retry
-                if self.watch_error is None:
-                    log.warning("watch of %s failed, keeping the last table: %s", self.service, exc,
-                                exc_info=not isinstance(exc, RegistryError))  # fmt: skip
-                self.watch_error = str(exc) or exc.__class__.__name__
-                self.metrics.registry_errors.labels("watch").inc()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, WATCH_BACKOFF_MAX_SECONDS)
-
-    def _apply(self, instances: list[Instance], after_outage: bool = False) -> None:
-        if self._held is not None:
-            self._held.cancel()
-            self._held = None
-        if after_outage and not instances and self.table.members:
-            # A registry back from an outage with nothing in it may have lost its state (a Consul
-            # dev agent restarted): providers re-register within a heartbeat or two. Until then,
-            # stale beats none; if nothing comes back, the empty answer stands after the grace.
-            log.warning("%s: registry came back empty; keeping the last table for now", self.service)
-            self._held = asyncio.get_running_loop().call_later(
-                EMPTY_AFTER_OUTAGE_GRACE_SECONDS, self._apply, []
-            )
-            return
-        self.table.update(instances)
-        self.metrics.upstream_instances.labels(self.service).set(len(self.table.usable()))
+        await self.watched.__aexit__(exc_type, exc, tb)
 
     def drop(self, instance_id: str) -> bool:
-        dropped = self.table.drop(instance_id)
-        self.metrics.upstream_instances.labels(self.service).set(len(self.table.usable()))
-        return dropped
+        return self.watched.drop(instance_id)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         response = await self._handle(request)
@@ -315,7 +179,7 @@ class UpstreamListener:
         return {
             "listen": str(self.upstream.listen),
             "instances": self.table.snapshot(),
-            "last_error": self.watch_error,
+            "last_error": self.watched.watch_error,
         }
 
 

@@ -21,11 +21,10 @@ from hypothesis import strategies as st
 
 from registry_adapters import Instance
 from registry_adapters import base as meta
-from sidecar import upstream
+from sidecar import instances
 from sidecar.balancer import Candidate, RetryBudget, effective_weight, pick
-from sidecar.config import load_settings
+from sidecar.instances import WatchedTable
 from sidecar.metrics import Metrics
-from sidecar.upstream import UpstreamListener
 
 # Per checked share; a run checks a few hundred shares, so a false failure is out of reach.
 FAILURE_PROBABILITY = 1e-9
@@ -316,16 +315,15 @@ def _instance(instance_id: str) -> Instance:
     return Instance("svc", instance_id, "127.0.0.1", 1, 100, {})
 
 
-def _listener() -> UpstreamListener:
-    settings = load_settings({"service": "c", "upstream": ["svc=127.0.0.1:1"]}, env={})
-    # Neither the registry nor the HTTP session is used by what these tests call.
-    return UpstreamListener(settings.upstream[0], settings, cast(Any, None), cast(Any, None), Metrics())
+def _listener() -> WatchedTable:
+    # The registry is not used by what these tests call.
+    return WatchedTable("svc", cast(Any, None), Metrics())
 
 
 async def test_empty_answer_after_outage_is_held(monkeypatch: pytest.MonkeyPatch) -> None:
     """A registry back from an outage with nothing in it keeps the last table for a grace
     period (providers re-register), then the empty answer stands."""
-    monkeypatch.setattr(upstream, "EMPTY_AFTER_OUTAGE_GRACE_SECONDS", 0.0)
+    monkeypatch.setattr(instances, "EMPTY_AFTER_OUTAGE_GRACE_SECONDS", 0.0)
     listener = _listener()
     listener._apply([_instance("a"), _instance("b")])
     listener._apply([], after_outage=True)
@@ -337,7 +335,7 @@ async def test_empty_answer_after_outage_is_held(monkeypatch: pytest.MonkeyPatch
 
 async def test_answer_during_grace_replaces_held_empty_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """A non-empty answer during the grace period wins over the held empty one."""
-    monkeypatch.setattr(upstream, "EMPTY_AFTER_OUTAGE_GRACE_SECONDS", 0.0)
+    monkeypatch.setattr(instances, "EMPTY_AFTER_OUTAGE_GRACE_SECONDS", 0.0)
     listener = _listener()
     listener._apply([_instance("a")])
     listener._apply([], after_outage=True)
