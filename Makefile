@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck tools bench clean
+.PHONY: demo test lint typecheck tools bench bench-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,10 @@ typecheck: $(STAMP)
 test: $(STAMP) tools lint typecheck
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench-tools:
+	scripts/install-bench-tools.sh
+
+bench: $(STAMP) bench-tools
 	$(BIN)/python bench/proxy_overhead.py
 
 format: $(STAMP)
