@@ -18,9 +18,12 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from sidecar.config import Settings
+from sidecar.config import HostPort, Settings
+from sidecar.errors import StartupError
 from sidecar.lifecycle import Lifecycle
-from sidecar.relay import start_server
+
+# When the sidecar stops, a /shutdown still waiting (after a second signal) gets this long.
+SHUTDOWN_GRACE_SECONDS = 1.0
 
 log = logging.getLogger("sidecar.admin")
 
@@ -216,3 +219,15 @@ class AdminServer:
         return web.Response(
             body=self.lifecycle.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
+
+
+async def start_server(app: web.Application, address: HostPort, option: str) -> web.AppRunner:
+    """Serve `app` on `address`; a port that cannot be bound is a StartupError naming `option`."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, address.host, address.port, reuse_address=True).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(f"{option} {address}: cannot listen ({exc.strerror})") from exc
+    return runner

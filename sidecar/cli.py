@@ -13,7 +13,6 @@ child's status (128+N if signal N killed it), 127 if CMD was not found, 126 if n
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -123,11 +122,11 @@ def run_cli(argv: list[str]) -> int:
 
 
 def run_sidecar(settings: Settings) -> int:
-    from sidecar.runtime import serve
+    from sidecar.runtime import run
     from sidecar.supervisor import ChildSpawnError
 
     try:
-        return asyncio.run(serve(settings))
+        return run(settings)
     except ChildSpawnError as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code

@@ -5,6 +5,12 @@
     +-- StartupError         a component could not start (a port in use)
     +-- ChildSpawnError      exec mode: CMD could not be started (127 not found, 126 not executable;
                              defined in sidecar.supervisor, which raises it)
+    +-- UpstreamError        the data path got no (complete) answer from the app or an instance
+        +-- ConnectFailed    not even connected: nothing was sent, so any request may go elsewhere
+        +-- UpstreamBroken   the connection broke or the answer was not HTTP; `reused` tells
+                             whether it was a pooled keep-alive connection (one the peer may
+                             have just closed)
+        +-- UpstreamTimeout  --app-timeout passed without a byte from the app
 
 Registry backends raise `registry_adapters.RegistryError` and its subclasses; the lifecycle
 catches those at its boundary, records them in /status and metrics, and retries.
@@ -22,3 +28,23 @@ class ConfigError(SidecarError, ValueError):
 
 class StartupError(SidecarError):
     """A component could not start: the sidecar cannot run."""
+
+
+class UpstreamError(SidecarError):
+    """The HTTP core got no (complete) answer from the app or a provider instance."""
+
+
+class ConnectFailed(UpstreamError):
+    """No connection could be made: nothing of the request was sent."""
+
+
+class UpstreamBroken(UpstreamError):
+    """The connection broke, or what came back was not HTTP."""
+
+    def __init__(self, message: str, reused: bool = False) -> None:
+        super().__init__(message)
+        self.reused = reused  # a pooled keep-alive connection: the peer may have just closed it
+
+
+class UpstreamTimeout(UpstreamError):
+    """--app-timeout passed while a response was owed and nothing came."""

@@ -1,40 +1,40 @@
-"""Inbound reverse proxy: what consumers call. Forwards to the app, counts, marks, refuses.
+"""Inbound reverse proxy policy: what consumers call. Forwards to the app, counts, marks, refuses.
 
-Bodies stream both ways over keep-alive connections to the app. Each forwarded request is
-tracked in flight, so the drain knows when it is safe to stop. While draining, responses carry
-`X-Sidecar-Closing` and `Connection: close` so consumer sidecars drop this instance at once.
-Once the drain has ended, requests are refused with 503 and `X-Sidecar-Refused` *without*
-reaching the app, which tells a consumer sidecar that retrying elsewhere is safe whatever the
-method. The same holds when the app cannot be connected to.
+Each forwarded request is tracked in flight from the arrival of its head to the last byte of its
+response (an upgraded connection until it closes), so the drain knows when it is safe to stop.
+While draining, responses carry `X-Sidecar-Closing` and `Connection: close` so consumer sidecars
+drop this instance at once; idle keep-alive connections are closed when draining starts, and
+upgraded ones when the drain ends. Once the drain has ended, requests are refused with 503 and
+`X-Sidecar-Refused` *without* reaching the app, which tells a consumer sidecar that retrying
+elsewhere is safe whatever the method. The same holds when the app cannot be connected to.
+
+The bytes are the HTTP core's business (sidecar.http); this module only decides.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
+from contextlib import AsyncExitStack
 from types import TracebackType
+from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp import web
-from yarl import URL
-
+from sidecar import protocol
 from sidecar.config import Settings
+from sidecar.errors import ConnectFailed, UpstreamBroken, UpstreamError, UpstreamTimeout
+from sidecar.http import IDEMPOTENT, Exchange, Headers, HttpServer, Limits, Origin, Pool, end_to_end
 from sidecar.inflight import ConsumerBook, InflightTracker
 from sidecar.lifecycle import Lifecycle
 from sidecar.metrics import Metrics
-from sidecar.relay import (
-    CLOSING_HEADER,
-    CONSUMER_HEADER,
-    IDEMPOTENT,
-    REFUSED_HEADER,
-    end_to_end,
-    relay_response,
-    start_server,
-)
 
 log = logging.getLogger("sidecar.inbound")
 
 # Enough connections for a busy instance; beyond it requests wait for a free one.
 APP_CONNECTION_LIMIT = 1024
+APP_CONNECT_TIMEOUT_SECONDS = 5.0
+# Not forwarded to the app: the consumer's URL is for this sidecar; X-Forwarded-For is rewritten.
+DROPPED = frozenset({protocol.CONSUMER, b"x-forwarded-for"})
 
 
 class InboundProxy:
@@ -50,100 +50,98 @@ class InboundProxy:
     ) -> None:
         if settings.listen is None or settings.app is None:
             raise RuntimeError("InboundProxy needs --listen and --app")
-        self.listen = settings.listen
-        self.app_url = settings.app.rstrip("/")
-        self.instance_id = settings.instance_id
+        self.instance_id = settings.instance_id.encode()
         self.lifecycle = lifecycle
         self.tracker = tracker
         self.consumers = consumers
         self.metrics = metrics
-        self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
+        self.origin = _origin(settings.app)
+        self.prefix = urlsplit(settings.app).path.rstrip("/").encode()  # --app http://host:port/prefix
+        self.pool = Pool(APP_CONNECTION_LIMIT, APP_CONNECT_TIMEOUT_SECONDS, settings.app_timeout)
+        limits = Limits(settings.header_timeout, settings.idle_timeout)
+        self.server = HttpServer(settings.listen, self.handle, limits, "--listen")
+        self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> InboundProxy:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=APP_CONNECTION_LIMIT),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-            auto_decompress=False,  # pass the app's bytes through untouched
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        app = web.Application(client_max_size=0)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        try:
-            self._runner = await start_server(app, self.listen, "--listen")
-        except BaseException:
-            await self._session.close()
-            raise
-        log.info("inbound proxy on %s -> %s", self.listen, self.app_url)
+        async with AsyncExitStack() as stack:
+            stack.callback(self.pool.close)
+            await stack.enter_async_context(self.server)
+            follow = asyncio.create_task(self._follow_drain(), name="inbound-drain")
+            stack.callback(follow.cancel)
+            self._stack = stack.pop_all()
+        log.info("inbound proxy on %s -> %s", self.server.address, self.origin)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
+        await self._stack.aclose()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def _follow_drain(self) -> None:
+        """Draining: idle clients reconnect elsewhere now. Drained: upgraded connections end."""
+        await self.lifecycle.draining.wait()
+        self.server.close_idle()
+        await self.lifecycle.drained.wait()
+        self.server.close_upgraded()
+
+    async def handle(self, exchange: Exchange) -> None:
         if self.lifecycle.refusing:
-            response: web.StreamResponse = self._refuse("drained")
+            self._refuse(exchange, "drained")
         else:
-            consumer = request.headers.get(CONSUMER_HEADER)
+            consumer = exchange.header(protocol.CONSUMER)
             if consumer:
-                self.consumers.remember(consumer, request.remote)
+                self.consumers.remember(consumer.decode("latin-1"), exchange.peer)
             with self.tracker.track():
-                response = await self._forward(request)
-        self.metrics.requests.labels(str(response.status)).inc()
-        return response
+                await self._forward(exchange)
+        self.metrics.count_request(exchange.status)
 
-    def _mark_closing(self, response: web.StreamResponse) -> None:
-        if self.lifecycle.closing:
-            response.headers[CLOSING_HEADER] = self.instance_id
-            response.force_close()  # aiohttp then sends Connection: close
-
-    async def _forward(self, request: web.Request) -> web.StreamResponse:
-        assert self._session is not None
-        headers = end_to_end(request.headers, drop=(CONSUMER_HEADER.lower(),))
-        if request.remote:
-            forwarded = request.headers.get("X-Forwarded-For")
-            headers["X-Forwarded-For"] = f"{forwarded}, {request.remote}" if forwarded else request.remote
-        url = URL(self.app_url + request.rel_url.raw_path_qs, encoded=True)
-        body = request.content if request.body_exists else None
-        tries = 2 if body is None and request.method in IDEMPOTENT else 1
+    async def _forward(self, exchange: Exchange) -> None:
+        request = exchange.head
+        forwarded = exchange.header(b"x-forwarded-for")
+        headers = end_to_end(request.headers, DROPPED)
+        if exchange.peer:
+            chain = forwarded + b", " + exchange.peer.encode() if forwarded else exchange.peer.encode()
+            headers.append((b"X-Forwarded-For", chain))
+        head = request.to_bytes(headers, self.prefix)
+        # A pooled connection the app had just closed is tried again once, when that is safe.
+        tries = 2 if request.method in IDEMPOTENT and not request.has_body else 1
         for attempt in range(1, tries + 1):
             try:
-                upstream = await self._session.request(
-                    request.method, url, headers=headers, data=body, allow_redirects=False
-                )
+                response = await exchange.forward(self.pool, self.origin, head, None)
                 break
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
-                # Not even connected: the app never saw this request.
-                return self._refuse("app unreachable")
-            except aiohttp.ServerDisconnectedError:
-                if attempt == tries:
-                    return self._error(502, "the app closed the connection without answering")
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                return self._error(502, f"the app failed: {exc.__class__.__name__}")
+            except ConnectFailed:
+                return self._refuse(exchange, "app unreachable")  # the app never saw it
+            except UpstreamTimeout:
+                return self._error(exchange, 504, "the app sent nothing within --app-timeout")
+            except UpstreamBroken as exc:
+                if attempt == tries or not exc.reused:
+                    return self._error(exchange, 502, "the app closed the connection without answering")
         try:
-            return await relay_response(request, upstream, self._mark_closing)
-        finally:
-            upstream.release()
+            await exchange.relay(response, self._marks(), close=self.lifecycle.closing)
+        except UpstreamTimeout:
+            if not exchange.started:
+                self._error(exchange, 504, "the app sent nothing within --app-timeout")
+        except UpstreamError as exc:
+            if not exchange.started:
+                return self._error(exchange, 502, "the response was cut off mid-body")
+            # Mid-body: the status line is out, so closing the connection is the only signal left.
+            log.info("response to %s cut short: %s", request.method, exc)
 
-    def _refuse(self, why: str) -> web.Response:
-        response = web.json_response(
-            {
-                "error": f"instance {self.instance_id} refused the request: {why}",
-                "instance_id": self.instance_id,
-            },
-            status=503,
-            headers={REFUSED_HEADER: self.instance_id},
-        )
-        response.force_close()
-        self._mark_closing(response)
-        return response
+    def _marks(self) -> Headers:
+        return [(protocol.CLOSING_NAME, self.instance_id)] if self.lifecycle.closing else []
 
-    def _error(self, status: int, message: str) -> web.Response:
-        response = web.json_response({"error": message, "instance_id": self.instance_id}, status=status)
-        self._mark_closing(response)
-        return response
+    def _refuse(self, exchange: Exchange, why: str) -> None:
+        body = {"error": f"instance {self.instance_id.decode()} refused the request: {why}"}
+        headers = [(protocol.REFUSED_NAME, self.instance_id), *self._marks()]
+        exchange.respond_json(503, {**body, "instance_id": self.instance_id.decode()}, headers, close=True)
+
+    def _error(self, exchange: Exchange, status: int, message: str) -> None:
+        body = {"error": message, "instance_id": self.instance_id.decode()}
+        exchange.respond_json(status, body, self._marks(), close=self.lifecycle.closing)
+
+
+def _origin(app_url: str) -> Origin:
+    parts = urlsplit(app_url)
+    assert parts.hostname is not None  # validated by config.parse_http_url
+    tls = ssl.create_default_context() if parts.scheme == "https" else None
+    return Origin(parts.hostname, parts.port or (443 if tls else 80), tls)

@@ -1,9 +1,19 @@
 """Prometheus collectors of one sidecar, on a registry of its own (not the process-global one),
-so that several sidecars in one process (tests) never collide."""
+so that several sidecars in one process (tests) never collide.
+
+The per-request counters of the data path are plain dict counts, turned into Prometheus samples
+only when /metrics is read: a request costs one dict increment, and a scrape is still exact.
+"""
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 # The *_created series double the output for no use here (they are mainly for OpenMetrics).
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -18,8 +28,14 @@ class Metrics:
         self.inflight = Gauge(
             "sidecar_inflight_requests", "Requests in flight through the inbound proxy", registry=r
         )
-        self.requests = Counter(
-            "sidecar_requests", "Requests answered by the inbound proxy, by status code", ["code"], registry=r
+        self.requests: Tally[str] = Tally()  # status code -> requests answered by the inbound proxy
+        r.register(
+            TallyCollector(
+                "sidecar_requests",
+                "Requests answered by the inbound proxy, by status code",
+                ("code",),
+                self.requests,
+            )
         )
         self.drain_seconds = Gauge("sidecar_drain_seconds", "Duration of the last drain", registry=r)
         self.notifications = Counter(
@@ -36,11 +52,14 @@ class Metrics:
         self.registry_ops = Counter(
             "sidecar_registry_operations", "Successful registry operations, by operation", ["op"], registry=r
         )
-        self.upstream_requests = Counter(
-            "sidecar_upstream_requests",
-            "Requests through upstream listeners, by service and status class",
-            ["service", "result"],
-            registry=r,
+        self.upstream_requests: Tally[tuple[str, str]] = Tally()  # (service, "2xx") -> requests
+        r.register(
+            TallyCollector(
+                "sidecar_upstream_requests",
+                "Requests through upstream listeners, by service and status class",
+                ("service", "result"),
+                self.upstream_requests,
+            )
         )
         self.upstream_retries = Counter(
             "sidecar_upstream_retries",
@@ -60,9 +79,34 @@ class Metrics:
         for phase in PHASES:
             self.phase.labels(phase).set(0)
 
+    def count_request(self, status: int) -> None:
+        self.requests[str(status)] += 1
+
+    def count_upstream_request(self, service: str, status: int) -> None:
+        self.upstream_requests[service, f"{status // 100}xx"] += 1
+
     def set_phase(self, phase: str) -> None:
         for name in PHASES:
             self.phase.labels(name).set(1 if name == phase else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class TallyCollector(Collector):
+    """A counter family read from a dict of counts at scrape time."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...], counts: Tally[Any]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for key, count in list(self.counts.items()):
+            family.add_metric(key if isinstance(key, tuple) else (key,), count)
+        yield family
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labels)

@@ -73,6 +73,18 @@ async def first_of(*waitables: Awaitable[object]) -> asyncio.Future[object]:
     return done.pop()
 
 
+def run(settings: Settings) -> int:
+    """`serve()` on uvloop, the event loop the data path is measured on; where uvloop cannot be
+    imported (a platform without a wheel), on asyncio's own loop, said once in the log."""
+    try:
+        import uvloop
+    except ImportError as exc:
+        log.warning("uvloop unavailable (%s): running on asyncio's own event loop", exc)
+        return asyncio.run(serve(settings))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(serve(settings))
+
+
 async def serve(settings: Settings) -> int:
     """Run the sidecar until stopped; returns the process exit status."""
     stops = StopSignals()

@@ -1,4 +1,4 @@
-"""Consumer side: one local listener per `--upstream NAME=HOST:PORT`, load-balancing to NAME.
+"""Consumer side policy: one local listener per `--upstream NAME=HOST:PORT`, load-balancing to NAME.
 
 Each listener picks from a `WatchedTable` (sidecar.instances): the registry's view, corrected
 locally by what this listener learns (a closing mark drops an instance, a refused connection
@@ -7,7 +7,11 @@ ejects it for a few seconds).
 Retries are only for requests the provider never processed: a 503 with `X-Sidecar-Refused`, or
 a connection that could not be made. A connection that broke after the request was sent is
 retried only for idempotent methods. Every retry spends from a budget (see balancer.RetryBudget)
-and goes to an instance not tried yet.
+and goes to an instance not tried yet. The bytes are the HTTP core's business (sidecar.http).
+
+Memory is bounded: at most `CONNECTIONS_PER_INSTANCE` connections to each instance (further
+requests wait for one), and per request at most `REPLAYABLE_BODY_BYTES` of request body kept for
+a retry, plus the transports' 64 KiB write buffers on each side.
 """
 
 from __future__ import annotations
@@ -20,153 +24,130 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
-
 from registry_adapters import Instance, Registry
+from sidecar import protocol
 from sidecar.balancer import RetryBudget
 from sidecar.config import Settings, Upstream
+from sidecar.errors import ConnectFailed, UpstreamError
+from sidecar.http import IDEMPOTENT, Exchange, HttpServer, Limits, Origin, Pool, end_to_end
 from sidecar.instances import WatchedTable
 from sidecar.metrics import Metrics
-from sidecar.relay import (
-    CLOSING_HEADER,
-    CONSUMER_HEADER,
-    IDEMPOTENT,
-    REFUSED_HEADER,
-    end_to_end,
-    relay_response,
-    start_server,
-)
 
 log = logging.getLogger("sidecar.upstream")
 
 # Request bodies up to this size are kept so that they can be sent again; larger ones stream
 # and are retried only when they could not be sent at all.
 REPLAYABLE_BODY_BYTES = 64 * 1024
-
-
-Body = bytes | aiohttp.StreamReader | None
+# Per provider instance: a local app rarely needs more in parallel; beyond it requests queue
+# here rather than open sockets without bound (memory: see the module's docstring).
+CONNECTIONS_PER_INSTANCE = 256
+CONNECT_TIMEOUT_SECONDS = 2.0
+# Host is set to the instance's address; the consumer header is this sidecar's own.
+DROPPED = frozenset({b"host", protocol.CONSUMER})
 
 
 @dataclass(frozen=True, slots=True)
 class Retry:
     reason: str  # for the retries metric
-    otherwise: web.Response  # the answer if the budget allows no retry
+    status: int  # the answer if the budget allows no retry
+    message: str
 
 
 class UpstreamListener:
     """The local listener of one upstream service, and the watch that feeds its table."""
 
     def __init__(
-        self,
-        upstream: Upstream,
-        settings: Settings,
-        registry: Registry,
-        session: aiohttp.ClientSession,
-        metrics: Metrics,
+        self, upstream: Upstream, settings: Settings, registry: Registry, pool: Pool, metrics: Metrics
     ) -> None:
         self.upstream = upstream
         self.service = upstream.service
-        self.consumer_url = settings.advertise_admin
-        self.registry = registry
-        self.session = session
+        self.consumer_header = (protocol.CONSUMER_NAME, settings.advertise_admin.encode())
+        self.pool = pool
         self.metrics = metrics
         self.watched = WatchedTable(upstream.service, registry, metrics)
         self.table = self.watched.table
         self.budget = RetryBudget()
         self._rng = random.Random()
-        self._runner: web.AppRunner | None = None
+        limits = Limits(settings.header_timeout, settings.idle_timeout)
+        self.server = HttpServer(upstream.listen, self.handle, limits, f"--upstream {self.service}=")
+        self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> UpstreamListener:
-        await self.watched.__aenter__()
-        app = web.Application(client_max_size=0)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        try:
-            self._runner = await start_server(app, self.upstream.listen, f"--upstream {self.service}=")
-        except BaseException:
-            await self.watched.__aexit__(None, None, None)
-            raise
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(self.watched)
+            await stack.enter_async_context(self.server)
+            self._stack = stack.pop_all()
         log.info("upstream %s on %s", self.service, self.upstream.listen)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        await self.watched.__aexit__(exc_type, exc, tb)
+        await self._stack.aclose()
 
     def drop(self, instance_id: str) -> bool:
         return self.watched.drop(instance_id)
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        response = await self._handle(request)
-        self.metrics.upstream_requests.labels(self.service, f"{response.status // 100}xx").inc()
-        return response
+    async def handle(self, exchange: Exchange) -> None:
+        await self._handle(exchange)
+        self.metrics.count_upstream_request(self.service, exchange.status)
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, exchange: Exchange) -> None:
         self.budget.on_request(time.monotonic())
-        headers = end_to_end(request.headers, drop=("host", CONSUMER_HEADER.lower()))
-        headers[CONSUMER_HEADER] = self.consumer_url
-        body: Body = None
-        if request.body_exists:
-            length = request.content_length
-            replayable = length is not None and length <= REPLAYABLE_BODY_BYTES
-            body = await request.read() if replayable else request.content
+        body = await exchange.read_body(REPLAYABLE_BODY_BYTES)  # None: too large to keep, streams
         tried: set[str] = set()
         while (member := self.table.choose(tried, self._rng)) is not None:
             tried.add(member.instance.instance_id)
             member.inflight += 1
             try:
-                outcome = await self._attempt(request, member.instance, headers, body)
+                retry = await self._attempt(exchange, member.instance, body)
             finally:
                 member.inflight -= 1
-            if isinstance(outcome, web.StreamResponse):
-                return outcome
-            if not self._may_retry(outcome.reason):
-                return outcome.otherwise
-        return unavailable(f"no instance of {self.service} available", tried)
+            if retry is None:
+                return
+            if not self._may_retry(retry.reason):
+                return _answer(exchange, retry.status, retry.message, tried)
+        _answer(exchange, 503, f"no instance of {self.service} available", tried)
 
-    async def _attempt(
-        self, request: web.Request, instance: Instance, headers: CIMultiDict[str], body: Body
-    ) -> web.StreamResponse | Retry:
-        """One try on one instance: the response to relay, or why another instance may be tried."""
-        replayable = not isinstance(body, aiohttp.StreamReader)
+    async def _attempt(self, exchange: Exchange, instance: Instance, body: bytes | None) -> Retry | None:
+        """One try on one instance: None once a response was relayed, or why another instance may
+        be tried (and what to answer if none may)."""
+        request = exchange.head
+        headers = end_to_end(request.headers, DROPPED)
+        headers += [(b"Host", instance.address.encode()), self.consumer_header]
         try:
-            url = URL(f"http://{instance.address}{request.rel_url.raw_path_qs}", encoded=True)
-        except ValueError:  # a registry entry that is no address
-            self.drop(instance.instance_id)
-            return Retry("connect", unavailable(f"{instance.instance_id} has no usable address"))
-        try:
-            upstream = await self.session.request(
-                request.method, url, headers=headers, data=body, allow_redirects=False
-            )
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+            response = await exchange.forward(self.pool, _origin(instance), request.to_bytes(headers), body)
+        except ConnectFailed:
             # Not connected: nothing was sent, the body (even a stream) is still unread.
             self.table.eject(instance.instance_id, time.monotonic())
-            return Retry("connect", unavailable(f"cannot connect to {instance.address}"))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            failed = web.json_response({"error": f"{instance.address} failed: {exc!r}"}, status=502)
-            # Sent, maybe processed: only an idempotent request may go again.
-            return Retry("broken", failed) if request.method in IDEMPOTENT and replayable else failed
-        try:
-            if REFUSED_HEADER in upstream.headers:
-                # Refused while closing: the instance is leaving. Refused otherwise: its app is
-                # not reachable (starting, crashed); try it again in a few seconds.
-                if CLOSING_HEADER in upstream.headers:
-                    self.drop(instance.instance_id)
-                else:
-                    self.table.eject(instance.instance_id, time.monotonic())
-                # Never processed: safe to send elsewhere, if the body can be sent again.
-                if replayable:
-                    return Retry("refused", unavailable(f"{instance.instance_id} refused the request"))
-            elif CLOSING_HEADER in upstream.headers:
+            return Retry("connect", 503, f"cannot connect to {instance.address}")
+        except UpstreamError as exc:
+            # Sent, maybe processed: only an idempotent request whose body we kept may go again.
+            failed = Retry("broken", 502, f"{instance.address} failed: {exc}")
+            if request.method in IDEMPOTENT and body is not None:
+                return failed
+            _answer(exchange, failed.status, failed.message)
+            return None
+        if response.header(protocol.REFUSED) is not None:
+            # Refused while closing: the instance is leaving. Refused otherwise: its app is not
+            # reachable (starting, crashed); try it again in a few seconds.
+            if response.header(protocol.CLOSING) is not None:
                 self.drop(instance.instance_id)
-            return await relay_response(request, upstream, no_mark)
-        finally:
-            upstream.release()
+            else:
+                self.table.eject(instance.instance_id, time.monotonic())
+            # Never processed: safe to send elsewhere, if the body can be sent again.
+            if body is not None:
+                response.close()
+                return Retry("refused", 503, f"{instance.instance_id} refused the request")
+        elif response.header(protocol.CLOSING) is not None:
+            self.drop(instance.instance_id)
+        try:
+            await exchange.relay(response, [], close=False)
+        except UpstreamError as exc:
+            if not exchange.started:
+                _answer(exchange, 502, f"{instance.address} failed: {exc}")
+            log.info("response of %s cut short: %s", instance.instance_id, exc)
+        return None
 
     def _may_retry(self, reason: str) -> bool:
         if not self.budget.try_withdraw(time.monotonic()):
@@ -183,12 +164,12 @@ class UpstreamListener:
         }
 
 
-def no_mark(response: web.StreamResponse) -> None:
-    """Consumer-side responses go to the local app as the provider sent them."""
+def _origin(instance: Instance) -> Origin:
+    return Origin(instance.host, instance.port)
 
 
-def unavailable(message: str, tried: set[str] | None = None) -> web.Response:
-    return web.json_response({"error": message, "tried": sorted(tried or ())}, status=503)
+def _answer(exchange: Exchange, status: int, message: str, tried: set[str] | None = None) -> None:
+    exchange.respond_json(status, {"error": message, "tried": sorted(tried or ())})
 
 
 class Upstreams:
@@ -199,19 +180,14 @@ class Upstreams:
         self.registry = registry
         self.metrics = metrics
         self.listeners: dict[str, UpstreamListener] = {}
+        self.pool = Pool(CONNECTIONS_PER_INSTANCE, CONNECT_TIMEOUT_SECONDS)
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> Upstreams:
         async with AsyncExitStack() as stack:
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=2),
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-            stack.push_async_callback(session.close)
+            stack.callback(self.pool.close)
             for upstream in self.settings.upstream:
-                listener = UpstreamListener(upstream, self.settings, self.registry, session, self.metrics)
+                listener = UpstreamListener(upstream, self.settings, self.registry, self.pool, self.metrics)
                 self.listeners[upstream.service] = await stack.enter_async_context(listener)
             self._stack = stack.pop_all()
         return self

@@ -28,7 +28,6 @@ from typing import Any
 
 import httpx
 
-from sidecar.relay import CLOSING_HEADER, REFUSED_HEADER
 from tests.support.ports import free_port
 from tests.support.procs import SidecarProc, await_for, wait_for
 from tests.support.registry_view import registered_ids
@@ -213,14 +212,14 @@ class Consumers:
             except httpx.HTTPError as exc:
                 self.failed.append(f"{exc.__class__.__name__}: {exc}")
                 return
-            if response.status_code == 503 and REFUSED_HEADER in response.headers:
+            if response.status_code == 503 and "X-Sidecar-Refused" in response.headers:
                 self.refused += 1  # never reached the app: a consumer retries it elsewhere
                 return
             if response.status_code != 200:
                 self.failed.append(f"{response.status_code}: {response.text}")
                 return
             self.ok += 1
-            if CLOSING_HEADER in response.headers:
+            if "X-Sidecar-Closing" in response.headers:
                 self.closing += 1
                 return
 
@@ -319,7 +318,7 @@ async def test_child_gets_sigterm_after_the_offline_sequence_ended(tmp_path: Pat
         [draining] = [e for e in car.log_entries() if e["msg"].startswith("offline: draining")]
 
     assert response.status_code == 200
-    assert response.headers[CLOSING_HEADER]
+    assert response.headers["X-Sidecar-Closing"]
     assert result["deregistered"] is True
     assert result["drained"] is True
     assert record["inflight"] == 0

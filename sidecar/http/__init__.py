@@ -1,0 +1,25 @@
+"""The data path's HTTP/1.1 core: asyncio Protocols and llhttp (httptools), no policy.
+
+`HttpServer` parses client request heads and hands each to a handler as an `Exchange`; the
+handler decides (forward, refuse, retry elsewhere) and the core moves the bytes: heads rewritten
+and sent in one write, bodies relayed as they arrive with flow control both ways, keep-alive
+pools to the origins (`Pool`), 1xx responses passed on, upgraded connections spliced.
+"""
+
+from sidecar.http.client import Origin, Pool, UpstreamResponse
+from sidecar.http.head import IDEMPOTENT, Headers, RequestHead, ResponseHead, end_to_end
+from sidecar.http.server import Exchange, HttpServer, Limits
+
+__all__ = [
+    "IDEMPOTENT",
+    "Exchange",
+    "Headers",
+    "HttpServer",
+    "Limits",
+    "Origin",
+    "Pool",
+    "RequestHead",
+    "ResponseHead",
+    "UpstreamResponse",
+    "end_to_end",
+]

@@ -1,0 +1,361 @@
+"""The client half of the core: keep-alive connections to the app or to provider instances.
+
+`Pool.request()` sends a request head (and a body, or a stream fed by the client's connection)
+on an idle pooled connection or a new one, and returns once the response head has arrived; 1xx
+heads on the way are handed to a callback, so `100 Continue` and `103 Early Hints` reach the
+client. The response body then flows through `UpstreamResponse.pipe_to()`, written to the client
+as it is read. A connection goes back to the pool only after a complete response on a connection
+both sides keep alive; anything else closes it.
+
+Per origin, at most `limit` connections are open at once (idle or busy); further requests wait
+for one. With 64 KiB write buffers on each side, a sidecar's memory for bodies in transit is
+bounded by connections x 128 KiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httptools
+
+from sidecar.errors import ConnectFailed, UpstreamBroken, UpstreamTimeout
+from sidecar.http.flow import HIGH_WATER, Endpoint
+from sidecar.http.head import BODYLESS_STATUS, Headers, ResponseHead, framed, get, serialize, status_line
+
+Informational = Callable[[bytes], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    host: str
+    port: int
+    tls: ssl.SSLContext | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class UpstreamConnection(Endpoint):
+    """One connection to an origin; carries one request at a time."""
+
+    def __init__(self, pool: Pool, origin: Origin) -> None:
+        super().__init__()
+        self.pool = pool
+        self.origin = origin
+        self.reusable = False  # set once a response completed on a keep-alive connection
+        self.reused = False  # taken from the pool: the peer may have closed it meanwhile
+        self.counted = False  # counts against the pool's limit until it closes
+        self._request_out = False  # the whole request was sent: the app owes an answer
+        self._parser = httptools.HttpResponseParser(self)
+        self._head: asyncio.Future[ResponseHead] | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._informational: Informational | None = None
+        self._headers: Headers = []
+        self._reason = b""
+        self._skip_body = False  # HEAD: the response has no body whatever it says
+        self._close_delimited = False
+        self._pending: list[bytes] = []  # body bytes read before the client side was attached
+        self._pending_size = 0
+        self._sink: Endpoint | None = None
+        self._chunked_out = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.upgrade_data = b""  # bytes after a 101 response head: the new protocol's first
+
+    # --- sending
+
+    def send(self, head: bytes, body: bytes, method: str, informational: Informational | None) -> None:
+        """Write a request; `head_received()` then waits for its response head."""
+        loop = asyncio.get_running_loop()
+        self.reusable = self._request_out = False
+        self._head, self._done = loop.create_future(), loop.create_future()
+        self._done.add_done_callback(_retrieved)  # a body nobody relays may fail unheard
+        self._informational = informational
+        self._skip_body = method == "HEAD"
+        self._close_delimited = False
+        self._headers, self._pending, self._pending_size = [], [], 0
+        self._sink = None
+        self.transport.write(head + body if body else head)
+
+    def request_sent(self) -> None:
+        """The whole request is out: from now on the app owes an answer (--app-timeout runs)."""
+        self._request_out = True
+        self._arm_timer()
+
+    async def head_received(self) -> ResponseHead:
+        assert self._head is not None
+        return await self._head
+
+    @property
+    def body_received(self) -> asyncio.Future[None]:
+        """Resolves once the whole response body has arrived (read so far into memory unless
+        `pipe_to` was called: up to HIGH_WATER bytes, then reading pauses)."""
+        assert self._done is not None
+        return self._done
+
+    # --- the response body, written to the client's connection as it arrives
+
+    def pipe_to(self, sink: Endpoint, first: bytes, chunked: bool) -> asyncio.Future[None]:
+        """Write `first` (the client's response head) and the body read so far to `sink`, then
+        the rest as it arrives; the future resolves when the body is complete."""
+        assert self._done is not None
+        self._chunked_out = chunked
+        pieces = [first]
+        for data in self._pending:
+            pieces.extend(framed(data, chunked))
+        self._pending, self._pending_size = [], 0
+        sink.transport.writelines(pieces)
+        self._sink = sink
+        sink.feed_from(self)
+        self.resume_reading()
+        return self._done
+
+    # --- asyncio.Protocol
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self._request_out:
+            self._arm_timer()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.upgrade_data = data[exc.args[0] :]
+            self._disarm_timer()
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamBroken(f"{self.origin} sent an invalid response: {exc}"))
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._disarm_timer()
+        self.pool.forget(self)
+        if self.tunnel is not None or self.tunnel_done is not None:
+            self.tunnel_lost()
+            return
+        if self._head is not None and self._done is not None and not self._done.done():
+            if self._close_delimited and self._head.done():
+                self._done.set_result(None)  # a body that ends with the connection
+            else:
+                self._fail(UpstreamBroken(f"{self.origin} closed the connection", reused=self.reused))
+
+    def pause_reading(self) -> None:
+        super().pause_reading()
+        self._disarm_timer()  # a slow client, not a silent app
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        if self._request_out and self._done is not None and not self._done.done():
+            self._arm_timer()
+
+    # --- llhttp callbacks
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head is not None and not self._head.done():  # trailers are dropped
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        headers, self._headers = self._headers, []
+        if 100 <= status < 200 and status != 101:
+            if self._informational is not None:
+                self._informational(serialize(status_line(status, self._reason), headers))
+            return
+        length = get(headers, b"content-length")
+        chunked = b"chunked" in (get(headers, b"transfer-encoding") or b"").lower()
+        head = ResponseHead(status, self._reason, headers, chunked, int(length) if length else None)
+        no_body = self._skip_body or status in BODYLESS_STATUS or status == 101
+        self._close_delimited = not (no_body or chunked or length is not None)
+        assert self._head is not None
+        if not self._head.done():
+            self._head.set_result(head)
+        if self._skip_body:
+            # llhttp cannot know the request was HEAD; a fresh parser for the next response.
+            self._parser = httptools.HttpResponseParser(self)
+            self._complete()
+
+    def on_body(self, data: bytes) -> None:
+        if self._sink is not None:
+            self._sink.transport.writelines(framed(data, self._chunked_out))
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size > HIGH_WATER:
+            self.pause_reading()
+
+    def on_message_complete(self) -> None:
+        if self._head is not None and self._head.done() and not self._skip_body:
+            self._complete()
+
+    # --- internals
+
+    def _complete(self) -> None:
+        self._disarm_timer()
+        self.reusable = self._parser.should_keep_alive() or self._skip_body
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def _fail(self, error: Exception) -> None:
+        """Tell whoever waits (for the head, or for the body being piped) what went wrong."""
+        self._disarm_timer()
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(error)
+        elif self._done is not None and not self._done.done():
+            self._done.set_exception(error)
+
+    def _arm_timer(self) -> None:
+        if self.pool.app_timeout is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(self.pool.app_timeout, self._timed_out)
+
+    def _disarm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._fail(UpstreamTimeout(f"{self.origin} sent nothing for {self.pool.app_timeout:g} s"))
+        self.abort()
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class UpstreamResponse:
+    """A response head from an origin, with the connection its body is still to come on."""
+
+    def __init__(self, connection: UpstreamConnection, head: ResponseHead) -> None:
+        self.connection = connection
+        self.head = head
+
+    @property
+    def status(self) -> int:
+        return self.head.status
+
+    def header(self, name: bytes) -> bytes | None:
+        return self.head.get(name)
+
+    def close(self) -> None:
+        """Not relayed (a refusal to retry elsewhere, say): drop the connection."""
+        self.connection.abort()
+
+
+class Pool:
+    """Keep-alive connections per origin, at most `limit` open per origin."""
+
+    def __init__(self, limit: int, connect_timeout: float, app_timeout: float | None = None) -> None:
+        self.limit = limit
+        self.connect_timeout = connect_timeout
+        self.app_timeout = app_timeout
+        self._idle: dict[Origin, list[UpstreamConnection]] = {}
+        self._open: dict[Origin, int] = {}
+        self._waiters: dict[Origin, deque[asyncio.Future[None]]] = {}
+
+    async def request(
+        self,
+        origin: Origin,
+        head: bytes,
+        *,
+        body: bytes = b"",
+        method: str,
+        informational: Informational | None = None,
+    ) -> UpstreamConnection:
+        """Send a request on a pooled or new connection; the caller awaits its response head
+        with `response()` after sending any streamed body."""
+        connection = await self._acquire(origin)
+        connection.send(head, body, method, informational)
+        return connection
+
+    async def response(self, connection: UpstreamConnection) -> UpstreamResponse:
+        try:
+            head = await connection.head_received()
+        except BaseException:
+            connection.abort()
+            raise
+        return UpstreamResponse(connection, head)
+
+    def release(self, connection: UpstreamConnection) -> None:
+        """A response is over: keep the connection for the next request if it can be reused."""
+        connection.feed_from(None)
+        connection.tunnel = None
+        if connection.closed or not connection.reusable:
+            connection.abort()
+            return
+        connection.resume_reading()  # to notice the peer closing it while idle
+        self._idle.setdefault(connection.origin, []).append(connection)
+        self._wake(connection.origin)
+
+    def forget(self, connection: UpstreamConnection) -> None:
+        """The connection closed (connection_lost): it no longer counts against the limit."""
+        idle = self._idle.get(connection.origin)
+        if idle and connection in idle:
+            idle.remove(connection)
+        if connection.counted:
+            connection.counted = False
+            self._open[connection.origin] -= 1
+            self._wake(connection.origin)
+
+    async def _acquire(self, origin: Origin) -> UpstreamConnection:
+        while True:
+            idle = self._idle.get(origin)
+            while idle:
+                connection = idle.pop()
+                if not connection.closed:
+                    connection.reused = True
+                    return connection
+            if self._open.get(origin, 0) < self.limit:
+                break
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(origin, deque()).append(waiter)
+            try:
+                await waiter
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+        self._open[origin] = self._open.get(origin, 0) + 1
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, connection = await loop.create_connection(
+                    lambda: UpstreamConnection(self, origin),
+                    origin.host,
+                    origin.port,
+                    ssl=origin.tls,
+                    server_hostname=origin.host if origin.tls else None,
+                )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            self._open[origin] -= 1
+            self._wake(origin)
+            raise ConnectFailed(f"cannot connect to {origin}: {exc or 'timed out'}") from exc
+        except BaseException:
+            self._open[origin] -= 1
+            self._wake(origin)
+            raise
+        connection.counted = True
+        return connection
+
+    def _wake(self, origin: Origin) -> None:
+        waiters = self._waiters.get(origin)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def close(self) -> None:
+        for idle in list(self._idle.values()):
+            for connection in list(idle):
+                connection.abort()
+        self._idle.clear()

@@ -1,0 +1,103 @@
+"""Flow control between the two connections of a proxied exchange, and splicing after an upgrade.
+
+Bytes read on one connection are written to the other as they arrive, without a copy in between.
+When the writing side's transport buffer passes its high-water mark, asyncio calls
+`pause_writing()` on its protocol: we then stop *reading* from the connection that feeds it (its
+`feeder`), and read again on `resume_writing()`. So a slow reader at either end holds back the
+fast writer at the other end, and the sidecar never buffers more than the transports' limits:
+no whole body is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import cast
+
+log = logging.getLogger("sidecar.http")
+
+# What one connection may hold in its write buffer before its feeder stops being read; asyncio's
+# own default high-water mark, written out: large enough for a 1 MiB body to flow in a few
+# writes, small enough that 1,000 slow clients cost 64 MiB at most.
+HIGH_WATER = 64 * 1024
+
+
+class Endpoint(asyncio.Protocol):
+    """One side of a relay: a client connection (server side) or an upstream connection."""
+
+    transport: asyncio.Transport
+
+    def __init__(self) -> None:
+        self.feeder: Endpoint | None = None  # the endpoint whose reads we write out
+        self.tunnel: Endpoint | None = None  # after an upgrade: the endpoint we splice to
+        self.tunnel_done: asyncio.Future[None] | None = None
+        self.closed = False
+        self._reading_paused = False
+        self._writing_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport.set_write_buffer_limits(HIGH_WATER)
+
+    # --- our own reading, paused by whoever we feed
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # --- our writing, which holds back our feeder
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        if self.feeder is not None:
+            self.feeder.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self.feeder is not None:
+            self.feeder.resume_reading()
+
+    def feed_from(self, feeder: Endpoint | None) -> None:
+        """From now on `feeder`'s reads are written to us (None: nobody)."""
+        if self.feeder is not None and self.feeder is not feeder:
+            self.feeder.resume_reading()
+        self.feeder = feeder
+        if feeder is not None and self._writing_paused:
+            feeder.pause_reading()
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    # --- splicing: after 101 Switching Protocols, bytes go both ways untouched
+
+    def splice(self, other: Endpoint, done: asyncio.Future[None]) -> None:
+        """Relay bytes between `self` and `other` until either closes; then close both and
+        resolve `done`. Each side's data_received hands its bytes to `tunnel`."""
+        self.tunnel, other.tunnel = other, self
+        self.tunnel_done = other.tunnel_done = done
+        self.feed_from(other)
+        other.feed_from(self)
+        self.resume_reading()
+        other.resume_reading()
+
+    def tunnel_lost(self) -> None:
+        """Our connection closed while spliced: close the other end too."""
+        if self.tunnel is not None:
+            self.tunnel.close()
+        if self.tunnel_done is not None and not self.tunnel_done.done():
+            self.tunnel_done.set_result(None)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.transport.abort()

@@ -1,0 +1,482 @@
+"""The server half of the core: client connections as asyncio Protocols driven by llhttp.
+
+Each parsed request head becomes an `Exchange`, handed to the policy's handler (the inbound
+proxy or an upstream listener) in a task of its own; requests on one connection are answered in
+order (a pipelined request waits, and reading pauses, until the one before it is answered).
+
+A connection's states, and what ends each:
+
+    waiting for a head   --header-timeout for the whole head (not per byte), 431 past 64 KiB
+    in an exchange       the handler's business (--app-timeout lives in the pool)
+    idle, keep-alive     --idle-timeout; at once when draining starts (`close_idle()`)
+    spliced (upgraded)   until either side closes, or `close_upgraded()` when the drain ends
+
+Anything llhttp will not parse without guessing (RFC 9112: Content-Length with
+Transfer-Encoding, differing lengths, bad chunk sizes, bare LF, NUL, obs-fold, an invalid
+method or target) answers 400 and closes the connection; a request whose head was already
+forwarded is cut off at the app (its connection aborted), so the app never sees it complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+import httptools
+
+from sidecar.config import HostPort
+from sidecar.errors import StartupError, UpstreamBroken
+from sidecar.http.client import Origin, Pool, UpstreamConnection, UpstreamResponse
+from sidecar.http.flow import HIGH_WATER, Endpoint
+from sidecar.http.head import (
+    BODYLESS_STATUS,
+    Headers,
+    RequestHead,
+    end_to_end,
+    framed,
+    get,
+    serialize,
+    status_line,
+    upgrade_headers,
+)
+
+log = logging.getLogger("sidecar.http")
+
+# Large enough for any real request head (browsers send a few KiB, big cookies 16 KiB), small
+# enough that a flood of them cannot exhaust memory; nginx's large_client_header_buffers is 32 KiB.
+MAX_HEAD_BYTES = 64 * 1024
+# A response body up to this size (with a Content-Length) is read whole before its head goes
+# out: one write instead of several, and a 502 is still possible if the app breaks off.
+WHOLE_BODY_BYTES = HIGH_WATER
+# When the sidecar stops, requests still running (after a drain that timed out) get this long.
+SHUTDOWN_GRACE_SECONDS = 1.0
+
+Handler = Callable[["Exchange"], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+
+
+class HeadTooLarge(Exception):
+    pass
+
+
+class Exchange:
+    """One request on a client connection, and the response the handler gives it."""
+
+    def __init__(self, connection: ServerConnection, head: RequestHead) -> None:
+        self.connection = connection
+        self.head = head
+        self.peer = connection.peer
+        self.started = False  # the response head went out
+        self.status = 0  # the response's status, once started
+        self.close_after = False
+        self.body_complete = not head.has_body
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._body_sink: UpstreamConnection | None = None
+        self._body_waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        return get(self.head.headers, name)
+
+    # --- the request body
+
+    async def read_body(self, limit: int) -> bytes | None:
+        """The whole body when it has a Content-Length of at most `limit`, else None (it will
+        stream). A body read here can be sent again: to another instance, say."""
+        length = self.head.content_length
+        if self.head.chunked or length is None or length > limit:
+            return None if self.head.has_body else b""
+        if not self.body_complete:
+            self._body_waiter = asyncio.get_running_loop().create_future()
+            self.connection.resume_reading()
+            await self._body_waiter
+        body = b"".join(self._body)
+        self._body, self._body_size = [], 0
+        return body
+
+    def body_data(self, data: bytes) -> None:
+        if self._body_sink is not None:
+            self._body_sink.transport.writelines(framed(data, self.head.chunked))
+            return
+        self._body.append(data)
+        self._body_size += len(data)
+        if self._body_size > HIGH_WATER and self._body_waiter is None:
+            self.connection.pause_reading()
+
+    def body_done(self) -> None:
+        self.body_complete = True
+        if self._body_waiter is not None and not self._body_waiter.done():
+            self._body_waiter.set_result(None)
+        if self._body_sink is not None:
+            self._finish_body(self._body_sink)
+
+    def _stream_body_to(self, upstream: UpstreamConnection) -> None:
+        pieces = [piece for data in self._body for piece in framed(data, self.head.chunked)]
+        self._body, self._body_size = [], 0
+        if pieces:
+            upstream.transport.writelines(pieces)
+        self._body_sink = upstream
+        upstream.feed_from(self.connection)  # a slow app holds back the client's upload
+        if self.body_complete:
+            self._finish_body(upstream)
+        else:
+            self.connection.resume_reading()
+
+    def _finish_body(self, upstream: UpstreamConnection) -> None:
+        if self.head.chunked:
+            upstream.write(b"0\r\n\r\n")
+        upstream.feed_from(None)
+        self._body_sink = None
+        upstream.request_sent()
+
+    # --- forwarding and relaying
+
+    async def forward(self, pool: Pool, origin: Origin, head: bytes, body: bytes | None) -> UpstreamResponse:
+        """Send this request to `origin` (`body` as read by `read_body`, or None to stream it) and
+        return the response head; 1xx responses on the way go to the client at once."""
+        sent = b"" if body is None else body
+        upstream = await pool.request(
+            origin, head, body=sent, method=self.head.method, informational=self._info
+        )
+        if body is None and self.head.has_body:
+            self._stream_body_to(upstream)
+        else:
+            upstream.request_sent()
+        return await pool.response(upstream)
+
+    def _info(self, head: bytes) -> None:
+        self.connection.write(head)
+
+    async def relay(self, response: UpstreamResponse, extra: Headers, close: bool) -> None:
+        """Send `response` to the client, its body as it arrives, with `extra` headers; `close`
+        ends the client connection after it. Raises UpstreamError if the body is cut off (the
+        client connection is then closed: the status line is already out)."""
+        upstream, head = response.connection, response.head
+        if head.status == 101:
+            await self._splice(response)
+            return
+        no_body = self.head.method == "HEAD" or head.status in BODYLESS_STATUS
+        headers = end_to_end(head.headers)
+        chunked = False
+        if head.content_length is not None:
+            headers.append((b"Content-Length", str(head.content_length).encode()))
+        elif not no_body:
+            if self.head.version == "1.1":
+                chunked = True
+                headers.append((b"Transfer-Encoding", b"chunked"))
+            else:
+                close = True  # an HTTP/1.0 client: the body ends with the connection
+        close = close or not self.head.keep_alive
+        length = head.content_length
+        if not no_body and length is not None and length <= WHOLE_BODY_BYTES:
+            # Small: have it all before the status line goes out, so a response cut short can
+            # still be answered with a clean 502.
+            try:
+                await upstream.body_received
+            except BaseException:
+                upstream.abort()
+                raise
+        headers.extend(extra)
+        if close:
+            headers.append((b"Connection", b"close"))
+            self.close_after = True
+        self.started, self.status = True, head.status
+        first = serialize(status_line(head.status, head.reason), headers)
+        done = upstream.pipe_to(self.connection, first, chunked)
+        try:
+            await done
+        except BaseException:
+            self.close_after = True
+            upstream.abort()
+            self.connection.abort()
+            raise
+        finally:
+            self.connection.feed_from(None)
+        if chunked:
+            self.connection.write(b"0\r\n\r\n")
+        if not self.body_complete or self._body_sink is not None:
+            upstream.reusable = False  # the app answered before the whole request was sent
+            self.close_after = True
+        upstream.pool.release(upstream)
+
+    async def _splice(self, response: UpstreamResponse) -> None:
+        upstream = response.connection
+        if not self.head.upgrade:
+            response.close()
+            raise UpstreamBroken("101 Switching Protocols to a request that asked for no upgrade")
+        headers = [*end_to_end(response.head.headers), *upgrade_headers(response.head.headers)]
+        self.started = self.close_after = True
+        self.status = 101
+        self.connection.write(serialize(status_line(101, response.head.reason), headers))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.connection.splice(upstream, done)
+        # Bytes that came right behind either head belong to the new protocol already.
+        if upstream.upgrade_data:
+            self.connection.write(upstream.upgrade_data)
+        if self.connection.upgrade_data:
+            upstream.write(self.connection.upgrade_data)
+        try:
+            await done
+        finally:
+            upstream.abort()
+            self.connection.abort()
+
+    # --- local answers
+
+    def respond(self, status: int, headers: Headers, body: bytes = b"", close: bool = False) -> None:
+        """Answer from the sidecar itself (a refusal, an error): the whole response at once."""
+        close = close or not self.head.keep_alive or not self.body_complete
+        framing = [(b"Content-Length", str(len(body)).encode())]
+        if close:
+            framing.append((b"Connection", b"close"))
+            self.close_after = True
+        self.started, self.status = True, status
+        if self.head.method == "HEAD":
+            body = b""
+        self.connection.write(serialize(status_line(status), [*headers, *framing]) + body)
+
+    def respond_json(
+        self, status: int, body: object, headers: Headers | None = None, close: bool = False
+    ) -> None:
+        payload = json.dumps(body).encode()
+        self.respond(status, [(b"Content-Type", b"application/json"), *(headers or [])], payload, close)
+
+
+class ServerConnection(Endpoint):
+    """One client connection: parses request heads, runs their exchanges in order."""
+
+    def __init__(self, server: HttpServer) -> None:
+        super().__init__()
+        self.server = server
+        self.peer: str | None = None
+        self.current: Exchange | None = None
+        self.upgrade_data = b""  # bytes behind an upgrade request's head
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[Exchange] = deque()
+        self._receiving: Exchange | None = None  # the exchange whose body is being read
+        self._in_head = False
+        self._head_bytes = 0
+        self._url: list[bytes] = []
+        self._headers: Headers = []
+        self._upgrading = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peername = transport.get_extra_info("peername")
+        self.peer = peername[0] if isinstance(peername, tuple) else None
+        self.server.connections.add(self)
+        self._arm(self.server.limits.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self._upgrading:  # waiting for the app's answer to an upgrade request
+            self.upgrade_data += data
+            self.pause_reading()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrading = True
+            self.upgrade_data = data[exc.args[0] :]
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, HeadTooLarge):
+                self._reject(431, "the request head is larger than 64 KiB")
+            else:
+                self._reject(400, f"malformed request: {exc}")
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > 2 * MAX_HEAD_BYTES:  # one header still incomplete, and huge
+                self._reject(431, "the request head is larger than 64 KiB")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._disarm()
+        self.server.connections.discard(self)
+        if self.tunnel is not None:
+            self.tunnel_lost()
+        for exchange in (self.current, *self._queue):
+            if exchange is not None and exchange.task is not None:
+                exchange.task.cancel()  # the client is gone: so is its request
+        self._queue.clear()
+
+    # --- llhttp callbacks
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        self._url, self._headers = [], []
+        if self.current is None:
+            self._arm(self.server.limits.header_timeout)  # the idle wait is over
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:  # trailers of a chunked body are dropped
+            self._headers.append((name, value))
+            self._count(len(name) + len(value) + 4)
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise HeadTooLarge
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self.current is None:
+            self._disarm()
+        headers = self._headers
+        length = get(headers, b"content-length")
+        head = RequestHead(
+            method=self._parser.get_method().decode(),
+            target=b"".join(self._url),
+            version=self._parser.get_http_version(),
+            headers=headers,
+            keep_alive=self._parser.should_keep_alive(),
+            upgrade=self._parser.should_upgrade(),
+            chunked=b"chunked" in (get(headers, b"transfer-encoding") or b"").lower(),
+            content_length=int(length) if length is not None else None,
+        )
+        exchange = self._receiving = Exchange(self, head)
+        if self.current is None:
+            self._start(exchange)
+        else:
+            self._queue.append(exchange)
+            self.pause_reading()  # one pipelined request at a time
+
+    def on_body(self, data: bytes) -> None:
+        if self._receiving is not None:
+            self._receiving.body_data(data)
+
+    def on_message_complete(self) -> None:
+        if self._receiving is not None:
+            self._receiving.body_done()
+
+    # --- exchanges
+
+    def _start(self, exchange: Exchange) -> None:
+        self.current = exchange
+        exchange.task = asyncio.get_running_loop().create_task(self._run(exchange))
+
+    async def _run(self, exchange: Exchange) -> None:
+        try:
+            await self.server.handler(exchange)
+        except asyncio.CancelledError:
+            exchange.close_after = True
+        except Exception:
+            log.exception("%s %s failed", exchange.head.method, exchange.head.target.decode(errors="replace"))
+            if not exchange.started:
+                exchange.respond_json(502, {"error": "the sidecar failed to relay this request"}, close=True)
+            exchange.close_after = True
+        finally:
+            self._finished(exchange)
+
+    def _finished(self, exchange: Exchange) -> None:
+        self.current = None
+        if self.closed:
+            return
+        if exchange.close_after or not exchange.started or not exchange.body_complete:
+            self.close()
+        elif self._queue:
+            self._start(self._queue.popleft())
+            self.resume_reading()
+        else:
+            self._arm(self.server.limits.idle_timeout)
+            self.resume_reading()
+
+    def _reject(self, status: int, message: str) -> None:
+        """A request we will not forward: stop any exchange of it, answer if we still can, close."""
+        receiving = self._receiving
+        if receiving is not None and not receiving.body_complete and receiving.task is not None:
+            receiving.task.cancel()  # its head went out already: the app must not see it complete
+        if self.current is None or (self.current is receiving and not receiving.started):
+            body = json.dumps({"error": message}).encode()
+            headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
+            self.write(serialize(status_line(status), [*headers, (b"Connection", b"close")]) + body)
+        self.pause_reading()
+        self.close()
+
+    def is_idle(self) -> bool:
+        return self.current is None and not self._in_head and self.tunnel is None
+
+    # --- timers: one at a time (the head's, or the idle one)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.current is None:  # waiting for a head, or idle: either way, nothing is lost
+            self.close()
+
+
+class HttpServer:
+    """Async context manager: serves `handler` on `address` while inside the block."""
+
+    def __init__(self, address: HostPort, handler: Handler, limits: Limits, option: str) -> None:
+        self.address = address
+        self.handler = handler
+        self.limits = limits
+        self.option = option  # names the flag in a start-up error
+        self.connections: set[ServerConnection] = set()
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> HttpServer:
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                lambda: ServerConnection(self), self.address.host, self.address.port, reuse_address=True
+            )
+        except OSError as exc:
+            raise StartupError(f"{self.option} {self.address}: cannot listen ({exc.strerror})") from exc
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        self.close_idle()
+        busy = [c.current.task for c in self.connections if c.current is not None and c.current.task]
+        if busy:
+            await asyncio.wait(busy, timeout=SHUTDOWN_GRACE_SECONDS)
+        for connection in list(self.connections):
+            connection.abort()
+        await self._server.wait_closed()
+
+    def close_idle(self) -> None:
+        """Close every connection that is not in an exchange (draining: clients go elsewhere)."""
+        for connection in list(self.connections):
+            if connection.is_idle():
+                connection.close()
+
+    def close_upgraded(self) -> None:
+        """Close every spliced (upgraded) connection: the drain has ended."""
+        for connection in list(self.connections):
+            if connection.tunnel is not None:
+                connection.abort()
