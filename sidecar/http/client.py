@@ -197,6 +197,7 @@ class UpstreamConnection(Endpoint):
     # --- internals
 
     def _complete(self) -> None:
+        self._request_out = False
         self._disarm_timer()
         self.reusable = self._parser.should_keep_alive() or self._skip_body
         if self._done is not None and not self._done.done():
@@ -321,9 +322,10 @@ class Pool:
             self._waiters.setdefault(origin, deque()).append(waiter)
             try:
                 await waiter
-            finally:
-                if not waiter.done():
-                    waiter.cancel()
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake(origin)  # woken, but gone: the next in line gets the connection
+                raise
         self._open[origin] = self._open.get(origin, 0) + 1
         loop = asyncio.get_running_loop()
         try:

@@ -81,6 +81,7 @@ class RequestHead:
     upgrade: bool  # Connection: Upgrade with an Upgrade header
     chunked: bool
     content_length: int | None
+    continued: bool = False  # the sidecar answered `Expect: 100-continue` itself
 
     @property
     def has_body(self) -> bool:
@@ -96,6 +97,8 @@ class RequestHead:
             framing.append((b"Content-Length", str(self.content_length).encode()))
         if self.upgrade:
             framing.extend(upgrade_headers(self.headers))
+        if self.continued:
+            headers = [(name, value) for name, value in headers if name.lower() != b"expect"]
         line = f"{self.method} ".encode() + prefix + self.target + b" HTTP/1.1"
         return serialize(line, [*headers, *framing])
 

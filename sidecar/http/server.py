@@ -98,6 +98,11 @@ class Exchange:
         if self.head.chunked or length is None or length > limit:
             return None if self.head.has_body else b""
         if not self.body_complete:
+            if (self.header(b"expect") or b"").lower() == b"100-continue":
+                # The client waits for this before sending the body we wait for; the request then
+                # goes on with its body and without the Expect header (RFC 9110 section 10.1.1).
+                self.connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.head.continued = True
             self._body_waiter = asyncio.get_running_loop().create_future()
             self.connection.resume_reading()
             await self._body_waiter
@@ -399,7 +404,8 @@ class ServerConnection(Endpoint):
             self._start(self._queue.popleft())
             self.resume_reading()
         else:
-            self._arm(self.server.limits.idle_timeout)
+            limits = self.server.limits
+            self._arm(limits.header_timeout if self._in_head else limits.idle_timeout)
             self.resume_reading()
 
     def _reject(self, status: int, message: str) -> None:
