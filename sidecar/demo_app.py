@@ -11,7 +11,15 @@ it first.
     POST /echo              streams the request body back
     POST /digest            reads the request body as it streams in: {"sha256", "bytes"}
     GET  /bytes?n=N         streams N bytes
-    GET  /stats             {"instance", "served", "inflight", "paths": [last paths seen]}
+    GET  /headers?set=N:V   the request's headers as received, [[name, value], ...]; each `set`
+                            (repeatable) adds a response header, e.g. set=Server:demo
+    GET  /wait?gate=NAME    answers once gate NAME is opened (at most 60 s, then 504)
+    *    /open?gate=NAME    opens gate NAME (for waiting requests and all later ones)
+    GET  /chunks?n=N&gate=G a chunked response of N chunks; the last one waits for gate G
+    GET  /ws                WebSocket echo: each text or binary message comes back as it was
+    GET  /stats             {"instance", "served", "inflight", "paths": [last paths seen],
+                             "done": [last paths answered], "connections": TCP connections that
+                             carried a request, "waiting": [gates being waited for]}
 """
 
 from __future__ import annotations
@@ -23,15 +31,19 @@ import json
 import os
 import signal
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import FrameType
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
 
 # Tests look for a path they sent (or did not send) among the last ones seen.
 PATHS_KEPT = 1000
 CHUNK = 64 * 1024
+# A gate nobody opens must not hold a request (and the app's shutdown) forever.
+GATE_WAIT_SECONDS = 60.0
 
 
 class DemoApp:
@@ -43,15 +55,28 @@ class DemoApp:
         self.served = 0
         self.inflight = 0
         self.paths: deque[str] = deque(maxlen=PATHS_KEPT)
+        self.done: deque[str] = deque(maxlen=PATHS_KEPT)
+        self.gates: dict[str, asyncio.Event] = {}
+        self.waiting: list[str] = []
+        # Connections are told apart by their transport objects: a WeakSet forgets a closed one
+        # only once it is gone, so a new connection is never mistaken for an old one.
+        self.connections = 0
+        self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
 
     @web.middleware
     async def count(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         self.paths.append(request.path_qs)
+        transport = request.transport
+        if transport is not None and transport not in self._transports:
+            self._transports.add(transport)
+            self.connections += 1
         self.inflight += 1
         try:
-            return await handler(request)
+            response = await handler(request)
+            self.done.append(request.path_qs)
+            return response
         finally:
             self.inflight -= 1
             self.served += 1
@@ -99,6 +124,64 @@ class DemoApp:
         await response.write_eof()
         return response
 
+    async def headers(self, request: web.Request) -> web.Response:
+        received = [[name.decode("latin-1"), value.decode("latin-1")] for name, value in request.raw_headers]
+        extra: CIMultiDict[str] = CIMultiDict()
+        for item in request.query.getall("set", []):
+            name, sep, value = item.partition(":")
+            if not sep or not name:
+                return web.json_response({"error": "set must be Name:Value"}, status=400)
+            extra.add(name, value)
+        return web.json_response({"headers": received}, headers=extra)
+
+    def gate(self, name: str) -> asyncio.Event:
+        return self.gates.setdefault(name, asyncio.Event())
+
+    async def wait_gate(self, request: web.Request) -> web.Response:
+        name = request.query.get("gate", "")
+        self.waiting.append(name)
+        try:
+            async with asyncio.timeout(GATE_WAIT_SECONDS):
+                await self.gate(name).wait()
+        except TimeoutError:
+            return web.json_response({"error": f"gate {name!r} was not opened"}, status=504)
+        finally:
+            self.waiting.remove(name)
+        return web.json_response({"instance": self.name, "gate": name})
+
+    async def open_gate(self, request: web.Request) -> web.Response:
+        name = request.query.get("gate", "")
+        self.gate(name).set()
+        return web.json_response({"gate": name, "open": True})
+
+    async def chunks(self, request: web.Request) -> web.StreamResponse:
+        count = max(1, int(request.query.get("n", "3")))
+        name = request.query.get("gate")
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for index in range(count):
+            if index == count - 1 and name is not None:
+                self.waiting.append(name)
+                try:
+                    async with asyncio.timeout(GATE_WAIT_SECONDS):
+                        await self.gate(name).wait()
+                finally:
+                    self.waiting.remove(name)
+            await response.write(f"chunk {index}\n".encode())
+        await response.write_eof()
+        return response
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                await ws.send_str(message.data)
+            elif message.type == WSMsgType.BINARY:
+                await ws.send_bytes(message.data)
+        return ws
+
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(
             {
@@ -106,6 +189,9 @@ class DemoApp:
                 "served": self.served,
                 "inflight": self.inflight,
                 "paths": list(self.paths),
+                "done": list(self.done),
+                "connections": self.connections,
+                "waiting": sorted(self.waiting),
             }
         )
 
@@ -128,6 +214,11 @@ class DemoApp:
         app.router.add_post("/echo", self.echo)
         app.router.add_post("/digest", self.digest)
         app.router.add_get("/bytes", self.bytes)
+        app.router.add_get("/headers", self.headers)
+        app.router.add_get("/wait", self.wait_gate)
+        app.router.add_route("*", "/open", self.open_gate)
+        app.router.add_get("/chunks", self.chunks)
+        app.router.add_get("/ws", self.websocket)
         app.router.add_get("/stats", self.stats)
         return app
 

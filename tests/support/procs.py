@@ -174,3 +174,21 @@ def sidecar(
     finally:
         stop_process(proc)
         log.close()
+
+
+@contextmanager
+def sidecar_in_front(
+    tmp_path: Path, registry: str, app_url: str, *args: str, service: str = "svc", wait: str = "ready"
+) -> Iterator[SidecarProc]:
+    """A provider sidecar in front of an app given by its URL (one the test runs itself, e.g. a
+    scripted app), listening on a free port of its own."""
+    listen_port = free_port()
+    argv = ("--listen", f"127.0.0.1:{listen_port}", "--app", app_url, *args)
+    with sidecar(tmp_path, registry, None, *argv, service=service, wait=wait) as car:
+        car.listen_port = listen_port
+        yield car
+
+
+def open_gate(app: AppProc, gate: str) -> None:
+    """Opens gate `gate` of the demo app: requests waiting on it (`/wait`, `/chunks`) go on."""
+    httpx.post(f"{app.url}/open", params={"gate": gate}, timeout=5).raise_for_status()
