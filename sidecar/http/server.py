@@ -66,7 +66,11 @@ class Limits:
 
 
 class HeadTooLarge(Exception):
-    pass
+    """Raised from a parser callback: the head passed MAX_HEAD_BYTES."""
+
+
+class Malformed(Exception):
+    """Raised from a parser callback: a head llhttp accepts but HTTP/1.1 does not."""
 
 
 class Exchange:
@@ -302,6 +306,8 @@ class ServerConnection(Endpoint):
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, HeadTooLarge):
                 self._reject(431, "the request head is larger than 64 KiB")
+            elif isinstance(exc.__context__, Malformed):
+                self._reject(400, f"malformed request: {exc.__context__}")
             else:
                 self._reject(400, f"malformed request: {exc}")
             return
@@ -349,11 +355,15 @@ class ServerConnection(Endpoint):
         if self.current is None:
             self._disarm()
         headers = self._headers
+        hosts = sum(1 for name, _ in headers if name.lower() == b"host")
+        version = self._parser.get_http_version()
+        if hosts > 1 or (hosts == 0 and version == "1.1"):  # RFC 9112 section 3.2: a MUST
+            raise Malformed("an HTTP/1.1 request needs exactly one Host header")
         length = get(headers, b"content-length")
         head = RequestHead(
             method=self._parser.get_method().decode(),
             target=b"".join(self._url),
-            version=self._parser.get_http_version(),
+            version=version,
             headers=headers,
             keep_alive=self._parser.should_keep_alive(),
             upgrade=self._parser.should_upgrade(),
