@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from tests.support.consul_agent import ConsulAgent
+from tests.support.ports import free_port
+from tests.support.procs import Fleet, demo_app, sidecar, wait_for
 
 # -- registries -----------------------------------------------------------------------------------
 
@@ -33,3 +36,27 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite://{tmp_path / 'registry.db'}"
     agent: ConsulAgent = request.getfixturevalue("consul_agent")
     return agent.url
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """A demo app behind a provider sidecar (instance id `provider`), and a consumer sidecar
+    with an upstream listener for it, once per test module."""
+    tmp_path = tmp_path_factory.mktemp("fleet")
+    registry = f"sqlite://{tmp_path / 'r.db'}"
+    consumer_port = free_port()
+    with ExitStack() as stack:
+        app = stack.enter_context(demo_app(tmp_path))
+        provider = stack.enter_context(sidecar(tmp_path, registry, app, "--instance-id", "provider"))
+        upstream = ("--upstream", f"svc=127.0.0.1:{consumer_port}")
+        consumer = stack.enter_context(sidecar(tmp_path, registry, None, *upstream, service="client"))
+
+        def knows_provider() -> bool:
+            rows = consumer.status()["upstreams"]["svc"]["instances"]
+            return [row["instance_id"] for row in rows] == ["provider"]
+
+        wait_for(knows_provider, what="the consumer to know the provider")
+        yield Fleet(app, provider, consumer, consumer_port)

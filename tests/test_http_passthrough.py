@@ -16,7 +16,7 @@ from collections.abc import Collection, Iterator
 import httpx
 import pytest
 
-from tests.support.procs import AppProc, SidecarProc, demo_app, sidecar, sidecar_in_front
+from tests.support.procs import AppProc, Fleet, SidecarProc, demo_app, sidecar, sidecar_in_front
 from tests.support.rawhttp import RawConnection, RawResponse, request
 from tests.support.scripted_app import Head, ScriptedApp
 
@@ -230,3 +230,40 @@ def test_app_connections_are_kept_alive(
             assert client.get(f"{car.url}/work", params={"n": n}).status_code == 200
     opened = app.stats()["connections"] - before
     assert opened <= MAX_APP_CONNECTIONS, f"{opened} connections to the app for 100 requests"
+
+
+# -- through a consumer sidecar ---------------------------------------------------------------------
+
+
+async def test_consumer_answers_expect_for_a_body_it_keeps(fleet: Fleet) -> None:
+    """A consumer sidecar keeps a small body for retries, so it answers `100 Continue` itself;
+    the body then reaches the app whole, without the Expect header."""
+    payload = os.urandom(5000)
+    async with await RawConnection.open(port_of_url(fleet.consumer_url)) as conn:
+        head = request("POST", "/echo", [("Expect", "100-continue"), ("Content-Length", str(len(payload)))])
+        await conn.send(head)
+        interim = await conn.head()
+        assert interim.status == 100, interim
+        await conn.send(payload)
+        response = await conn.response(method="POST")
+    assert response.status == 200, response
+    assert response.body == payload
+
+
+async def test_consumer_relays_request_headers_end_to_end(fleet: Fleet) -> None:
+    """Through both sidecars the app sees the client's end-to-end headers, Host set to the
+    instance it was sent to, and none of the sidecars' own X-Sidecar-Consumer."""
+    async with await RawConnection.open(port_of_url(fleet.consumer_url)) as conn:
+        await conn.send(request("GET", "/headers", [("X-Custom", "kept"), ("Connection", "x-gone")]))
+        response = await conn.response()
+    assert response.status == 200, response
+    seen = {name.lower(): value for name, value in json.loads(response.body)["headers"]}
+    assert seen["x-custom"] == "kept"
+    assert seen["host"] == fleet.provider.url.removeprefix("http://")
+    assert "x-sidecar-consumer" not in seen
+    assert "x-gone" not in seen
+    assert "connection" not in seen
+
+
+def port_of_url(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])

@@ -11,58 +11,24 @@ import asyncio
 import os
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import aiohttp
 import httpx
 import pytest
 
-from tests.support.ports import free_port
 from tests.support.procs import (
-    AppProc,
+    Fleet,
     SidecarProc,
     await_for,
     demo_app,
     sidecar,
     sidecar_in_front,
-    wait_for,
 )
 from tests.support.rawhttp import RawConnection, request
 from tests.support.scripted_app import Head, ScriptedApp
 
 BOUND_SECONDS = 10.0
-
-
-class Fleet:
-    """A demo app behind a provider sidecar, and a consumer sidecar in front of that."""
-
-    def __init__(
-        self, app: AppProc, provider: SidecarProc, consumer: SidecarProc, consumer_port: int
-    ) -> None:
-        self.app = app
-        self.provider = provider
-        self.consumer = consumer
-        self.consumer_url = f"http://127.0.0.1:{consumer_port}"
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    tmp_path = tmp_path_factory.mktemp("upgrade")
-    registry = f"sqlite://{tmp_path / 'r.db'}"
-    consumer_port = free_port()
-    with ExitStack() as stack:
-        app = stack.enter_context(demo_app(tmp_path))
-        provider = stack.enter_context(sidecar(tmp_path, registry, app, "--instance-id", "provider"))
-        upstream = ("--upstream", f"svc=127.0.0.1:{consumer_port}")
-        consumer = stack.enter_context(sidecar(tmp_path, registry, None, *upstream, service="client"))
-
-        def knows_provider() -> bool:
-            rows = consumer.status()["upstreams"]["svc"]["instances"]
-            return [row["instance_id"] for row in rows] == ["provider"]
-
-        wait_for(knows_provider, what="the consumer to know the provider")
-        yield Fleet(app, provider, consumer, consumer_port)
 
 
 async def echo_round_trips(ws: aiohttp.ClientWebSocketResponse) -> None:

@@ -192,3 +192,15 @@ def sidecar_in_front(
 def open_gate(app: AppProc, gate: str) -> None:
     """Opens gate `gate` of the demo app: requests waiting on it (`/wait`, `/chunks`) go on."""
     httpx.post(f"{app.url}/open", params={"gate": gate}, timeout=5).raise_for_status()
+
+
+class Fleet:
+    """A demo app behind a provider sidecar, and a consumer sidecar in front of that."""
+
+    def __init__(
+        self, app: AppProc, provider: SidecarProc, consumer: SidecarProc, consumer_port: int
+    ) -> None:
+        self.app = app
+        self.provider = provider
+        self.consumer = consumer
+        self.consumer_url = f"http://127.0.0.1:{consumer_port}"
