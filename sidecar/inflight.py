@@ -14,7 +14,7 @@ import asyncio
 import ipaddress
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from urllib.parse import urlsplit
 
@@ -44,6 +44,10 @@ class InflightTracker:
             if self._count == 0:
                 self._idle.set()
 
+    async def wait_idle(self) -> None:
+        """Return once nothing is in flight."""
+        await self._idle.wait()
+
     async def wait_quiet(self, quiet_period: float, since: float) -> None:
         """Return once nothing is in flight and no request arrived during the last
         `quiet_period` seconds, counting no earlier than `since` (a monotonic time)."""
@@ -71,10 +75,16 @@ MAX_CONSUMER_URL_LENGTH = 512
 
 
 class ConsumerBook:
-    def __init__(self, max_size: int = MAX_CONSUMERS, ttl: float = CONSUMER_TTL_SECONDS) -> None:
+    def __init__(
+        self,
+        max_size: int = MAX_CONSUMERS,
+        ttl: float = CONSUMER_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._max_size = max_size
         self._ttl = ttl
+        self._clock = clock
 
     def remember(self, header_value: str, caller: str | None) -> bool:
         """Remember a consumer's admin URL; ignore (return False) anything that is not one.
@@ -94,7 +104,7 @@ class ConsumerBook:
             return False
         if parts.scheme not in ("http", "https") or parts.query or parts.fragment or parts.username:
             return False
-        self._seen[url] = time.monotonic()
+        self._seen[url] = self._clock()
         self._seen.move_to_end(url)
         while len(self._seen) > self._max_size:
             self._seen.popitem(last=False)
@@ -102,7 +112,7 @@ class ConsumerBook:
 
     def recent(self) -> list[str]:
         """Consumers seen within the TTL, oldest first; expired ones are forgotten."""
-        horizon = time.monotonic() - self._ttl
+        horizon = self._clock() - self._ttl
         while self._seen:
             url, seen = next(iter(self._seen.items()))
             if seen >= horizon:

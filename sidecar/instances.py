@@ -38,14 +38,24 @@ class Member:
     inflight: int = 0
     ejected_until: float = 0.0
     spec: WeightSpec = field(init=False)  # parsed from the metadata when the instance changes
+    warned: bool = field(init=False, default=False)  # about invalid metadata: once per instance
 
     def __post_init__(self) -> None:
-        self.spec = weight_spec(self.instance.weight, self.instance.meta)
+        self._parse()
 
     def update(self, instance: Instance) -> None:
         if instance != self.instance:
             self.instance = instance
-            self.spec = weight_spec(instance.weight, instance.meta)
+            self._parse()
+
+    def _parse(self) -> None:
+        self.spec = weight_spec(self.instance.weight, self.instance.meta)
+        if self.spec.invalid is not None and not self.warned:
+            self.warned = True
+            log.warning(
+                "%s: instance %s has invalid sidecar metadata (%s); using its registry weight %g",
+                self.instance.service, self.instance.instance_id, self.spec.invalid, self.spec.base,
+            )  # fmt: skip
 
     @property
     def start(self) -> str:

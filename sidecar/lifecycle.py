@@ -42,6 +42,11 @@ HEALTH_WATCH_SECONDS = 2.0
 HEALTH_FAILURES_UNHEALTHY = 3
 # A weight the registry failed to take is tried again this often once serving.
 RESYNC_SECONDS = 5.0
+# A drain whose instance the registry cannot take out never gets quiet: its consumers' caches
+# stay stale and keep sending. The last fifth of --drain-timeout (5 s of the default 25) is then
+# spent refusing new requests while those in flight finish, so that /shutdown answers, and the
+# app is stopped, with nothing in flight.
+FINISHING_SHARE = 0.2
 # Registry retries: quick first tries (a blip), then at most every 5 s (an outage).
 BACKOFF_FIRST_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 5.0
@@ -81,6 +86,8 @@ class Lifecycle:
         self.registry_error: str | None = None
         self.override: int | None = None
         self.refusing = False  # the drain has ended: requests are refused, not forwarded
+        self.draining = asyncio.Event()  # set at step 1 of the offline sequence
+        self.drained = asyncio.Event()  # set at step 6, with `refusing`; what is in flight finishes
         self.app_healthy = True  # as far as the last health checks tell
         self._register_attempted = False  # a register call may have reached the registry
         self._registered_at = 0.0  # monotonic
@@ -200,12 +207,14 @@ class Lifecycle:
     async def _register_now(self) -> None:
         start_ms = int(time.time() * 1000)
         self._register_attempted = True
-        instance = self._instance(start_ms)
+        instance, override = self._instance(start_ms), self.override
         await self.registry.register(instance)
         self._start_ms = start_ms
         self._registered_at = time.monotonic()
         self.registered = True
-        self._published = (instance.weight, self.override)
+        # What was sent, not self.override: a PUT /weight during the call is not in the registry
+        # yet, and publish_weight (called next) sends it only if this says so.
+        self._published = (instance.weight, override)
         self.metrics.weight.set(instance.weight)
 
     def _instance(self, start_ms: int) -> Instance:
@@ -268,46 +277,45 @@ class Lifecycle:
     async def _offline(self) -> DrainResult:
         started = time.monotonic()
         deadline = started + self.settings.drain_timeout
+        settle_by = deadline - FINISHING_SHARE * self.settings.drain_timeout
         if self._online_task is not None and not self._online_task.done():
             self._online_task.cancel()
             await asyncio.wait([self._online_task])  # no register call may land after ours
         # 1. Phase draining: /ready answers 503, responses are marked closing.
         self._set_phase("draining")
+        self.draining.set()
         log.info("offline: draining %s (%d in flight)", self.settings.instance_id, self.tracker.count)
         # 2. Registry: take the instance out, retried in the background until the drain deadline.
-        was_registered = self._register_attempted
-        deregistering = asyncio.create_task(self._deregister(deadline)) if was_registered else None
+        #    (Nothing to take out if no register call was ever made.)
+        deregistering = asyncio.create_task(self._deregister(deadline)) if self._register_attempted else None
         # 3. Notify every consumer that called recently, in parallel.
         notice = OfflineNotice(self.settings.service, self.settings.instance_id, str(self.settings.advertise))
         notifying = asyncio.create_task(self.notifier.send_all(self.consumers.recent(), notice))
         # 4. Keep serving what arrives: the inbound proxy marks those responses closing.
-        # 5. Wait for: nothing in flight, no request for --quiet-period, notifications done;
-        #    then for the deregistration. All of it bounded by --drain-timeout.
         try:
-            waiting = (
-                asyncio.shield(notifying),
-                self.tracker.wait_quiet(self.settings.quiet_period, started),
-            )
-            if not await _within(asyncio.gather(*waiting, return_exceptions=True), deadline):
-                log.warning("offline: drain timeout with %d requests in flight", self.tracker.count)
+            # 5. Wait for the registry and the notifications, then until nothing is in flight and
+            #    no request arrived for --quiet-period; by `settle_by`, which leaves the end of
+            #    the drain to finish what is in flight (see FINISHING_SHARE).
+            if await _within(self._settle(notifying, deregistering, started), settle_by) is None:
+                log.warning("offline: not settled in time, %d requests in flight", self.tracker.count)
+            # 6. Phase drained: refuse whatever still arrives; answer /shutdown once what is in
+            #    flight has finished, or at the drain deadline with what is left.
+            self.refusing = True
+            self.drained.set()
+            self._set_phase("drained")
+            await _within(self.tracker.wait_idle(), deadline)
             inflight = self.tracker.count
-            # Nothing to take out if no register call was ever made.
-            deregistered = deregistering is None or await _within(deregistering, deadline) is True
         finally:  # also when a second signal cuts the sequence short
             for task in (notifying, deregistering):
                 if task is not None and not task.done():
                     task.cancel()
-        finished = notifying.done() and not notifying.cancelled() and notifying.exception() is None
-        sent = notifying.result() if finished else []
-        # 6. Phase drained: refuse whatever still arrives; the result answers /shutdown.
-        self.refusing = True
-        self._set_phase("drained")
+        sent: list[bool] = notifying.result() if _succeeded(notifying) else []
         result = DrainResult(
             drained=inflight == 0,
             inflight=inflight,
             seconds=round(time.monotonic() - started, 3),
             notified=sum(sent),
-            deregistered=deregistered,
+            deregistered=deregistering is None or (_succeeded(deregistering) and deregistering.result()),
         )
         self.metrics.drain_seconds.set(result.seconds)
         self.metrics.notifications.labels("ok").inc(sum(sent))
@@ -315,15 +323,22 @@ class Lifecycle:
         log.info("offline: %s", json.dumps(result.body()))
         return result
 
+    async def _settle(
+        self, notifying: asyncio.Task[list[bool]], deregistering: asyncio.Task[bool] | None, since: float
+    ) -> bool:
+        """Step 5: the registry and the consumers first; the quiet period then also covers the
+        requests that arrived meanwhile (consumers keep calling until the registry lets go)."""
+        others = [asyncio.shield(task) for task in (notifying, deregistering) if task is not None]
+        await asyncio.gather(*others, return_exceptions=True)
+        await self.tracker.wait_quiet(self.settings.quiet_period, since)
+        return True
+
     async def _deregister(self, deadline: float) -> bool:
         async def take_out() -> None:
             await self.registry.set_offline(self.settings.instance_id)
             await self.registry.deregister(self.settings.instance_id)
 
-        try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                await self._retry("deregister", take_out)
-        except TimeoutError:
+        if not await _within(self._retry("deregister", take_out), deadline):
             return False
         self.registered = False
         self.metrics.weight.set(0)
@@ -340,7 +355,8 @@ class Lifecycle:
 
     # --- shared helpers
 
-    async def _retry(self, op: str, call: Callable[[], Awaitable[None]]) -> None:
+    async def _retry(self, op: str, call: Callable[[], Awaitable[None]]) -> bool:
+        """Call until it succeeds (then True); registry errors are recorded and retried."""
         pause = BACKOFF_FIRST_SECONDS
         while True:
             try:
@@ -350,7 +366,7 @@ class Lifecycle:
             else:
                 self.registry_error = None
                 self.metrics.registry_ops.labels(op).inc()
-                return
+                return True
             await asyncio.sleep(pause * random.uniform(0.8, 1.2))  # jitter spreads a fleet's retries
             pause = min(pause * 2, BACKOFF_MAX_SECONDS)
 
@@ -380,6 +396,10 @@ async def _within(awaitable: Awaitable[T], deadline: float) -> T | None:
             return await awaitable
     except TimeoutError:
         return None
+
+
+def _succeeded(task: asyncio.Task[Any]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -9,22 +9,16 @@ is reproducible; the bound keeps it from failing for an unlucky seed.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 from collections import Counter
-from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry_adapters import Instance
 from registry_adapters import base as meta
-from sidecar import instances
-from sidecar.balancer import Candidate, RetryBudget, effective_weight, pick
-from sidecar.instances import WatchedTable
-from sidecar.metrics import Metrics
+from sidecar.balancer import Candidate, RetryBudget, effective_weight, pick, weight_spec
 
 # Per checked share; a run checks a few hundred shares, so a false failure is out of reach.
 FAILURE_PROBABILITY = 1e-9
@@ -136,11 +130,11 @@ def test_load_is_per_unit_of_weight() -> None:
 # -- effective_weight ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("override", ["0", "250", "-3"])
+@pytest.mark.parametrize("override", ["0", "250", "65535"])
 def test_override_wins(override: str) -> None:
-    """An override beats the base and a running warmup, even 0; a negative one counts as 0."""
+    """An override beats the base and a running warmup, even 0."""
     published = fields(weight=100, override=override, window=60, curve=2, floor=10, start_ms=NOW_MS)
-    assert effective_weight(100, published, NOW_MS + 1000) == max(0, int(override))
+    assert effective_weight(100, published, NOW_MS + 1000) == int(override)
 
 
 def test_warmup_curve_points() -> None:
@@ -164,24 +158,90 @@ def test_no_warmup_is_base() -> None:
     assert effective_weight(5, fields(weight=300), NOW_MS) == 300.0
 
 
+def test_metadata_without_sidecar_keys_gives_registry_weight() -> None:
+    """An instance without sidecar weight metadata keeps its registry weight, without complaint."""
+    for published in ({}, {"version": "1.2"}, {meta.META_ADMIN: "http://127.0.0.1:1"}):
+        spec = weight_spec(42, published)
+        assert (spec.at(NOW_MS), spec.invalid) == (42.0, None)
+        assert weight_spec(-7, published).at(NOW_MS) == 0.0
+
+
+HUGE = "9" * 400
+
+
 @pytest.mark.parametrize(
     "published",
     [
-        {},
-        {"version": "1.2"},
         fields(weight="heavy"),
         fields(weight=100, window="soon", start_ms=NOW_MS),
         fields(weight=100, window=10, start_ms="yesterday"),
         fields(weight=100, window=10, curve="steep", start_ms=NOW_MS),
         fields(weight=100, window=10, floor="", start_ms=NOW_MS),
         fields(override="half"),
+        fields(override="-3"),
+        fields(override=""),
+        fields(override=HUGE),
+        fields(override="\u0667"),  # ARABIC-INDIC DIGIT SEVEN: int() takes it, a sidecar never sends it
         fields(window=10, start_ms=NOW_MS),  # warmup without a base weight
+        fields(weight=HUGE),
+        fields(weight=0),
+        fields(weight=-5),
+        fields(weight=65536),
+        fields(weight=" 100"),
+        fields(weight=100, window=10, start_ms=HUGE),
+        fields(weight=100, window=10, start_ms=-NOW_MS),
+        fields(weight=100, window="nan", start_ms=NOW_MS),
+        fields(weight=100, window="inf", start_ms=NOW_MS),
+        fields(weight=100, window="1e999", start_ms=NOW_MS),
+        fields(weight=100, window=-10, start_ms=NOW_MS),
+        fields(weight=100, window=10, curve="nan", start_ms=NOW_MS),
+        fields(weight=100, window=10, curve=0, start_ms=NOW_MS),
+        fields(weight=100, window=10, floor=-1, start_ms=NOW_MS),
+        fields(weight=100, window=10, floor="1e400", start_ms=NOW_MS),
     ],
 )
-def test_missing_or_invalid_metadata_gives_registry_weight(published: dict[str, str]) -> None:
-    """No sidecar metadata, or metadata that does not parse: the registry weight, unchanged."""
-    assert effective_weight(42, published, NOW_MS) == 42.0
-    assert effective_weight(-7, published, NOW_MS) == 0.0
+def test_invalid_metadata_gives_registry_weight(published: dict[str, str]) -> None:
+    """Sidecar metadata out of what a sidecar publishes (unparsable, huge, NaN, inf, negative,
+    non-ASCII, empty): the registry weight, unchanged, and a reason to log."""
+    spec = weight_spec(42, published)
+    assert spec.at(NOW_MS) == 42.0
+    assert spec.invalid is not None
+    assert weight_spec(-7, published).at(NOW_MS) == 0.0
+
+
+WEIGHT_KEYS = [
+    meta.META_WEIGHT,
+    meta.META_WEIGHT_OVERRIDE,
+    meta.META_WARMUP_S,
+    meta.META_WARMUP_CURVE,
+    meta.META_WARMUP_MIN_PERCENT,
+    meta.META_START_MS,
+]
+odd_values = st.one_of(
+    st.text(max_size=12),
+    st.integers().map(str),
+    st.integers(min_value=-(10**400), max_value=10**400).map(str),
+    st.floats().map(str),
+    st.floats().map(lambda value: f"{value:g}"),
+    st.sampled_from(["", " ", "nan", "-inf", "1e309", "1_000", "0x10", "+5", "\u0667", "\uff15", "5\n"]),
+)
+any_metadata = st.dictionaries(st.one_of(st.sampled_from(WEIGHT_KEYS), st.text(max_size=8)), odd_values)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(min_value=-(2**63), max_value=2**63), any_metadata, st.integers(0, 2**45))
+def test_any_metadata_gives_a_usable_weight(
+    registry_weight: int, published: dict[str, str], now: int
+) -> None:
+    """Whatever metadata the registry returns, the weight rule is built without raising and gives
+    a finite weight from 0 to the largest weight anyone publishes; rejected metadata gives the
+    registry weight."""
+    spec = weight_spec(registry_weight, published)
+    weight = spec.at(now)
+    assert math.isfinite(weight)
+    assert 0 <= weight <= max(65535.0, float(registry_weight))
+    if spec.invalid is not None:
+        assert weight == max(0.0, float(registry_weight))
 
 
 @given(
@@ -306,48 +366,3 @@ def test_budget_bound(steps: list[tuple[float, int]]) -> None:
         requests += count
         granted += drain(budget, now)
     assert granted <= 10 + 0.2 * requests + 10 * (now - T0) + 1e-6
-
-
-# --- the table's reaction to registry answers (pure logic around InstanceTable, in process)
-
-
-def _instance(instance_id: str) -> Instance:
-    return Instance("svc", instance_id, "127.0.0.1", 1, 100, {})
-
-
-def _listener() -> WatchedTable:
-    # The registry is not used by what these tests call.
-    return WatchedTable("svc", cast(Any, None), Metrics())
-
-
-async def test_empty_answer_after_outage_is_held(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A registry back from an outage with nothing in it keeps the last table for a grace
-    period (providers re-register), then the empty answer stands."""
-    monkeypatch.setattr(instances, "EMPTY_AFTER_OUTAGE_GRACE_SECONDS", 0.0)
-    listener = _listener()
-    listener._apply([_instance("a"), _instance("b")])
-    listener._apply([], after_outage=True)
-    assert set(listener.table.members) == {"a", "b"}
-    await asyncio.sleep(0)  # the grace timer (0 s here) fires on the next turn of the loop
-    await asyncio.sleep(0)
-    assert listener.table.members == {}
-
-
-async def test_answer_during_grace_replaces_held_empty_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A non-empty answer during the grace period wins over the held empty one."""
-    monkeypatch.setattr(instances, "EMPTY_AFTER_OUTAGE_GRACE_SECONDS", 0.0)
-    listener = _listener()
-    listener._apply([_instance("a")])
-    listener._apply([], after_outage=True)
-    listener._apply([_instance("b")])
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert set(listener.table.members) == {"b"}
-
-
-def test_empty_answer_without_outage_applies_at_once() -> None:
-    """An empty answer from a healthy watch (every provider left) applies at once."""
-    listener = _listener()
-    listener._apply([_instance("a")])
-    listener._apply([])
-    assert listener.table.members == {}

@@ -25,12 +25,19 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from registry_adapters import Instance
+from registry_adapters.base import (
+    META_START_MS,
+    META_WARMUP_CURVE,
+    META_WARMUP_S,
+    META_WEIGHT,
+    META_WEIGHT_OVERRIDE,
+)
 from registry_adapters.sqlite import SQLiteRegistry
 from sidecar.loadgen import LoadGenerator
 from tests.support.consul_agent import ConsulAgent
 from tests.support.ports import free_port
 from tests.support.procs import AppProc, SidecarProc, await_for, demo_app, sidecar, wait_for
-from tests.support.registry_view import registered_ids
+from tests.support.registry_view import consul_http, registered_ids, watched
 
 TOKEN = "fleet-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -538,6 +545,88 @@ async def test_broken_connection_retried_only_when_idempotent(tmp_path: Path) ->
             assert any(line.startswith(b"GET /work") for line in hangup.requests)
             assert metric(client.admin, "sidecar_upstream_retries_total", service="svc", reason="broken") >= 1
             assert client.table()["hangup"]["dropped"] is False  # a broken request is not a verdict
+
+
+# -- weights -------------------------------------------------------------------------------------
+
+# Bernstein bounds (see test_balancer) for 200 sequential picks, at a failure probability of 1e-9:
+# a share of 1/101 stays below 25 picks, a share of 1/2 within 100 +- 65.
+PICKS = 200
+
+
+def test_share_follows_weight_override(tmp_path: Path, registry_url: str) -> None:
+    """PUT /weight on a provider puts the override in its registry metadata, which is what
+    consumer sidecars read: the consumer's share follows it; DELETE /weight evens it out again."""
+    service = unique()
+    with (
+        provider(tmp_path, registry_url, service, "p1") as p1,
+        provider(tmp_path, registry_url, service, "p2"),
+        consumer(tmp_path, registry_url, service) as client,
+        httpx.Client(timeout=10) as http,
+    ):
+        client.wait_table("p1", "p2")
+        assert http.put(f"{p1.car.admin}/weight", json={"weight": 1}).json()["published"] is True
+        published = {i.instance_id: i for i in watched(registry_url, service)}
+        assert published["p1"].meta.get(META_WEIGHT_OVERRIDE) == "1"
+        assert META_WEIGHT_OVERRIDE not in published["p2"].meta
+        wait_for(lambda: client.table()["p1"]["weight"] == 1, what="the consumer to weigh p1 at 1")
+        assert client.instance_names(PICKS, http).count("p1") < 25
+        assert http.delete(f"{p1.car.admin}/weight").json()["published"] is True
+        wait_for(lambda: client.table()["p1"]["weight"] == 100, what="the consumer to weigh p1 at 100")
+        assert 35 <= client.instance_names(PICKS, http).count("p1") <= 165
+
+
+def consul_register(registry: str, service: str, instance_id: str, port: int, meta: dict[str, str]) -> None:
+    """Register an instance by hand, as another tool might, with weight 7 and `meta`."""
+    entry = {
+        "ID": instance_id,
+        "Name": service,
+        "Address": "127.0.0.1",
+        "Port": port,
+        "Meta": meta,
+        "Weights": {"Passing": 7, "Warning": 1},
+    }
+    httpx.put(f"{consul_http(registry)}/v1/agent/service/register", json=entry).raise_for_status()
+
+
+ABSURD = {
+    "huge-weight": {META_WEIGHT: "9" * 400},
+    "huge-start": {META_WEIGHT: "100", META_WARMUP_S: "60", META_START_MS: "9" * 400},
+    "huge-override": {META_WEIGHT_OVERRIDE: "9" * 400},
+    "nan-window": {META_WEIGHT: "100", META_WARMUP_S: "nan", META_START_MS: "1"},
+    "inf-curve": {META_WEIGHT: "100", META_WARMUP_S: "60", META_WARMUP_CURVE: "inf", META_START_MS: "1"},
+    "negative": {META_WEIGHT: "-100"},
+    "non-ascii": {META_WEIGHT: "\u0661\u0660\u0660"},  # 100 in Arabic-Indic digits
+    "empty": {META_WEIGHT: ""},
+}
+
+
+@pytest.mark.consul
+def test_absurd_metadata_is_ignored(tmp_path: Path, consul_agent: ConsulAgent) -> None:
+    """Consul entries registered by hand with absurd sidecar metadata (hundreds of digits, NaN,
+    inf, negative, non-ASCII, empty): the consumer gives them their registry weight with one
+    warning each, requests and /status succeed, and the table keeps following the registry."""
+    registry, service = consul_agent.url, unique("absurd")
+    with (
+        demo_app(tmp_path, name="app") as app,
+        consumer(tmp_path, registry, service) as client,
+        httpx.Client(timeout=10) as http,
+    ):
+        for instance_id, meta in ABSURD.items():
+            consul_register(registry, service, instance_id, app.port, meta)
+        table = client.wait_table(*ABSURD)
+        assert {row["weight"] for row in table.values()} == {7}
+        assert set(client.instance_names(20, http)) == {"app"}
+        consul_register(registry, service, "late", app.port, {META_WEIGHT: "30"})
+        assert client.wait_table(*ABSURD, "late")["late"]["weight"] == 30
+        httpx.put(f"{consul_http(registry)}/v1/agent/service/deregister/huge-weight").raise_for_status()
+        client.wait_table(*(set(ABSURD) - {"huge-weight"}), "late")
+        assert http.get(f"{client.admin}/status").status_code == 200
+        log = client.car.log()
+    warnings = [line for line in log.splitlines() if "invalid sidecar metadata" in line]
+    for instance_id in ABSURD:
+        assert len([line for line in warnings if f" {instance_id} " in line]) == 1, warnings
+    assert len(warnings) == len(ABSURD)
 
 
 # -- the registry ---------------------------------------------------------------------------------

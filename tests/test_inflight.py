@@ -7,44 +7,75 @@ import time
 
 from sidecar.inflight import ConsumerBook, InflightTracker
 
+# How long a wait that must not end is watched: long on an idle loop, short for a test.
+MUST_NOT_END_S = 0.3
 
-async def test_quiet_wait_ends_when_idle_and_quiet() -> None:
-    """wait_quiet returns once the last request ended and the quiet period passed since `since`."""
+
+async def test_quiet_wait_waits_for_what_is_in_flight() -> None:
+    """wait_quiet does not return while a request is in flight, although the quiet period has
+    long passed; it returns once the request ends."""
     tracker = InflightTracker()
-    release = asyncio.Event()
+    entered, release = asyncio.Event(), asyncio.Event()
 
     async def request() -> None:
         with tracker.track():
+            entered.set()
             await release.wait()
 
     task = asyncio.create_task(request())
-    await asyncio.sleep(0)
-    assert tracker.count == 1
-    waiter = asyncio.create_task(tracker.wait_quiet(0.05, since=time.monotonic()))
-    await asyncio.sleep(0.1)
-    assert not waiter.done()  # a request is in flight
+    await asyncio.wait_for(entered.wait(), 5)
+    waiter = asyncio.create_task(tracker.wait_quiet(0.01, since=time.monotonic() - 10))
+    done, _ = await asyncio.wait([waiter], timeout=MUST_NOT_END_S)
+    assert not done, "wait_quiet returned with a request in flight"
     release.set()
     await task
-    await asyncio.wait_for(waiter, 1)
+    await asyncio.wait_for(waiter, 5)
     assert tracker.count == 0
 
 
 async def test_new_arrival_restarts_quiet_period() -> None:
-    """A request arriving during the quiet period pushes its end out."""
+    """A request arriving while wait_quiet waits pushes its end to a full quiet period after
+    that arrival."""
     tracker = InflightTracker()
-    started = time.monotonic()
-    waiter = asyncio.create_task(tracker.wait_quiet(1.0, since=started))
-    await asyncio.sleep(0.1)  # well inside the 1 s quiet period, even on a loaded machine
+    quiet = 1.0
+    waiter = asyncio.create_task(tracker.wait_quiet(quiet, since=time.monotonic()))
+    done, _ = await asyncio.wait([waiter], timeout=MUST_NOT_END_S)  # well inside the quiet period
+    assert not done
     with tracker.track():
         arrived = time.monotonic()
-    await waiter
-    assert time.monotonic() - arrived >= 1.0
+    await asyncio.wait_for(waiter, 5)
+    assert time.monotonic() - arrived >= quiet
+
+
+async def test_wait_idle_returns_when_the_last_request_ends() -> None:
+    """wait_idle returns at once when nothing is in flight, else when the last request ends."""
+    tracker = InflightTracker()
+    await asyncio.wait_for(tracker.wait_idle(), 5)
+    release = asyncio.Event()
+    entered = [asyncio.Event(), asyncio.Event()]
+
+    async def request(entering: asyncio.Event) -> None:
+        with tracker.track():
+            entering.set()
+            await release.wait()
+
+    requests = [asyncio.create_task(request(entering)) for entering in entered]
+    await asyncio.wait_for(asyncio.gather(*(entering.wait() for entering in entered)), 5)
+    assert tracker.count == 2
+    waiter = asyncio.create_task(tracker.wait_idle())
+    done, _ = await asyncio.wait([waiter], timeout=MUST_NOT_END_S)
+    assert not done
+    release.set()
+    await asyncio.wait_for(waiter, 5)
+    assert tracker.count == 0
+    await asyncio.gather(*requests)
 
 
 def test_consumer_book_validates_bounds_and_expires() -> None:
     """Only http(s) URLs whose host is the caller's address are kept, newest last, at most
     max_size, and forgotten after the TTL."""
-    book = ConsumerBook(max_size=2, ttl=0.05)
+    now = [1000.0]
+    book = ConsumerBook(max_size=2, ttl=300.0, clock=lambda: now[0])
     assert not book.remember("not a url", "10.0.0.1")
     assert not book.remember("ftp://10.0.0.1", "10.0.0.1")
     assert not book.remember("http://" + "1" * 600, "10.0.0.1")
@@ -52,7 +83,12 @@ def test_consumer_book_validates_bounds_and_expires() -> None:
     assert book.remember("http://10.0.0.2:16688", "10.0.0.2")
     assert book.remember("http://10.0.0.3:16688", "10.0.0.3")
     assert book.recent() == ["http://10.0.0.2:16688", "http://10.0.0.3:16688"]
-    time.sleep(0.06)  # the TTL is the behaviour under test: let it pass
+    now[0] += 299.0
+    assert book.recent() == ["http://10.0.0.2:16688", "http://10.0.0.3:16688"]
+    assert book.remember("http://10.0.0.2:16688", "10.0.0.2")  # seen again: kept longer
+    now[0] += 2.0
+    assert book.recent() == ["http://10.0.0.2:16688"]
+    now[0] += 299.0
     assert book.recent() == []
 
 

@@ -4,6 +4,7 @@ steps and weight overrides as the real Consul agent shows them."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -35,19 +36,15 @@ def test_ready_follows_the_phases(tmp_path: Path, registry_url: str) -> None:
         wait_for(lambda: ready(car.admin)[0] == 200, what="/ready 200")
         assert car.status()["registry"]["registered"] is True
         # Draining: hold a request in flight so the phase lasts long enough to look at.
-        with httpx.Client(timeout=30) as client:
-            import threading
-
-            slow = threading.Thread(target=client.get, args=(f"{car.url}/work?ms=1500",))
-            slow.start()
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(httpx.get, f"{car.url}/work?ms=1500", timeout=30)
             wait_for(lambda: car.status()["inflight"] == 1, what="request in flight")
-            shutdown = threading.Thread(
-                target=httpx.get, args=(f"{car.admin}/shutdown",), kwargs={"timeout": 30}
-            )
-            shutdown.start()
+            shutdown = pool.submit(httpx.get, f"{car.admin}/shutdown", timeout=30)
             assert wait_for(lambda: ready(car.admin) == (503, "draining"), what="phase draining")
-            slow.join()
-            shutdown.join()
+            assert slow.result().status_code == 200
+            assert slow.result().json()["ms"] == 1500
+            assert shutdown.result().status_code == 200
+            assert shutdown.result().json()["drained"] is True
         assert ready(car.admin) == (503, "drained")
 
 
@@ -128,7 +125,8 @@ def test_ready_follows_app_health(tmp_path: Path, registry_url: str) -> None:
 
 
 def test_override_set_while_starting_reaches_the_registry(tmp_path: Path, consul_agent: ConsulAgent) -> None:
-    """PUT /weight before the instance is registered: it registers with that weight."""
+    """PUT /weight before the instance is registered: it registers with that weight, in Consul's
+    weights and in the metadata."""
     url = consul_agent.url
     with (
         demo_app(tmp_path, startup_delay=3) as app,
@@ -139,3 +137,6 @@ def test_override_set_while_starting_reaches_the_registry(tmp_path: Path, consul
         assert put.json()["published"] is False  # not registered yet
         car.wait_ready()
         assert wait_for(lambda: consul_weights(url, "early").get("early-1") == 7, what="weight 7 in Consul")
+        # Consumer sidecars read the override from the metadata, not from Consul's weights.
+        (instance,) = watched(url, "early")
+        assert instance.meta[meta.META_WEIGHT_OVERRIDE] == "7"

@@ -1,13 +1,17 @@
 """What a registry holds, read from outside the sidecar: Consul through its HTTP API (the catalog,
-so an instance in maintenance still counts as present), SQLite through the adapter's own watch."""
+so an instance in maintenance still counts as present), SQLite through its table (every row, so
+an instance set offline, at weight 0 or expired still counts as present until it is deleted), and
+either through the adapter's own watch (what consumers are handed)."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from contextlib import aclosing
+import sqlite3
+from contextlib import aclosing, closing
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -49,6 +53,11 @@ def watched(registry_url: str, service: str) -> list[Instance]:
 
 
 def registered_ids(registry_url: str, service: str) -> set[str]:
+    """Instances of `service` the registry still holds, whether or not they get traffic:
+    deregistered ones are gone, offline ones are not."""
     if registry_url.startswith("consul://"):
         return {entry["ServiceID"] for entry in consul_services(registry_url, service)}
-    return {instance.instance_id for instance in watched(registry_url, service)}
+    read_only = Path(unquote(urlsplit(registry_url).path)).as_uri() + "?mode=ro"
+    with closing(sqlite3.connect(read_only, uri=True, timeout=10)) as db:
+        rows = db.execute("SELECT instance_id FROM instances WHERE service = ?", (service,)).fetchall()
+    return {instance_id for (instance_id,) in rows}
