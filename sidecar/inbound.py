@@ -78,10 +78,11 @@ class InboundProxy:
         await self._stack.aclose()
 
     async def _follow_drain(self) -> None:
-        """Draining: idle clients reconnect elsewhere now. Drained: upgraded connections end."""
+        """Draining: idle clients reconnect elsewhere now. The drain over (and upgraded
+        connections still open counted in its result): those end too."""
         await self.lifecycle.draining.wait()
         self.server.close_idle()
-        await self.lifecycle.drained.wait()
+        await self.lifecycle.ended.wait()
         self.server.close_upgraded()
 
     async def handle(self, exchange: Exchange) -> None:

@@ -87,7 +87,7 @@ class Lifecycle:
         self.override: int | None = None
         self.refusing = False  # the drain has ended: requests are refused, not forwarded
         self.draining = asyncio.Event()  # set at step 1 of the offline sequence
-        self.drained = asyncio.Event()  # set at step 6, with `refusing`; what is in flight finishes
+        self.ended = asyncio.Event()  # set when the offline sequence has its result
         self.app_healthy = True  # as far as the last health checks tell
         self._register_attempted = False  # a register call may have reached the registry
         self._registered_at = 0.0  # monotonic
@@ -301,7 +301,6 @@ class Lifecycle:
             # 6. Phase drained: refuse whatever still arrives; answer /shutdown once what is in
             #    flight has finished, or at the drain deadline with what is left.
             self.refusing = True
-            self.drained.set()
             self._set_phase("drained")
             await _within(self.tracker.wait_idle(), deadline)
             inflight = self.tracker.count
@@ -321,6 +320,7 @@ class Lifecycle:
         self.metrics.notifications.labels("ok").inc(sum(sent))
         self.metrics.notifications.labels("failed").inc(len(sent) - sum(sent))
         log.info("offline: %s", json.dumps(result.body()))
+        self.ended.set()
         return result
 
     async def _settle(

@@ -118,6 +118,7 @@ class Supervisor:
         self._group_empty: asyncio.Event | None = None  # set once no process of the group is left
         self._previous: dict[int, _PreviousHandler] = {}
         self._subreaper = False
+        self._plain: set[int] = set()  # signals handled by signal.signal, not by the loop
 
     async def __aenter__(self) -> Self:
         if self._exited is not None:
@@ -276,15 +277,25 @@ class Supervisor:
 
     def _install(self, sig: int, callback: Callable[..., None], *args: Any) -> None:
         previous = signal.getsignal(sig)
-        asyncio.get_running_loop().add_signal_handler(sig, callback, *args)
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(sig, callback, *args)
+        except RuntimeError:
+            # uvloop keeps SIGCHLD from add_signal_handler (libuv's own children use it; we start
+            # none through it). A plain Python handler still runs on the main thread, between
+            # two steps of the loop, and hands the work to the loop.
+            signal.signal(sig, lambda _signum, _frame: loop.call_soon_threadsafe(callback, *args))
+            self._plain.add(sig)
         self._previous[sig] = previous
 
     def _uninstall(self) -> None:
         loop = asyncio.get_running_loop()
         for sig, previous in self._previous.items():
-            loop.remove_signal_handler(sig)
+            if sig not in self._plain:
+                loop.remove_signal_handler(sig)
             if previous is not None:  # None: set outside Python, cannot be put back
                 signal.signal(sig, previous)
+        self._plain.clear()
         self._previous.clear()
         if self._subreaper:
             # Nobody will reap for us any more; let later orphans go to init.
