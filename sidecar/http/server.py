@@ -53,6 +53,11 @@ MAX_HEAD_BYTES = 64 * 1024
 # A response body up to this size (with a Content-Length) is read whole before its head goes
 # out: one write instead of several, and a 502 is still possible if the app breaks off.
 WHOLE_BODY_BYTES = HIGH_WATER
+# Draining closes idle keep-alive connections, but only once they have been idle this long: a
+# client in the middle of a burst sends its next request within it (and gets it answered, with
+# Connection: close) instead of racing the close, which would lose a request no client may
+# retry (a POST on a connection closed under it). Clients that are really idle go at once.
+DRAIN_IDLE_SECONDS = 0.25
 # When the sidecar stops, requests still running (after a drain that timed out) get this long.
 SHUTDOWN_GRACE_SECONDS = 1.0
 
@@ -280,6 +285,7 @@ class ServerConnection(Endpoint):
         self._headers: Headers = []
         self._upgrading = False
         self._timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0  # loop time
 
     # --- asyncio.Protocol
 
@@ -288,6 +294,7 @@ class ServerConnection(Endpoint):
         peername = transport.get_extra_info("peername")
         self.peer = peername[0] if isinstance(peername, tuple) else None
         self.server.connections.add(self)
+        self._idle_since = asyncio.get_running_loop().time()
         self._arm(self.server.limits.header_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -415,7 +422,9 @@ class ServerConnection(Endpoint):
             self.resume_reading()
         else:
             limits = self.server.limits
-            self._arm(limits.header_timeout if self._in_head else limits.idle_timeout)
+            idle = DRAIN_IDLE_SECONDS if self.server.draining else limits.idle_timeout
+            self._idle_since = asyncio.get_running_loop().time()
+            self._arm(limits.header_timeout if self._in_head else idle)
             self.resume_reading()
 
     def _reject(self, status: int, message: str) -> None:
@@ -432,6 +441,14 @@ class ServerConnection(Endpoint):
 
     def is_idle(self) -> bool:
         return self.current is None and not self._in_head and self.tunnel is None
+
+    def close_when_idle(self) -> None:
+        """Draining: close once idle for DRAIN_IDLE_SECONDS (at once if it has been already)."""
+        idle_for = asyncio.get_running_loop().time() - self._idle_since
+        if idle_for >= DRAIN_IDLE_SECONDS:
+            self.close()
+        else:
+            self._arm(DRAIN_IDLE_SECONDS - idle_for)
 
     # --- timers: one at a time (the head's, or the idle one)
 
@@ -459,6 +476,7 @@ class HttpServer:
         self.limits = limits
         self.option = option  # names the flag in a start-up error
         self.connections: set[ServerConnection] = set()
+        self.draining = False
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> HttpServer:
@@ -486,10 +504,12 @@ class HttpServer:
         await self._server.wait_closed()
 
     def close_idle(self) -> None:
-        """Close every connection that is not in an exchange (draining: clients go elsewhere)."""
+        """Draining: close every connection that is not in an exchange (see DRAIN_IDLE_SECONDS),
+        now and from now on, so that clients go elsewhere."""
+        self.draining = True
         for connection in list(self.connections):
             if connection.is_idle():
-                connection.close()
+                connection.close_when_idle()
 
     def close_upgraded(self) -> None:
         """Close every spliced (upgraded) connection: the drain has ended."""
