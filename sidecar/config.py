@@ -7,6 +7,7 @@ one line naming the option the way the user wrote it (flag, variable or key).
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import socket
@@ -277,15 +278,21 @@ def default_state_dir() -> Path:
     return Path(base) / "graceful-sidecar"
 
 
-def _reachable_host(host: str) -> str:
-    """A wildcard bind address is not something another process can call: publish this
-    host's address instead (in Kubernetes, pass --advertise with the pod IP)."""
-    if host in ("0.0.0.0", "::", ""):
-        try:
-            return socket.gethostbyname(socket.gethostname())
-        except OSError:
-            return "127.0.0.1"
-    return host
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _may_share_port(a: str, b: str) -> bool:
+    """Two binds on one port conflict unless they are distinct, specific IP addresses (a name
+    such as localhost may resolve to either, so it counts as a conflict)."""
+    try:
+        first, second = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        return False
+    return first != second and not first.is_unspecified and not second.is_unspecified
 
 
 def load_settings(
@@ -302,6 +309,7 @@ def load_settings(
         file_values = _read_toml(str(config_path))
 
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}  # how the user wrote each option, for error messages
     for option in OPTIONS:
         raw: Any = None
         source = ""
@@ -316,15 +324,28 @@ def load_settings(
         elif option.name in file_values:
             raw, source = file_values[option.name], f"{option.name} in {config_path}"
         values[option.attr] = option.default if raw is None else _parse(option, raw, source)
+        sources[option.attr] = source or option.flag
 
     if values["service"] is None:
         raise ConfigError("--service is required (or SIDECAR_SERVICE, or service in the --config file)")
-    if values["advertise"] is None and values["listen"] is not None:
-        listen: HostPort = values["listen"]
-        values["advertise"] = HostPort(_reachable_host(listen.host), listen.port)
+    # A wildcard bind is no address another process can call, and what the host name resolves to
+    # is a guess (127.0.1.1 on Debian): the published addresses must be given.
+    listen: HostPort | None = values["listen"]
     admin: HostPort = values["admin"]
+    for bind, published, needed in (
+        ("listen", "advertise", "HOST:PORT"),
+        ("admin", "advertise_admin", "URL"),
+    ):
+        address = values[bind]
+        if address is not None and _is_wildcard(address.host) and values[published] is None:
+            raise ConfigError(
+                f"{sources[bind]}: {address} binds every interface; give --{published.replace('_', '-')} "
+                f"{needed}, the address other hosts reach it at"
+            )
+    if values["advertise"] is None and listen is not None:
+        values["advertise"] = listen
     if values["advertise_admin"] is None:
-        values["advertise_admin"] = f"http://{HostPort(_reachable_host(admin.host), admin.port)}"
+        values["advertise_admin"] = f"http://{admin}"
     if values["instance_id"] is None:
         port = values["advertise"].port if values["advertise"] else admin.port
         values["instance_id"] = f"{values['service']}-{socket.gethostname()}-{port}"
@@ -334,12 +355,28 @@ def load_settings(
         values["log_format"] = "text" if os.isatty(2) else "json"
     if values["listen"] is not None and values["app"] is None:
         raise ConfigError("--listen needs --app: the inbound proxy forwards to the application")
-    if values["listen"] is not None and values["listen"] == values["admin"]:
-        raise ConfigError(f"--listen and --admin are both {values['admin']}: they need separate ports")
+    if values["quiet_period"] >= values["drain_timeout"]:
+        raise ConfigError(
+            f"{sources['quiet_period']} {values['quiet_period']:g} must be below "
+            f"{sources['drain_timeout']} {values['drain_timeout']:g}: a drain could never end quiet"
+        )
     values["upstream"] = tuple(values["upstream"])
     names = [upstream.service for upstream in values["upstream"]]
     if duplicated := sorted({name for name in names if names.count(name) > 1}):
         raise ConfigError(f"--upstream: {duplicated[0]} is given more than once")
+    binds = [(f"{sources['listen']} {listen}", listen), (f"{sources['admin']} {admin}", admin)]
+    binds += [(f"{sources['upstream']} {u.service}={u.listen}", u.listen) for u in values["upstream"]]
+    for index, (first_name, first) in enumerate(binds):
+        for second_name, second in binds[index + 1 :]:
+            if (
+                first
+                and second
+                and first.port == second.port
+                and not _may_share_port(first.host, second.host)
+            ):
+                raise ConfigError(
+                    f"{first_name} and {second_name} share port {first.port}: each needs its own"
+                )
     values["allow"] = tuple(values["allow"])
     return Settings(**values, command=tuple(command))
 
@@ -367,9 +404,39 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: cannot read it ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
-    known = {option.name for option in OPTIONS} | {option.attr for option in OPTIONS}
+    names = [option.name for option in OPTIONS]
+    known = set(names) | {option.attr for option in OPTIONS}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"--config {path}: unknown key {unknown[0]!r}")
+        near = difflib.get_close_matches(unknown[0].replace("_", "-"), names, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"--config {path}: unknown key {unknown[0]!r}{hint}")
     # Accept both spellings of a key: drain-timeout and drain_timeout.
-    return {key.replace("_", "-"): value for key, value in data.items()}
+    values = {key.replace("_", "-"): value for key, value in data.items()}
+    for option in OPTIONS:
+        if option.name in values:
+            _check_toml_type(option, values[option.name], path)
+    return values
+
+
+# The TOML type each option's value must have; anything else (a bool, a table, a date, a
+# string for a number) is a mistake that str() would hide or garble.
+_NUMERIC = (parse_seconds, parse_positive_seconds, parse_curve, parse_percent)
+_TOML_NAMES = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", dict: "a table"}
+
+
+def _check_toml_type(option: Option, value: Any, path: str) -> None:
+    if isinstance(value, list) and not option.repeatable:
+        return  # _parse says "expected one value, got a list"
+    types: tuple[type, ...]
+    if option.parse is parse_weight:
+        wanted, types = "an integer", (int,)
+    elif option.parse in _NUMERIC:
+        wanted, types = "a number", (int, float)
+    else:
+        wanted, types = "a string", (str,)
+    for item in value if isinstance(value, list) else [value]:
+        if type(item) not in types:  # type(), not isinstance(): a bool is an int to Python
+            found = _TOML_NAMES.get(type(item), "a list" if isinstance(item, list) else "a date/time")
+            more = " (or a list of them)" if option.repeatable else ""
+            raise ConfigError(f"{option.name} in {path}: expected {wanted}{more}, got {found} {item!r}")

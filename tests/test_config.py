@@ -70,6 +70,30 @@ def test_repeatable_options_from_env() -> None:
         ({"app": None}, {}, "--listen needs --app"),
         ({"app_health": "health"}, {}, "--app-health: expected a path such as /health"),
         ({"upstream": ["a=127.0.0.1:1", "a=127.0.0.1:2"]}, {}, "--upstream: a is given more than once"),
+        ({"listen": "0.0.0.0:8000"}, {}, "--listen: 0.0.0.0:8000 binds every interface; give --advertise"),
+        ({"listen": "[::]:8000"}, {}, "--listen: [::]:8000 binds every interface; give --advertise"),
+        (
+            {},
+            {"SIDECAR_ADMIN": "0.0.0.0:16688"},
+            "SIDECAR_ADMIN: 0.0.0.0:16688 binds every interface; give --advertise-admin",
+        ),
+        ({"quiet_period": "25"}, {}, "--quiet-period 25 must be below --drain-timeout 25"),
+        ({"drain_timeout": "0.5"}, {}, "--quiet-period 1 must be below --drain-timeout 0.5"),
+        (
+            {"admin": "127.0.0.1:8000"},
+            {},
+            "--listen 127.0.0.1:8000 and --admin 127.0.0.1:8000 share port 8000",
+        ),
+        (
+            {"admin": "0.0.0.0:8000", "advertise_admin": "http://10.0.0.1:8000"},
+            {},
+            "--listen 127.0.0.1:8000 and --admin 0.0.0.0:8000 share port 8000",
+        ),
+        (
+            {"upstream": ["b=localhost:16688"]},
+            {},
+            "--admin 127.0.0.1:16688 and --upstream b=localhost:16688 share port 16688",
+        ),
     ],
 )
 def test_bad_values_name_the_option(flags: dict[str, object], env: dict[str, str], message: str) -> None:
@@ -78,6 +102,16 @@ def test_bad_values_name_the_option(flags: dict[str, object], env: dict[str, str
         load_settings({**BASE, **flags}, env=env)
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
+
+
+def test_wildcard_binds_with_published_addresses() -> None:
+    """A wildcard --listen and --admin are fine once --advertise and --advertise-admin say where
+    to reach them; distinct specific addresses may share a port."""
+    flags = {**BASE, "listen": "0.0.0.0:8000", "advertise": "10.0.0.5:8000", "admin": "0.0.0.0:16688"}
+    settings = load_settings({**flags, "advertise_admin": "http://10.0.0.5:16688"}, env={})
+    assert settings.advertise == HostPort("10.0.0.5", 8000)
+    assert settings.advertise_admin == "http://10.0.0.5:16688"
+    assert load_settings({**BASE, "admin": "127.0.0.2:8000"}, env={}).admin.port == 8000
 
 
 def test_empty_list_from_env_is_unset() -> None:
@@ -89,7 +123,10 @@ def test_bad_config_file(tmp_path: Path) -> None:
     """An unknown key or broken TOML in --config is named in the error."""
     config = tmp_path / "bad.toml"
     config.write_text("wieght = 5\n")
-    with pytest.raises(ConfigError, match="unknown key 'wieght'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'wieght' \(did you mean 'weight'\?\)"):
+        load_settings({**BASE, "config": str(config)}, env={})
+    config.write_text("drain_timout = 5\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'drain_timout' \(did you mean 'drain-timeout'\?\)"):
         load_settings({**BASE, "config": str(config)}, env={})
     config.write_text("weight = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
@@ -102,12 +139,35 @@ def test_bad_config_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("weight = true", "weight in {path}: expected an integer, got a boolean True"),
+        ("weight = 1.5", "weight in {path}: expected an integer, got a float 1.5"),
+        ('drain-timeout = "25"', "drain-timeout in {path}: expected a number, got a string '25'"),
+        ("service = 5", "service in {path}: expected a string, got an integer 5"),
+        ("upstream = [1]", "upstream in {path}: expected a string (or a list of them), got an integer 1"),
+        ("[listen]\nhost = 'x'", "listen in {path}: expected a string, got a table"),
+        ("warmup = 1979-05-27", "warmup in {path}: expected a number, got a date/time"),
+    ],
+)
+def test_config_file_wrong_type(tmp_path: Path, toml: str, message: str) -> None:
+    """A TOML value of the wrong type is named with the type expected and the type found."""
+    config = tmp_path / "typed.toml"
+    config.write_text(toml + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**BASE, "config": str(config)}, env={})
+    assert str(caught.value).startswith(message.format(path=config))
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["run", "--service", "s", "--weight", "abc"], "graceful-sidecar: --weight: expected an integer"),
         (["run", "--service", "s", "--registry", "consol://x:1"], "did you mean consul://?"),
         (["run"], "--service is required"),
         (["exec", "--service", "s"], "missing '-- CMD"),
+        (["run", "--service", "s", "--admin", "0.0.0.0:16999"], "give --advertise-admin URL"),
+        (["run", "--service", "s", "--quiet-period", "5", "--drain-timeout", "2"], "must be below"),
     ],
 )
 def test_cli_rejects_bad_options_with_one_line(argv: list[str], message: str) -> None:
