@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck tools bench bench-tools clean
+.PHONY: demo test lint typecheck tools zookeeper-server bench bench-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,10 +12,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-tools: .tools/consul/usr/bin/consul
+tools: .tools/consul/usr/bin/consul .tools/etcd/usr/bin/etcd zookeeper-server
 
 .tools/consul/usr/bin/consul: scripts/install-consul.sh
 	scripts/install-consul.sh
+
+.tools/etcd/usr/bin/etcd: scripts/install-etcd.sh
+	scripts/install-etcd.sh
+
+# Debian's zookeeper and a Java runtime, through the system's apt (root): checked every time,
+# in milliseconds, since they live outside the repo.
+zookeeper-server:
+	scripts/install-zookeeper.sh
 
 demo: $(STAMP)
 	$(BIN)/graceful-sidecar demo
@@ -27,8 +35,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Most tests wait on other processes (sidecars, apps, registry servers): three workers on two
+# cores overlap those waits. A test module stays on one worker, and so do its fixtures.
 test: $(STAMP) tools lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile
 
 bench-tools:
 	scripts/install-bench-tools.sh

@@ -8,6 +8,8 @@ there is no other way to observe a process we do not share memory with.
 
 from __future__ import annotations
 
+import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,9 +26,21 @@ READY_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0
 
 
+# Servers of tests, the demo and benchmarks listen below Linux's ephemeral range (32768 and up),
+# where no outgoing connection can take a port between the moment it is found free and the
+# moment the server binds it; each pytest-xdist worker searches a slice of its own.
+PORT_BASE, PORT_SPAN = 20000, 12000
 # Ports handed out by this process: a port closed again is free to the kernel, which may hand
 # it out twice in a row (seen: --listen and --admin given the same port). Never reuse one here.
 _handed_out: set[int] = set()
+
+
+def _port_slice() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker.removeprefix("gw")) if worker.startswith("gw") else 0
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    size = PORT_SPAN // count
+    return range(PORT_BASE + index * size, PORT_BASE + (index + 1) * size)
 
 
 def free_port() -> int:
@@ -34,20 +48,24 @@ def free_port() -> int:
 
     UDP is checked too because Consul's Serf ports listen on both. The port is released before it
     is returned, so another process may still take it: good enough for loopback runs, not a
-    reservation.
+    reservation. The search starts at a random place, so that concurrent runs rarely meet.
     """
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port: int = tcp.getsockname()[1]
+    ports = _port_slice()
+    start = random.randrange(len(ports))
+    for offset in range(len(ports)):
+        port = ports[(start + offset) % len(ports)]
+        if port in _handed_out:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                tcp.bind(("127.0.0.1", port))
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
+                udp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {ports.start}-{ports.stop - 1}")
 
 
 def wait_http_ok(url: str, timeout: float = READY_TIMEOUT_SECONDS) -> None:
