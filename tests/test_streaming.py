@@ -10,6 +10,7 @@ sidecar's peak resident set (VmHWM in /proc/<pid>/status), before and after.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -112,3 +113,30 @@ async def test_inflight_slot_held_while_streaming(proxied: tuple[AppProc, Sideca
         while await conn.chunk(timeout=5):
             pass
     await await_for(lambda: car.status()["inflight"] == 0, 5, "in flight back to 0")
+
+
+async def test_request_body_reaches_the_app_while_it_is_sent(proxied: tuple[AppProc, SidecarProc]) -> None:
+    """The first chunk of an upload reaches the app, and its echo the client, while the rest of
+    the upload is still to come."""
+    _, car = proxied
+    assert car.listen_port is not None
+    async with await RawConnection.open(car.listen_port) as conn:
+        await conn.send(request("POST", "/echo", [("Transfer-Encoding", "chunked")]) + b"5\r\nfirst\r\n")
+        response = await conn.head()
+        assert response.status == 200, response
+        assert await conn.chunk(timeout=5) == b"first"  # echoed before the upload ends
+        await conn.send(b"4\r\nlast\r\n0\r\n\r\n")
+        assert await conn.chunk(timeout=5) == b"last"
+
+
+async def test_pipelined_requests_are_answered_in_order(proxied: tuple[AppProc, SidecarProc]) -> None:
+    """Two requests sent in one write are both answered, in the order they were sent, even when
+    the first takes longer."""
+    _, car = proxied
+    assert car.listen_port is not None
+    async with await RawConnection.open(car.listen_port) as conn:
+        await conn.send(request("GET", "/work?ms=200") + request("GET", "/work?ms=0"))
+        first = await conn.response()
+        second = await conn.response()
+    assert (first.status, second.status) == (200, 200)
+    assert (json.loads(first.body)["ms"], json.loads(second.body)["ms"]) == (200, 0)

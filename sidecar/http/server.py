@@ -191,7 +191,9 @@ class Exchange:
                 headers.append((b"Transfer-Encoding", b"chunked"))
             else:
                 close = True  # an HTTP/1.0 client: the body ends with the connection
-        close = close or not self.head.keep_alive
+        # An upgrade refused (no 101): what the client sends next may already be the other
+        # protocol, so this connection carries no further request.
+        close = close or not self.head.keep_alive or self.head.upgrade
         length = head.content_length
         if not no_body and length is not None and length <= WHOLE_BODY_BYTES:
             # Small: have it all before the status line goes out, so a response cut short can
