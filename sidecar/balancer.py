@@ -16,7 +16,7 @@ import itertools
 import math
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from registry_adapters import base as meta
@@ -37,6 +37,11 @@ class WeightSpec:
         if self.warmup is None:
             return self.base
         return self.base * self.warmup.factor((now_ms - self.start_ms) / 1000.0)
+
+    @property
+    def settled_ms(self) -> int:
+        """From this time on, `at` is constant: the end of the warmup (0 without one)."""
+        return 0 if self.warmup is None else self.start_ms + math.ceil(self.warmup.window * 1000)
 
 
 # Metadata is whatever the registry returns, written by anyone: every value is checked against
@@ -110,6 +115,38 @@ class Candidate:
 
 def weighted_draw(cumulative: Sequence[float], rng: random.Random) -> int:
     return bisect.bisect_right(cumulative, rng.random() * cumulative[-1])
+
+
+# A draw that lands on a candidate the caller cannot use (tried already, ejected) is drawn again;
+# after this many misses in a row `draw_p2c` gives up and the caller scans with `pick`. With one
+# of three instances out, that happens once in 3^8 = 6,561 draws.
+DRAW_TRIES = 8
+
+
+def draw_p2c(
+    cumulative: Sequence[float],
+    fits: Callable[[int], bool],
+    load: Callable[[int], float],
+    rng: random.Random,
+) -> int | None:
+    """`pick` without a scan, for large tables: two weighted draws by bisection over prebuilt
+    cumulative weights, each drawn again while `fits` rejects it (rejection sampling: a draw
+    stays proportional to the weights among the candidates that fit), then the lower `load`
+    wins. O(log n) per pick. None when no weight is positive or DRAW_TRIES draws in a row
+    missed: the caller then scans."""
+    if not cumulative or cumulative[-1] <= 0:
+        return None
+    drawn: list[int] = []
+    while len(drawn) < 2:
+        for _ in range(DRAW_TRIES):
+            index = min(weighted_draw(cumulative, rng), len(cumulative) - 1)
+            if fits(index):
+                drawn.append(index)
+                break
+        else:
+            return None
+    first, second = drawn
+    return second if load(second) < load(first) else first
 
 
 def pick(candidates: Sequence[Candidate], rng: random.Random) -> int | None:

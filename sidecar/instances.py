@@ -9,6 +9,7 @@ stale information beats none.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 from registry_adapters import Instance, Registry, RegistryError
 from registry_adapters import base as meta
-from sidecar.balancer import Candidate, WeightSpec, pick, weight_spec
+from sidecar.balancer import Candidate, WeightSpec, draw_p2c, pick, weight_spec
 from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.instances")
@@ -30,6 +31,15 @@ EJECT_SECONDS = 5.0
 WATCH_BACKOFF_MAX_SECONDS = 5.0
 # Longer than a few provider heartbeats (Consul 3 s, SQLite 2 s): see WatchedTable._apply.
 EMPTY_AFTER_OUTAGE_GRACE_SECONDS = 10.0
+# Picks draw from weights computed in advance (a pick must not scan a table of thousands). A
+# warming instance's weight changes with time, so while one warms they are computed again at
+# most this often: a 100 ms step on a curve of seconds does not show in the shares.
+WEIGHTS_REFRESH_MS = 100
+
+
+def _now_ms() -> int:
+    """Wall-clock milliseconds: warmups count from the provider's sidecar_start_ms."""
+    return int(time.time() * 1000)
 
 
 @dataclass(slots=True)
@@ -58,6 +68,10 @@ class Member:
             )  # fmt: skip
 
     @property
+    def instance_id(self) -> str:
+        return self.instance.instance_id
+
+    @property
     def start(self) -> str:
         return self.instance.meta.get(meta.META_START_MS, "")
 
@@ -69,6 +83,12 @@ class InstanceTable:
         self.service = service
         self.members: dict[str, Member] = {}
         self._dropped: dict[str, str] = {}  # instance id -> its sidecar_start_ms when dropped
+        # What picks draw from: the usable members, their weights and the running sums of those.
+        self._pool: list[Member] = []
+        self._weights: list[float] = []
+        self._cumulative: list[float] = []
+        self._built_ms: int | None = None  # None: the table changed, build again at the next pick
+        self._settled_ms = 0  # no weight changes with time after this
 
     def update(self, instances: list[Instance]) -> None:
         """The registry's view. A dropped instance stays dropped until it registers anew."""
@@ -81,6 +101,7 @@ class InstanceTable:
                 member.update(instance)  # same object: requests in flight hold it
             fresh[instance.instance_id] = member
         self.members = fresh
+        self._built_ms = None
         for instance_id, start in list(self._dropped.items()):
             current = fresh.get(instance_id)
             if current is None or current.start != start:
@@ -91,6 +112,7 @@ class InstanceTable:
         if member is None or instance_id in self._dropped:
             return False
         self._dropped[instance_id] = member.start
+        self._built_ms = None
         log.info("%s: dropped %s", self.service, instance_id)
         return True
 
@@ -103,19 +125,40 @@ class InstanceTable:
         return [m for instance_id, m in self.members.items() if instance_id not in self._dropped]
 
     def choose(self, tried: set[str], rng: random.Random) -> Member | None:
-        now, now_ms = time.monotonic(), int(time.time() * 1000)
-        members = [m for m in self.usable() if m.instance.instance_id not in tried]
+        """Weighted P2C among the usable instances not in `tried`, healthy ones first."""
+        now, now_ms = time.monotonic(), _now_ms()
+        if self._built_ms is None or (
+            self._built_ms < self._settled_ms and now_ms - self._built_ms >= WEIGHTS_REFRESH_MS
+        ):
+            self._build(now_ms)
+        pool, weights = self._pool, self._weights
+
+        def fits(index: int) -> bool:
+            member = pool[index]
+            return weights[index] > 0 and member.ejected_until <= now and member.instance_id not in tried
+
+        index = draw_p2c(self._cumulative, fits, lambda index: pool[index].inflight / weights[index], rng)
+        return pool[index] if index is not None else self._scan(tried, rng, now, now_ms)
+
+    def _build(self, now_ms: int) -> None:
+        self._pool = self.usable()
+        self._weights = [member.spec.at(now_ms) for member in self._pool]
+        self._cumulative = list(itertools.accumulate(self._weights))
+        self._settled_ms = max((member.spec.settled_ms for member in self._pool), default=0)
+        self._built_ms = now_ms
+
+    def _scan(self, tried: set[str], rng: random.Random, now: float, now_ms: int) -> Member | None:
+        """The exact rule, by a scan: for when draws keep missing (most instances tried or
+        ejected) or no weight is positive."""
+        members = [m for m in self.usable() if m.instance_id not in tried]
         healthy = [m for m in members if m.ejected_until <= now]
         # Only ejected instances left: try them rather than fail (they may be back already).
         pool = healthy or members
-        index = pick(
-            [Candidate(m.spec.at(now_ms), m.inflight) for m in pool],
-            rng,
-        )
+        index = pick([Candidate(m.spec.at(now_ms), m.inflight) for m in pool], rng)
         return None if index is None else pool[index]
 
     def snapshot(self) -> list[dict[str, Any]]:
-        now, now_ms = time.monotonic(), int(time.time() * 1000)
+        now, now_ms = time.monotonic(), _now_ms()
         return [
             {
                 "instance_id": instance_id,

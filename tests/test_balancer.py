@@ -9,6 +9,7 @@ is reproducible; the bound keeps it from failing for an unlucky seed.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import Counter
@@ -18,7 +19,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from registry_adapters import base as meta
-from sidecar.balancer import Candidate, RetryBudget, effective_weight, pick, weight_spec
+from sidecar.balancer import (
+    DRAW_TRIES,
+    Candidate,
+    RetryBudget,
+    draw_p2c,
+    effective_weight,
+    pick,
+    weight_spec,
+)
 
 # Per checked share; a run checks a few hundred shares, so a false failure is out of reach.
 FAILURE_PROBABILITY = 1e-9
@@ -83,6 +92,40 @@ def test_zero_weight_never_picked(weights: list[int], inflight: list[int], seed:
     else:
         assert None not in picks
         assert all(weights[index] > 0 for index in picks if index is not None)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=1000), min_size=3, max_size=8),
+    st.integers(min_value=0, max_value=2**32),
+)
+def test_drawn_share_follows_weights_among_fitting(weights: list[int], seed: int) -> None:
+    """draw_p2c without a scan: with nothing in flight, each candidate that fits gets weight /
+    (sum over those that fit); one that does not fit is never returned."""
+    cumulative = list(itertools.accumulate(float(w) for w in weights))
+    unfit = seed % len(weights)  # say, tried already
+    rng = random.Random(seed)
+    counts = Counter(
+        draw_p2c(cumulative, lambda index: index != unfit, lambda index: 0.0, rng) for _ in range(DRAWS)
+    )
+    # A draw gives up (None) only after DRAW_TRIES misses in a row.
+    miss = 1 - (1 - (weights[unfit] / sum(weights)) ** DRAW_TRIES) ** 2
+    assert counts.pop(None, 0) <= DRAWS * miss + tolerance(DRAWS, miss)
+    assert unfit not in counts
+    total = sum(weights) - weights[unfit]
+    draws = sum(counts.values())
+    for index, weight in enumerate(weights):
+        if index != unfit:
+            expected = draws * weight / total
+            assert abs(counts[index] - expected) <= tolerance(draws, weight / total), (index, counts)
+
+
+def test_draw_gives_up_when_nothing_fits() -> None:
+    """draw_p2c answers None, for the caller to scan, when nothing fits or no weight is positive."""
+    rng = random.Random(3)
+    assert draw_p2c([1.0, 2.0], lambda index: False, lambda index: 0.0, rng) is None
+    assert draw_p2c([0.0, 0.0], lambda index: True, lambda index: 0.0, rng) is None
+    assert draw_p2c([], lambda index: True, lambda index: 0.0, rng) is None
 
 
 def test_edge_cases() -> None:

@@ -167,3 +167,61 @@ async def test_absurd_metadata_leaves_the_table_working(
     for instance_id in ABSURD:
         assert len([message for message in warned if f" {instance_id} " in message]) == 1, warned
     assert len(warned) == len(ABSURD)
+
+
+def test_picks_do_not_scan_a_large_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """10,000 instances without warmup: the weights are built once for any number of picks, and
+    again only when the table changes; tried and ejected instances are not picked."""
+    table = instances.InstanceTable("svc")
+    table.update([instance(f"i{n}", 1 + n % 7) for n in range(10_000)])
+    builds = 0
+    build = table._build
+
+    def counted(now_ms: int) -> None:
+        nonlocal builds
+        builds += 1
+        build(now_ms)
+
+    monkeypatch.setattr(table, "_build", counted)
+    rng = random.Random(11)
+    tried = {f"i{n}" for n in range(0, 10_000, 2)}
+    table.eject("i1", 0.0)  # ejected_until 5 s after monotonic 0: long over
+    table.eject("i3", 1e12)  # still ejected
+    chosen = [table.choose(tried, rng) for _ in range(2_000)]
+    assert builds == 1
+    assert all(member is not None and member.instance_id not in tried for member in chosen)
+    assert "i3" not in {member.instance_id for member in chosen if member is not None}
+    table.drop("i5")
+    assert table.choose(set(), rng) is not None
+    assert builds == 2
+
+
+def test_warming_weights_are_refreshed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While an instance warms, the weights picks use are rebuilt at most every
+    WEIGHTS_REFRESH_MS, and no longer once every warmup has ended."""
+    clock = {"ms": 1_700_000_000_000}
+    monkeypatch.setattr(instances, "_now_ms", lambda: clock["ms"])
+    warming = {
+        meta.META_WEIGHT: "100",
+        meta.META_START_MS: str(clock["ms"]),
+        meta.META_WARMUP_S: "1",
+        meta.META_WARMUP_CURVE: "1",
+    }
+    table = instances.InstanceTable("svc")
+    table.update([instance("cold", **warming), instance("hot")])
+    rng = random.Random(2)
+    table.choose(set(), rng)
+    first = list(table._weights)
+    clock["ms"] += instances.WEIGHTS_REFRESH_MS // 2
+    table.choose(set(), rng)
+    assert table._weights == first  # too soon
+    clock["ms"] += instances.WEIGHTS_REFRESH_MS
+    table.choose(set(), rng)
+    assert table._weights[0] > first[0]  # warmer now
+    clock["ms"] += 2_000  # warmup over
+    table.choose(set(), rng)
+    assert table._weights == [100.0, 100.0]
+    built = table._built_ms
+    clock["ms"] += 5_000
+    table.choose(set(), rng)
+    assert table._built_ms == built  # settled: nothing to recompute
