@@ -64,6 +64,7 @@ class UpstreamConnection(Endpoint):
         self._chunked_out = False
         self._timer: asyncio.TimerHandle | None = None
         self.upgrade_data = b""  # bytes after a 101 response head: the new protocol's first
+        self._upgraded = False
 
     # --- sending
 
@@ -119,11 +120,16 @@ class UpstreamConnection(Endpoint):
         if self.tunnel is not None:
             self.tunnel.write(data)
             return
+        if self._upgraded:  # a 101 came: until the splice, what follows is the new protocol's
+            self.upgrade_data += data
+            self.pause_reading()
+            return
         if self._request_out:
             self._arm_timer()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            self._upgraded = True
             self.upgrade_data = data[exc.args[0] :]
             self._disarm_timer()
         except httptools.HttpParserError as exc:
@@ -183,7 +189,8 @@ class UpstreamConnection(Endpoint):
 
     def on_body(self, data: bytes) -> None:
         if self._sink is not None:
-            self._sink.transport.writelines(framed(data, self._chunked_out))
+            if not self._sink.closed:  # else the client is gone, and its exchange with it
+                self._sink.transport.writelines(framed(data, self._chunked_out))
             return
         self._pending.append(data)
         self._pending_size += len(data)

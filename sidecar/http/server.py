@@ -121,7 +121,8 @@ class Exchange:
 
     def body_data(self, data: bytes) -> None:
         if self._body_sink is not None:
-            self._body_sink.transport.writelines(framed(data, self.head.chunked))
+            if not self._body_sink.closed:  # else the exchange learns it from the response
+                self._body_sink.transport.writelines(framed(data, self.head.chunked))
             return
         self._body.append(data)
         self._body_size += len(data)
@@ -224,6 +225,7 @@ class Exchange:
         if not self.body_complete or self._body_sink is not None:
             upstream.reusable = False  # the app answered before the whole request was sent
             self.close_after = True
+            self._body_sink = None
         upstream.pool.release(upstream)
 
     async def _splice(self, response: UpstreamResponse) -> None:
@@ -282,7 +284,8 @@ class ServerConnection(Endpoint):
         self._queue: deque[Exchange] = deque()
         self._receiving: Exchange | None = None  # the exchange whose body is being read
         self._in_head = False
-        self._head_bytes = 0
+        self._head_size = 0  # of the head being parsed: its target and headers so far
+        self._head_raw = 0  # bytes received since it began (a coarse bound on what llhttp holds)
         self._url: list[bytes] = []
         self._headers: Headers = []
         self._upgrading = False
@@ -312,6 +315,7 @@ class ServerConnection(Endpoint):
         except httptools.HttpParserUpgrade as exc:
             self._upgrading = True
             self.upgrade_data = data[exc.args[0] :]
+            return
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, HeadTooLarge):
                 self._reject(431, "the request head is larger than 64 KiB")
@@ -321,8 +325,8 @@ class ServerConnection(Endpoint):
                 self._reject(400, f"malformed request: {exc}")
             return
         if self._in_head:
-            self._head_bytes += len(data)
-            if self._head_bytes > 2 * MAX_HEAD_BYTES:  # one header still incomplete, and huge
+            self._head_raw += len(data)
+            if self._head_raw > 2 * MAX_HEAD_BYTES:  # one header still incomplete, and huge
                 self._reject(431, "the request head is larger than 64 KiB")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -340,7 +344,7 @@ class ServerConnection(Endpoint):
 
     def on_message_begin(self) -> None:
         self._in_head = True
-        self._head_bytes = 0
+        self._head_size = self._head_raw = 0
         self._url, self._headers = [], []
         if self.current is None:
             self._arm(self.server.limits.header_timeout)  # the idle wait is over
@@ -355,8 +359,8 @@ class ServerConnection(Endpoint):
             self._count(len(name) + len(value) + 4)
 
     def _count(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > MAX_HEAD_BYTES:
+        self._head_size += size
+        if self._head_size > MAX_HEAD_BYTES:
             raise HeadTooLarge
 
     def on_headers_complete(self) -> None:
