@@ -82,6 +82,9 @@ class ConsumerBook:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._seen: OrderedDict[str, float] = OrderedDict()
+        # (header value, caller) -> the URL it names, for pairs already found valid: every
+        # request of a consumer sidecar carries the header, and parsing it each time is waste.
+        self._valid: dict[tuple[str, str], str] = {}
         self._max_size = max_size
         self._ttl = ttl
         self._clock = clock
@@ -91,24 +94,36 @@ class ConsumerBook:
 
         Only a URL whose host is the caller's own address is kept: notifications carry the
         fleet token, and must not go wherever an unauthenticated header says."""
-        url = header_value.strip().rstrip("/")
-        if len(url) > MAX_CONSUMER_URL_LENGTH or not url.isprintable() or not caller:
-            return False
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-            host = ipaddress.ip_address(parts.hostname or "")
-            if ipaddress.ip_address(caller) != host:
+        url = self._valid.get((header_value, caller or ""))
+        if url is None:
+            url = self._validate(header_value, caller)
+            if url is None:
                 return False
-        except ValueError:
-            return False
-        if parts.scheme not in ("http", "https") or parts.query or parts.fragment or parts.username:
-            return False
+            if len(self._valid) >= 2 * self._max_size:
+                self._valid.clear()
+            self._valid[header_value, caller or ""] = url
         self._seen[url] = self._clock()
         self._seen.move_to_end(url)
         while len(self._seen) > self._max_size:
             self._seen.popitem(last=False)
         return True
+
+    @staticmethod
+    def _validate(header_value: str, caller: str | None) -> str | None:
+        url = header_value.strip().rstrip("/")
+        if len(url) > MAX_CONSUMER_URL_LENGTH or not url.isprintable() or not caller:
+            return None
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+            host = ipaddress.ip_address(parts.hostname or "")
+            if ipaddress.ip_address(caller) != host:
+                return None
+        except ValueError:
+            return None
+        if parts.scheme not in ("http", "https") or parts.query or parts.fragment or parts.username:
+            return None
+        return url
 
     def recent(self) -> list[str]:
         """Consumers seen within the TTL, oldest first; expired ones are forgotten."""
