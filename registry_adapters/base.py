@@ -128,6 +128,7 @@ class Backend:
 # name -> "module:Class", imported only when used.
 BACKENDS: dict[str, str] = {
     "consul": "registry_adapters.consul:ConsulRegistry",
+    "etcd": "registry_adapters.etcd:EtcdRegistry",
     "sqlite": "registry_adapters.sqlite:SQLiteRegistry",
 }
 

@@ -147,7 +147,10 @@ def parse_name(text: str) -> str:
 
 def parse_registry(text: str) -> str:
     if "://" not in text:
-        raise ValueError(f"expected a URL such as consul://127.0.0.1:8500 or sqlite:///path.db, got {text!r}")
+        raise ValueError(
+            "expected a URL such as consul://127.0.0.1:8500, etcd://127.0.0.1:2379"
+            f" or sqlite:///path.db, got {text!r}"
+        )
     return text
 
 
@@ -197,7 +200,11 @@ OPTIONS: tuple[Option, ...] = (
         "advertise-admin", parse_http_url, None, "admin base URL other sidecars use to reach this one", "URL"
     ),
     Option(
-        "registry", parse_registry, None, "consul://host:8500 or sqlite:///path.db (default: embedded)", "URL"
+        "registry",
+        parse_registry,
+        None,
+        "consul://host:8500, etcd://host:2379[,host:2379...] or sqlite:///path.db (default: embedded)",
+        "URL",
     ),
     Option("register-delay", parse_seconds, 0.0, "wait after the app is healthy before registering", "SEC"),
     Option("warmup", parse_seconds, 0.0, "warmup window after registration (0 = off)", "SEC"),

@@ -1,4 +1,4 @@
-"""Shared fixtures. Registries are real: SQLite files in tmp_path, Consul agents from .tools/."""
+"""Shared fixtures. Registries are real: SQLite files in tmp_path, Consul and etcd from .tools/."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.consul_agent import ConsulAgent
+from tests.support.etcd_server import EtcdServer
 from tests.support.ports import free_port
 from tests.support.procs import Fleet, demo_app, sidecar, wait_for
+from tests.support.registry_server import RegistryServer
 
 # -- registries -----------------------------------------------------------------------------------
 
@@ -29,11 +31,46 @@ def fresh_consul(tmp_path: Path) -> Iterator[ConsulAgent]:
         yield agent
 
 
-@pytest.fixture(params=["sqlite", pytest.param("consul", marks=pytest.mark.consul)])
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """One etcd member per test process; tests keep apart by unique service names."""
+    with EtcdServer(tmp_path_factory.mktemp("etcd")) as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """An etcd member of this test's own, which the test may stop and start again (or wipe)."""
+    with EtcdServer(tmp_path / "etcd") as server:
+        yield server
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("consul", marks=pytest.mark.consul),
+        pytest.param("etcd", marks=pytest.mark.etcd),
+    ]
+)
+def fresh_registry(request: pytest.FixtureRequest) -> RegistryServer:
+    """A registry server of this test's own, of each kind that has a server, to stop and start."""
+    server: RegistryServer = request.getfixturevalue(f"fresh_{request.param}")
+    return server
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("consul", marks=pytest.mark.consul),
+        pytest.param("etcd", marks=pytest.mark.etcd),
+    ]
+)
 def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of a live registry of each kind (narrow it with indirect parametrization)."""
     if request.param == "sqlite":
         return f"sqlite://{tmp_path / 'registry.db'}"
+    if request.param == "etcd":
+        server: EtcdServer = request.getfixturevalue("etcd_server")
+        return server.url
     agent: ConsulAgent = request.getfixturevalue("consul_agent")
     return agent.url
 

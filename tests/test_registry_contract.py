@@ -26,6 +26,7 @@ import pytest
 from registry_adapters import Instance, Registry, RegistryRejected, RegistryUnavailable, RegistryURLError
 from registry_adapters.base import META_ADMIN, META_WEIGHT, open_registry
 from registry_adapters.consul import ConsulRegistry
+from registry_adapters.etcd import EtcdRegistry
 from registry_adapters.sqlite import SQLiteRegistry
 from tests.support.consul_agent import REPO_ROOT, ConsulAgent
 
@@ -41,9 +42,10 @@ FAST_FAILURE_S = 3.0
 def open_tuned(url: str, **options: Any) -> Registry:
     """The backend of `url`, with constructor options (short TTLs) that URLs do not carry."""
     parts = urlsplit(url)
-    backends: dict[str, type[SQLiteRegistry | ConsulRegistry]] = {
+    backends: dict[str, type[SQLiteRegistry | ConsulRegistry | EtcdRegistry]] = {
         "sqlite": SQLiteRegistry,
         "consul": ConsulRegistry,
+        "etcd": EtcdRegistry,
     }
     backend = backends[parts.scheme]
     registry: Registry = backend.from_url(parts, **options)
@@ -234,6 +236,13 @@ async def test_closed_without_deregister_expires(
         ("consul://127.0.0.1:notaport", "bad port"),
         ("consul://127.0.0.1:99999", "bad port"),
         ("consul://127.0.0.1:8500?tokn=x", "unknown parameter"),
+        ("etcd://127.0.0.1:2379,:2379", "bad host or port ':2379'"),
+        ("etcd://127.0.0.1:2379,127.0.0.2:x", "bad host or port '127.0.0.2:x'"),
+        ("etcd://127.0.0.1:2379/some/path", "expected etcd://HOST"),
+        ("etcd://127.0.0.1:2379?ttl=0.5", "ttl must be whole seconds"),
+        ("etcd://127.0.0.1:2379?prefix=relative", "prefix must be a path"),
+        ("etcd://127.0.0.1:2379?prefx=/a", "unknown parameter"),
+        ("etc://127.0.0.1:2379", "did you mean etcd://"),
     ],
 )
 def test_bad_urls_are_rejected(url: str, message: str) -> None:

@@ -1,5 +1,5 @@
-"""The registry is down at start or during shutdown (real Consul agent, stopped and restarted):
-the sidecar keeps retrying at start and still drains at shutdown."""
+"""The registry is down at start or during shutdown (a real Consul agent or etcd member, stopped
+and restarted): the sidecar keeps retrying at start and still drains at shutdown."""
 
 from __future__ import annotations
 
@@ -13,33 +13,35 @@ import httpx
 from sidecar.lifecycle import FINISHING_SHARE
 from tests.support.consul_agent import ConsulAgent
 from tests.support.procs import await_for, demo_app, sidecar, wait_for
+from tests.support.registry_server import RegistryServer
 from tests.support.registry_view import consul_weights, registered_ids
 
 
-def test_consul_down_at_start(tmp_path: Path, fresh_consul: ConsulAgent) -> None:
-    """Consul down at start: /ready 503 and /status shows the error; once Consul is back the
-    instance registers and /ready turns 200."""
-    fresh_consul.stop()
-    with demo_app(tmp_path) as app, sidecar(tmp_path, fresh_consul.url, app, wait="live") as car:
+def test_registry_down_at_start(tmp_path: Path, fresh_registry: RegistryServer) -> None:
+    """Registry down at start: /ready 503 and /status shows the error; once the registry is back
+    the instance registers and /ready turns 200."""
+    fresh_registry.stop()
+    with demo_app(tmp_path) as app, sidecar(tmp_path, fresh_registry.url, app, wait="live") as car:
         error = wait_for(lambda: car.status()["registry"]["last_error"], what="a registry error in /status")
         assert error.startswith("register")
         assert httpx.get(f"{car.admin}/ready").status_code == 503
         assert car.status()["registry"]["registered"] is False
         assert 'sidecar_registry_errors_total{op="register"}' in httpx.get(f"{car.admin}/metrics").text
-        fresh_consul.start()
+        fresh_registry.start()
         car.wait_ready(timeout=30)
         status = car.status()
-        assert status["registry"] == {"kind": "consul", "registered": True, "last_error": None}
-        assert status["instance_id"] in registered_ids(fresh_consul.url, "svc")
+        kind = fresh_registry.url.partition("://")[0]
+        assert status["registry"] == {"kind": kind, "registered": True, "last_error": None}
+        assert status["instance_id"] in registered_ids(fresh_registry.url, "svc")
 
 
-def test_consul_down_during_shutdown(tmp_path: Path, fresh_consul: ConsulAgent) -> None:
-    """Consul down during /shutdown: the drain completes (readiness, closing headers), the
+def test_registry_down_during_shutdown(tmp_path: Path, fresh_registry: RegistryServer) -> None:
+    """Registry down during /shutdown: the drain completes (readiness, closing headers), the
     deregistration is retried until the drain's last part (kept for finishing what is in
     flight), and the body says deregistered false."""
     args = ("--drain-timeout", "2", "--quiet-period", "0.2")
-    with demo_app(tmp_path) as app, sidecar(tmp_path, fresh_consul.url, app, *args) as car:
-        fresh_consul.stop()
+    with demo_app(tmp_path) as app, sidecar(tmp_path, fresh_registry.url, app, *args) as car:
+        fresh_registry.stop()
         with ThreadPoolExecutor(1) as pool:
             shutdown = pool.submit(httpx.get, f"{car.admin}/shutdown", timeout=30)
             wait_for(lambda: car.status()["phase"] == "draining", what="phase draining")

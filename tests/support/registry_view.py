@@ -1,12 +1,15 @@
 """What a registry holds, read from outside the sidecar: Consul through its HTTP API (the catalog,
-so an instance in maintenance still counts as present), SQLite through its table (every row, so
-an instance set offline, at weight 0 or expired still counts as present until it is deleted), and
-either through the adapter's own watch (what consumers are handed)."""
+so an instance in maintenance still counts as present), etcd through its JSON gateway (the keys
+of go-kratos's layout: an offline instance's key is gone), SQLite through its table (every row,
+so an instance set offline, at weight 0 or expired still counts as present until it is deleted),
+and any of them through the adapter's own watch (what consumers are handed)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
+import json
 import sqlite3
 from contextlib import aclosing, closing
 from pathlib import Path
@@ -38,6 +41,21 @@ def consul_weights(registry_url: str, service: str) -> dict[str, int]:
     }
 
 
+def etcd_values(registry_url: str, service: str, prefix: str = "/microservices") -> list[dict[str, Any]]:
+    """The JSON values under `PREFIX/SERVICE/`, read through etcd's JSON gateway (first endpoint)."""
+    parts = urlsplit(registry_url)
+    endpoint = parts.netloc.split(",")[0]
+    start = f"{prefix}/{service}/"
+    body = {"key": _b64(start), "range_end": _b64(start[:-1] + "0")}  # "0" follows "/"
+    answer = httpx.post(f"http://{endpoint}/v3/kv/range", json=body, timeout=10, trust_env=False)
+    answer.raise_for_status()
+    return [json.loads(base64.b64decode(kv["value"])) for kv in answer.json().get("kvs", [])]
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
 def watched(registry_url: str, service: str) -> list[Instance]:
     """The first list the adapter's watch yields (instances that should get traffic)."""
 
@@ -57,6 +75,8 @@ def registered_ids(registry_url: str, service: str) -> set[str]:
     deregistered ones are gone, offline ones are not."""
     if registry_url.startswith("consul://"):
         return {entry["ServiceID"] for entry in consul_services(registry_url, service)}
+    if registry_url.startswith("etcd://"):
+        return {str(value["id"]) for value in etcd_values(registry_url, service)}
     read_only = Path(unquote(urlsplit(registry_url).path)).as_uri() + "?mode=ro"
     with closing(sqlite3.connect(read_only, uri=True, timeout=10)) as db:
         rows = db.execute("SELECT instance_id FROM instances WHERE service = ?", (service,)).fetchall()
