@@ -18,13 +18,17 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 import pytest
 
 from registry_adapters import Instance
 from registry_adapters.base import META_ADMIN, META_WEIGHT, open_registry
 from tests.support import etcd_gateway as gateway
 from tests.support.etcd_server import EtcdServer
+from tests.support.procs import demo_app, sidecar, wait_for
+from tests.support.registry_view import etcd_values
 from tests.test_registry_contract import watch_until, watching
 
 pytestmark = pytest.mark.etcd
@@ -142,3 +146,28 @@ async def test_values_that_are_no_instance_are_skipped(
             seen = await watch_until(watch, lambda instances: len(instances) >= 1)
     assert [i.instance_id for i in seen] == ["good"]
     assert sum("no kratos instance" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_reader_without_sidecar_sees_warmup_and_departure(tmp_path: Path, etcd_server: EtcdServer) -> None:
+    """Of a real sidecar, a kratos reader sees its key with `metadata.weight` rising in steps
+    during warmup up to the full weight, and no key any more once /shutdown has answered."""
+    service = f"reader-{uuid.uuid4().hex[:8]}"
+    weights: list[int] = []
+
+    def at_full_weight() -> bool:
+        for value in etcd_values(etcd_server.url, service):
+            weight = int(value["metadata"]["weight"])
+            if not weights or weights[-1] != weight:
+                weights.append(weight)
+        return weights[-1:] == [100]
+
+    args = ("--warmup", "4", "--quiet-period", "0.2")
+    with demo_app(tmp_path) as app, sidecar(tmp_path, etcd_server.url, app, *args, service=service) as car:
+        wait_for(at_full_weight, 20, "the full weight in etcd")
+        assert len(weights) >= 3, weights  # 10, 25, 56, 100 at --warmup 4 and the default curve
+        assert weights == sorted(weights)
+        [value] = etcd_values(etcd_server.url, service)
+        assert value["endpoints"] == [f"http://127.0.0.1:{car.listen_port}"]
+        answer = httpx.get(f"{car.admin}/shutdown", timeout=30)
+        assert answer.json()["deregistered"] is True
+        assert etcd_values(etcd_server.url, service) == []
