@@ -14,8 +14,8 @@ Features
 - `register` grants a lease (the TTL) and puts the key with it; a task renews the lease every
   TTL/3, so the key of a sidecar killed with SIGKILL goes when its lease expires. A renewal
   that finds the lease gone (etcd rebuilt without its data, a stall past the TTL) grants a new
-  one and puts the key again; it also puts again a change that failed while etcd was away. The
-  task logs its failures and never ends on them.
+  one and puts the key again; so it does for a key deleted behind its back, and for a change
+  that failed while etcd was away. The task logs its failures and never ends on them.
 - Weight 0 and `set_offline` delete the key at once (readers drop it), keeping the lease; a
   weight > 0 puts it back, never after `set_offline`. `deregister` revokes the lease.
 - `watch` reads `PREFIX/SERVICE/` once, then follows the watch stream from the next revision:
@@ -312,25 +312,37 @@ class EtcdRegistry(Backend):
         published.synced = True
 
     async def _beat(self, instance_id: str) -> None:
-        """Renew the lease; grant a new one when it was lost; put again what etcd missed."""
+        """Renew the lease; grant a new one when it was lost; put again what etcd lost or missed."""
         while True:
             await asyncio.sleep(self._beat_interval)
             try:
-                lease = self._published[instance_id].lease if instance_id in self._published else None
+                if (seen := self._published.get(instance_id)) is None:
+                    return
+                lease, key = seen.lease, seen.key
                 alive = lease is not None and await self._keepalive(lease)
+                # A key deleted behind our back (by hand, say) while its lease lives: put it again.
+                missing = alive and seen.in_rotation and not await self._exists(key)
                 async with self._lock:
                     if (published := self._published.get(instance_id)) is None:
                         return
-                    if alive and published.lease == lease and published.synced:
-                        continue
-                    if not alive and published.lease == lease:
+                    if (published.lease, published.key) != (lease, key):
+                        continue  # registered again meanwhile: the next beat checks that one
+                    if not alive:
                         log.warning("etcd lost the lease of %s; granting a new one", instance_id)
                         published.lease, published.synced = await self._grant(), False
-                    await self._publish(published)
+                    elif missing and published.in_rotation:
+                        log.warning("etcd lost the key of %s; putting it again", instance_id)
+                        published.synced = False
+                    if not published.synced:
+                        await self._publish(published)
             except RegistryError as exc:
                 log.warning("etcd lease renewal of %s failed: %s", instance_id, exc)
             except Exception:  # the renewal must outlive any surprise, or the instance expires
                 log.exception("etcd lease renewal of %s failed", instance_id)
+
+    async def _exists(self, key: str) -> bool:
+        answer = await self._call("/v3/kv/range", {"key": _b64(key), "count_only": True})
+        return int(answer.get("count", 0)) > 0
 
     async def _stop_beats(self, instance_ids: list[str]) -> None:
         tasks = [task for i in instance_ids if (task := self._beats.pop(i, None)) is not None]

@@ -18,7 +18,7 @@ from registry_adapters.etcd import EtcdRegistry
 from tests.support import etcd_gateway as gateway
 from tests.support.etcd_server import EtcdServer
 from tests.support.ports import free_port
-from tests.support.procs import demo_app, sidecar
+from tests.support.procs import await_for, demo_app, sidecar
 from tests.support.registry_view import etcd_values
 from tests.test_registry_contract import (
     FAST_FAILURE_S,
@@ -70,17 +70,35 @@ def test_killed_sidecar_expires_with_its_lease(tmp_path: Path, etcd_server: Etcd
 async def test_lost_lease_is_granted_again(etcd_server: EtcdServer, make: Callable[..., Instance]) -> None:
     """When the lease is revoked behind the adapter's back (the key goes with it), the renewal
     grants a new lease and puts the key again; an instance at weight 0 stays out."""
-    async with tuned(etcd_server.url) as registry, watching(registry, make().service) as watch:
+    async with tuned(etcd_server.url) as registry:
         await registry.register(make(1))
         await registry.register(make(2))
         await registry.set_weight(make(2).instance_id, 0)
-        await watch_until(watch, lambda instances: instances == [make(1)])
         key = f"/microservices/{make(1).service}/{make(1).instance_id}"
         lease = gateway.get(etcd_server, key)["lease"]  # type: ignore[index]
         gateway.revoke(etcd_server, lease)
-        await watch_until(watch, lambda instances: instances == [])
-        await watch_until(watch, lambda instances: instances == [make(1)])
-        assert gateway.get(etcd_server, key)["lease"] not in (0, lease)  # type: ignore[index]
+        kv = await await_for(
+            lambda: (kv := gateway.get(etcd_server, key)) and kv["lease"] != lease and kv,
+            STEP_S,
+            "a new lease",
+        )
+        assert gateway.lease_ttl(etcd_server, kv["lease"]) > 0
+        async with watching(registry, make().service) as watch:
+            assert await next_list(watch) == [make(1)]
+
+
+async def test_deleted_key_is_put_again(etcd_server: EtcdServer, make: Callable[..., Instance]) -> None:
+    """A key deleted behind the adapter's back while its lease lives is put again by the renewal."""
+    async with tuned(etcd_server.url) as registry:
+        await registry.register(make())
+        key = f"/microservices/{make().service}/{make().instance_id}"
+        put_at = gateway.get(etcd_server, key)["mod_revision"]  # type: ignore[index]
+        gateway.call(etcd_server, "/v3/kv/deleterange", {"key": gateway.b64(key)})
+        await await_for(
+            lambda: (kv := gateway.get(etcd_server, key)) and kv["mod_revision"] != put_at, STEP_S, "the key"
+        )
+        async with watching(registry, make().service) as watch:
+            assert await next_list(watch) == [make()]
 
 
 async def test_etcd_down_raises_unavailable(fresh_etcd: EtcdServer, make: Callable[..., Instance]) -> None:
