@@ -1,4 +1,5 @@
-"""Admin API routes (default 127.0.0.1:16688): probes, shutdown, weight, status, metrics.
+"""Admin API routes (default 127.0.0.1:16688): probes, shutdown, weight, status, metrics, and
+their OpenAPI document (sidecar/openapi.py) at /openapi.json.
 
 Mutating endpoints answer 403 unless the caller's address is in --allow or it sends
 `Authorization: Bearer <--token>`. Every error is a JSON `{"error": ...}` with a 4xx status
@@ -88,7 +89,8 @@ class AdminServer:
 
     def routes(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
-        app.router.add_get("/shutdown", self.shutdown)
+        # No implicit HEAD: a HEAD request must not start the offline sequence.
+        app.router.add_get("/shutdown", self.shutdown, allow_head=False)
         app.router.add_post("/shutdown", self.shutdown)
         app.router.add_get("/ready", self.ready)
         app.router.add_get("/live", self.live)
@@ -98,6 +100,7 @@ class AdminServer:
         app.router.add_delete("/weight", self.delete_weight)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/notify", self.notify)
+        app.router.add_get("/openapi.json", self.openapi)
         return app
 
     async def __aenter__(self) -> AdminServer:
@@ -183,6 +186,9 @@ class AdminServer:
         if not isinstance(payload, dict) or set(payload) != {"weight"}:
             return json_error(400, 'expected a JSON object with exactly one key: {"weight": N}')
         weight = payload["weight"]
+        # 5.0 is the integer 5 in JSON, and in the JSON Schema of /openapi.json.
+        if isinstance(weight, float) and weight.is_integer():
+            weight = int(weight)
         if isinstance(weight, bool) or not isinstance(weight, int):
             return json_error(400, f"weight must be an integer in 0..{MAX_WEIGHT}, got {json.dumps(weight)}")
         if not 0 <= weight <= MAX_WEIGHT:
@@ -208,12 +214,19 @@ class AdminServer:
         for key in ("service", "instance_id", "event"):
             if not isinstance(payload.get(key), str) or not payload[key]:
                 return json_error(400, f"{key} must be a non-empty string")
+        if not isinstance(payload.get("address", ""), str):
+            return json_error(400, "address must be a string host:port when given")
         if payload["event"] != "offline":
             return json_error(400, f"unknown event {payload['event']!r}: only 'offline' is known")
         self.lifecycle.metrics.notify_received.inc()
         dropped = self.on_offline(payload["service"], payload["instance_id"])
         log.info("notified: %s %s offline (dropped: %s)", payload["service"], payload["instance_id"], dropped)
         return web.Response(status=204)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        from sidecar.openapi import document  # it imports this module's limits
+
+        return web.json_response(document())
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(

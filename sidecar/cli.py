@@ -4,6 +4,7 @@
     graceful-sidecar exec     [options] -- CMD ...
     graceful-sidecar shutdown [--admin HOST:PORT] [--token T]
     graceful-sidecar demo     [--registry URL]
+    graceful-sidecar inject   [FILE ...]  (Kubernetes YAML, stdin when none or -, to stdout)
 
 Exit statuses: 0 success; 1 the sidecar could not start or a shutdown did not drain;
 2 bad options or configuration; 128+N forced exit by a second signal N. In exec mode: the
@@ -16,16 +17,26 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
 
 from registry_adapters import RegistryError
-from sidecar.config import OPTIONS, Settings, load_settings, parse_host_port
-from sidecar.errors import ConfigError, SidecarError
+from sidecar.config import (
+    OPTIONS,
+    Settings,
+    load_settings,
+    parse_health_path,
+    parse_host_port,
+    parse_name,
+    parse_registry,
+    parse_seconds,
+)
+from sidecar.errors import ConfigError, InjectError, SidecarError
 
 EXIT_CONFIG = 2
 
@@ -90,7 +101,100 @@ def build_parser() -> argparse.ArgumentParser:
     shutdown.add_argument("--token", default=os.environ.get("SIDECAR_TOKEN"), metavar="T")
     demo = commands.add_parser("demo", help="the rolling-restart demonstration")
     demo.add_argument("--registry", default=None, metavar="URL", help="default: a fresh embedded SQLite file")
+    add_inject_options(
+        commands.add_parser(
+            "inject",
+            help="add the sidecar to Kubernetes manifests (files or stdin -> stdout)",
+            description="Adds graceful-sidecar to every Deployment, StatefulSet, DaemonSet, ReplicaSet"
+            " and Pod, and points the Services of the same input that reach the app at the sidecar.",
+        )
+    )
     return parser
+
+
+def checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a config parser: its ValueError message becomes argparse's error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def parse_port(text: str) -> int:
+    return parse_host_port(f"host:{text}").port
+
+
+def parse_object_name(text: str) -> str:
+    """A Kubernetes object name (a DNS-1123 subdomain), such as a Secret's."""
+    if len(text) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", text):
+        raise ValueError(f"expected a Kubernetes name (lowercase letters, digits, '-' and '.'), got {text!r}")
+    return text
+
+
+def add_inject_options(parser: argparse.ArgumentParser) -> None:
+    from sidecar.inject import DEFAULT_DRAIN_SECONDS, DEFAULT_STOP_SECONDS
+
+    parser.add_argument("files", nargs="*", metavar="FILE", help="YAML files; none or - reads stdin")
+    parser.add_argument("--image", default=None, help=f"the sidecar's image (default {default_image()})")
+    parser.add_argument(
+        "--registry", type=checked(parse_registry), metavar="URL", help="the sidecar's --registry"
+    )
+    parser.add_argument(
+        "--listen-port",
+        type=checked(parse_port),
+        default=8443,
+        metavar="PORT",
+        help="the sidecar's inbound port",
+    )
+    parser.add_argument(
+        "--app-port",
+        type=checked(parse_port),
+        metavar="PORT",
+        help="default: the first container's first port",
+    )
+    parser.add_argument(
+        "--app-health",
+        type=checked(parse_health_path),
+        metavar="PATH",
+        help="the sidecar's --app-health (default: the app's former readiness httpGet path)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=checked(parse_seconds),
+        metavar="SEC",
+        help=f"the sidecar's --drain-timeout (default {DEFAULT_DRAIN_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=checked(parse_seconds),
+        metavar="SEC",
+        help=f"the app's stop time after SIGTERM, for the grace period (default {DEFAULT_STOP_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--token-secret",
+        type=checked(parse_object_name),
+        metavar="NAME",
+        help="a Secret whose key `token` is the fleet token",
+    )
+    parser.add_argument(
+        "--service",
+        type=checked(parse_name),
+        metavar="NAME",
+        help="service name (default: the workload's name)",
+    )
+
+
+def default_image() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"ghcr.io/example/graceful-sidecar:{version('graceful-sidecar')}"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "ghcr.io/example/graceful-sidecar:latest"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -109,6 +213,8 @@ def run_cli(argv: list[str]) -> int:
         from sidecar.demo import run_demo
 
         return run_demo(args.registry)
+    if args.command == "inject":
+        return inject_command(args)
     if args.command == "exec" and not command:
         print("graceful-sidecar exec: missing '-- CMD [ARGS...]'", file=sys.stderr)
         return EXIT_CONFIG
@@ -157,3 +263,42 @@ def shutdown_command(admin: str, token: str | None) -> int:
         return 1
     print(response.text)
     return 0 if response.status_code == 200 else 1
+
+
+def inject_command(args: argparse.Namespace) -> int:
+    """Read every input first and write stdout once: an error leaves nothing half-written."""
+    from sidecar.inject import InjectOptions, inject_sources
+
+    options = InjectOptions(
+        image=args.image or default_image(),
+        registry=args.registry,
+        listen_port=args.listen_port,
+        app_port=args.app_port,
+        app_health=args.app_health,
+        drain_timeout=args.drain_timeout,
+        stop_timeout=args.stop_timeout,
+        token_secret=args.token_secret,
+        service=args.service,
+    )
+    warnings: list[str] = []
+    try:
+        sources = [read_source(name) for name in args.files or ["-"]]
+        output = inject_sources(sources, options, warnings.append)
+    except InjectError as exc:
+        print(f"graceful-sidecar inject: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for warning in warnings:
+        print(f"graceful-sidecar inject: warning: {warning}", file=sys.stderr)
+    sys.stdout.write(output)
+    return 0
+
+
+def read_source(name: str) -> tuple[str, str]:
+    try:
+        if name == "-":
+            return "<stdin>", sys.stdin.read()
+        with open(name, encoding="utf-8") as file:
+            return name, file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise InjectError(f"{name}: cannot read it ({reason})") from None

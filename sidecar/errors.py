@@ -3,6 +3,7 @@
     SidecarError
     +-- ConfigError          an option has a value we cannot use; the message names the option
     +-- StartupError         a component could not start (a port in use)
+    +-- InjectError          `inject`: input that is not YAML, or a workload it cannot handle
     +-- ChildSpawnError      exec mode: CMD could not be started (127 not found, 126 not executable;
                              defined in sidecar.supervisor, which raises it)
     +-- UpstreamError        the data path got no (complete) answer from the app or an instance
@@ -28,6 +29,10 @@ class ConfigError(SidecarError, ValueError):
 
 class StartupError(SidecarError):
     """A component could not start: the sidecar cannot run."""
+
+
+class InjectError(SidecarError):
+    """`graceful-sidecar inject` cannot handle its input; the message names the file and object."""
 
 
 class UpstreamError(SidecarError):

@@ -76,8 +76,19 @@ class Metrics:
         self.notify_received = Counter(
             "sidecar_notify_received", "Offline notifications received from providers", registry=r
         )
+        # Which service and instance this sidecar is, as labels of a constant 1 (as node_exporter's
+        # node_uname_info): dashboards pick a service and find its scrape targets through it.
+        self.info = Gauge(
+            "sidecar_info",
+            "1, labelled with this sidecar's service and instance id",
+            ["service", "instance_id"],
+            registry=r,
+        )
         for phase in PHASES:
             self.phase.labels(phase).set(0)
+
+    def set_info(self, service: str, instance_id: str) -> None:
+        self.info.labels(service, instance_id).set(1)
 
     def count_request(self, status: int) -> None:
         self.requests[str(status)] += 1

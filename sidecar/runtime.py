@@ -92,6 +92,7 @@ async def serve(settings: Settings) -> int:
         # Start-up: each component in order; cleanup runs in reverse, only for what started.
         stack.enter_context(stops.installed())
         metrics = Metrics()
+        metrics.set_info(settings.service, settings.instance_id)
         registry = await stack.enter_async_context(open_registry(settings.registry))
         notifier = await stack.enter_async_context(Notifier(settings.token))
         tracker = InflightTracker()

@@ -14,6 +14,10 @@ native sidecars) does it, with the preStop hook, probe and grace period read fro
      (at least 2 s, as the kubelet gives);
   3. once the app has exited, SIGTERM to the native sidecar;
   4. SIGKILL to whatever still runs when terminationGracePeriodSeconds is over.
+
+The same test runs on what `graceful-sidecar inject` makes of deploy/kubernetes/inject/orders.yaml
+(a plain Deployment), so that an injected pod is as lossless as the hand-written one. Its sidecar
+has --allow with loopback (the kubelet's node address, here), so its preStop carries no token.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from sidecar.loadgen import LoadGenerator
 from tests.support import deploy_files as df
@@ -40,6 +45,7 @@ from tests.support.ports import free_port
 from tests.support.procs import SidecarProc, sidecar, wait_for
 
 DEPLOYMENT = df.KUBERNETES / "deployment.yaml"
+INJECT_INPUT = df.KUBERNETES / "inject" / "orders.yaml"
 LOCAL_POD_IP = "127.0.0.1"
 MANIFEST_ADMIN_PORT = 16688
 NOBODY = "192.0.2.1/32"
@@ -91,8 +97,8 @@ def localize(argv: list[str], ports: dict[int, int]) -> list[str]:
 
 
 @contextmanager
-def start_pod(tmp_path: Path, name: str, registry: str) -> Iterator[LocalPod]:
-    plan = df.load_pod_plan(DEPLOYMENT, pod_ip=LOCAL_POD_IP)
+def start_pod(tmp_path: Path, name: str, registry: str, manifest: Path) -> Iterator[LocalPod]:
+    plan = df.load_pod_plan(manifest, pod_ip=LOCAL_POD_IP)
     settings = plan.settings
     assert settings.listen is not None
     assert settings.app is not None
@@ -198,15 +204,29 @@ def play_pod_deletion(pod: LocalPod) -> Termination:
     return seen
 
 
-def test_kubelet_termination_of_the_manifest_loses_nothing(tmp_path: Path) -> None:
-    """Deleting a pod of deployment.yaml the kubelet's way, under load, fails no request."""
-    plan = df.load_pod_plan(DEPLOYMENT, pod_ip=LOCAL_POD_IP)
+def injected_manifest(tmp_path: Path) -> Path:
+    """deploy/kubernetes/inject/orders.yaml through the real `graceful-sidecar inject`, with the
+    Secret of deploy/kubernetes and no --registry (the test gives SIDECAR_REGISTRY)."""
+    argv = [sys.executable, "-m", "sidecar", "inject", "--token-secret", "graceful-sidecar-token"]
+    done = subprocess.run([*argv, str(INJECT_INPUT)], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "injected.yaml"
+    path.write_text(done.stdout)
+    return path
+
+
+@pytest.mark.parametrize("manifest", ["deployment.yaml", "injected"])
+def test_kubelet_termination_of_the_manifest_loses_nothing(tmp_path: Path, manifest: str) -> None:
+    """Deleting a pod of deployment.yaml (or of an injected manifest) the kubelet's way, under
+    load, fails no request."""
+    path = DEPLOYMENT if manifest == "deployment.yaml" else injected_manifest(tmp_path)
+    plan = df.load_pod_plan(path, pod_ip=LOCAL_POD_IP)
     df.check_stop_budget(plan.budget())  # a manifest that cannot drain in time fails right here
     assert plan.pre_stop.port == plan.readiness.port == MANIFEST_ADMIN_PORT
     registry = f"sqlite://{tmp_path / 'registry.db'}"
     service = plan.settings.service
     with ExitStack() as stack:
-        pods = [stack.enter_context(start_pod(tmp_path, f"{service}-{n}", registry)) for n in (1, 2)]
+        pods = [stack.enter_context(start_pod(tmp_path, f"{service}-{n}", registry, path)) for n in (1, 2)]
         upstream_port = free_port()
         consumer: SidecarProc = stack.enter_context(
             sidecar(

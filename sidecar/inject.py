@@ -1,0 +1,366 @@
+"""`graceful-sidecar inject`: the sidecar added to Kubernetes manifests, as `linkerd inject` does.
+
+Pure functions over parsed YAML (sidecar.manifests reads and writes it). For each Deployment,
+StatefulSet, DaemonSet, ReplicaSet and Pod, the pod spec gets what deploy/kubernetes/deployment.yaml
+shows by hand: a native sidecar (an init container with `restartPolicy: Always`), the app's
+preStop hook on the sidecar's /shutdown, the app's readiness moved to the sidecar's /ready, and a
+grace period that covers the drain. A Service of the same input that sends traffic to the app's
+port is pointed at the sidecar's, or consumers would bypass it.
+
+Injecting is idempotent: an injected pod is recognised (the sidecar by its name, the app's probe
+by the admin port), and what inject would write is what is already there.
+
+Why `--allow $(HOST_IP)`: the kubelet sends the preStop GET from the node, and an httpGet hook
+cannot read a Secret for the token header; most network plugins make that request come from the
+node's IP. Where one does not, add the header by hand (deploy/kubernetes/deployment.yaml).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.errors import InjectError
+from sidecar.manifests import load_documents, render
+
+SIDECAR_NAME = "graceful-sidecar"
+ADMIN_PORT = 16688  # the design's admin port; preStop and probes name it by number
+WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"})
+# Grace period = drain + the app's stop + this: deregistration retried at the drain's end, the
+# sidecar's own exit and the kubelet's reaction (tests/support/deploy_files.py, MARGIN_SECONDS).
+GRACE_MARGIN_SECONDS = 5
+K8S_DEFAULT_GRACE_SECONDS = 30
+DEFAULT_DRAIN_SECONDS = 25.0  # the sidecar's --drain-timeout default
+DEFAULT_STOP_SECONDS = 10.0  # the sidecar's --stop-timeout default, as the app's stop time
+APP_STOP_ANNOTATION = "graceful-sidecar/app-stop-seconds"
+SIDECAR_PORT_NAMES = ("sidecar-http", "sidecar-admin")
+ENV_NAMES = ("POD_IP", "HOST_IP", "SIDECAR_TOKEN")
+
+Warn = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class InjectOptions:
+    image: str
+    registry: str | None = None
+    listen_port: int = 8443
+    app_port: int | None = None
+    app_health: str | None = None  # None: the app's former readiness path
+    drain_timeout: float | None = None
+    stop_timeout: float | None = None
+    token_secret: str | None = None
+    service: str | None = None  # None: the workload's name
+
+
+@dataclass(frozen=True, slots=True)
+class InjectedPod:
+    """What a Service needs to know about an injected pod template."""
+
+    namespace: str | None
+    labels: dict[str, str]
+    app_port: int
+    app_port_names: frozenset[str]
+
+
+def inject_sources(sources: list[tuple[str, str]], options: InjectOptions, warn: Warn) -> str:
+    """The injected stream of every (name, YAML text) source, documents in order."""
+    documents = [(name, doc) for name, text in sources for doc in load_documents(name, text)]
+    originals = [copy.deepcopy(doc.data) for _, doc in documents]
+    pods = [
+        pod
+        for name, doc in documents
+        for obj in objects(doc.data)
+        if (pod := inject_object(name, obj, options, warn)) is not None
+    ]
+    for _, doc in documents:
+        for obj in objects(doc.data):
+            if obj.get("kind") == "Service":
+                point_service(obj, pods, options.listen_port)
+    changed = [doc.data != original for (_, doc), original in zip(documents, originals, strict=True)]
+    return render(list(zip((doc for _, doc in documents), changed, strict=True)))
+
+
+def objects(data: Any) -> Iterator[dict[str, Any]]:
+    """The Kubernetes objects of one document: itself, or the items of a `kind: List`."""
+    if not isinstance(data, dict):
+        return
+    if data.get("kind") == "List" and isinstance(data.get("items"), list):
+        yield from (item for item in data["items"] if isinstance(item, dict))
+    else:
+        yield data
+
+
+def inject_object(source: str, obj: dict[str, Any], options: InjectOptions, warn: Warn) -> InjectedPod | None:
+    """Inject the pod spec of a workload or Pod in place; None for any other object."""
+    kind = obj.get("kind")
+    if kind != "Pod" and kind not in WORKLOAD_KINDS:
+        return None
+    metadata = mapping(obj, "metadata", f"{source}: {kind}")
+    name = str(metadata.get("name", "?"))
+    where = f"{source}: {kind}/{name}"
+    if kind == "Pod":
+        pod_meta, spec = metadata, mapping(obj, "spec", where)
+    else:
+        template = mapping(mapping(obj, "spec", where), "template", where)
+        pod_meta, spec = mapping(template, "metadata", where), mapping(template, "spec", where)
+    labels = pod_meta.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise InjectError(f"{where}: metadata.labels is not a mapping")
+    app_port, app_ports = inject_pod_spec(where, name, pod_meta, spec, options, warn)
+    namespace = metadata.get("namespace")
+    return InjectedPod(namespace, {str(k): str(v) for k, v in labels.items()}, app_port, app_ports)
+
+
+def inject_pod_spec(
+    where: str, name: str, pod_meta: dict[str, Any], spec: dict[str, Any], options: InjectOptions, warn: Warn
+) -> tuple[int, frozenset[str]]:
+    """Add the sidecar to one pod spec; returns the app's port and the names it goes by."""
+    containers = container_list(spec, "containers", where)
+    if not containers:
+        raise InjectError(f"{where}: no containers to put the sidecar beside")
+    if any(runs_sidecar_exec(c) for c in containers):
+        raise InjectError(f"{where}: a container already runs `graceful-sidecar exec`; inject it or not")
+    app_port = options.app_port or first_port(containers[0])
+    if app_port is None:
+        raise InjectError(
+            f"{where}: its first container declares no containerPort: say which port the app serves"
+            " with --app-port"
+        )
+    if app_port in (options.listen_port, ADMIN_PORT):
+        taken = "--listen-port" if app_port == options.listen_port else "admin port"
+        raise InjectError(f"{where}: the app's port {app_port} is the sidecar's {taken}: it cannot be both")
+    app = next((c for c in containers if app_port in declared_ports(c).values()), containers[0])
+    app_name = f"{where} container {app.get('name', '?')}"
+    init = container_list(spec, "initContainers", where)
+    existing = next((c for c in init if c.get("name") == SIDECAR_NAME), None)
+    app_health = options.app_health
+    if app_health is None:
+        app_health = former_health_path(app, app_name, app_port, existing, warn)
+    drain = options.drain_timeout if options.drain_timeout is not None else DEFAULT_DRAIN_SECONDS
+    stop = options.stop_timeout if options.stop_timeout is not None else DEFAULT_STOP_SECONDS
+    sidecar = sidecar_container(options, options.service or name, app_port, app_health)
+    if existing is None:
+        init.append(sidecar)
+    else:
+        init[init.index(existing)] = merge_sidecar(sidecar, existing)
+    spec["initContainers"] = init
+    app["readinessProbe"] = {
+        "httpGet": {"port": ADMIN_PORT, "path": "/ready"},
+        # One failure is enough: /ready turns 503 when the drain starts, and the pod must leave
+        # the Service's endpoints at once.
+        "periodSeconds": 2,
+        "failureThreshold": 1,
+    }
+    pre_stop = {"httpGet": {"port": ADMIN_PORT, "path": "/shutdown"}}
+    lifecycle = app.setdefault("lifecycle", {})
+    old = lifecycle.get("preStop")
+    if old is not None and old != pre_stop:
+        warn(
+            f"{app_name}: its preStop hook {describe_handler(old)} is replaced by GET :{ADMIN_PORT}/shutdown"
+        )
+    lifecycle["preStop"] = pre_stop
+    need = math.ceil(drain + stop + GRACE_MARGIN_SECONDS)
+    grace = spec.get("terminationGracePeriodSeconds", K8S_DEFAULT_GRACE_SECONDS)
+    if not isinstance(grace, int | float) or grace < need:
+        spec["terminationGracePeriodSeconds"] = need
+    annotations = pod_meta.setdefault("annotations", {})
+    if not isinstance(annotations, dict):
+        raise InjectError(f"{where}: metadata.annotations is not a mapping")
+    # The app's own stop time: it documents the grace period's budget (tests/test_deploy.py).
+    annotations[APP_STOP_ANNOTATION] = f"{stop:g}"
+    names = frozenset(n for n, port in declared_ports(app).items() if port == app_port)
+    return app_port, names
+
+
+def sidecar_container(
+    options: InjectOptions, service: str, app_port: int, app_health: str | None
+) -> dict[str, Any]:
+    listen = options.listen_port
+    args = [
+        "run",
+        "--service",
+        service,
+        "--listen",
+        f"0.0.0.0:{listen}",
+        "--advertise",
+        f"$(POD_IP):{listen}",
+    ]
+    args += ["--app", f"http://127.0.0.1:{app_port}", "--admin", f"0.0.0.0:{ADMIN_PORT}"]
+    args += ["--advertise-admin", f"http://$(POD_IP):{ADMIN_PORT}"]
+    # The kubelet's preStop comes from the node (see the module's docstring); --allow replaces the
+    # loopback default, hence loopback again.
+    args += ["--allow", "127.0.0.0/8", "--allow", "::1", "--allow", "$(HOST_IP)"]
+    if app_health is not None:
+        args += ["--app-health", app_health]
+    if options.registry is not None:
+        args += ["--registry", options.registry]
+    if options.drain_timeout is not None:
+        args += ["--drain-timeout", f"{options.drain_timeout:g}"]
+    env: list[dict[str, Any]] = [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+    ]
+    if options.token_secret is not None:
+        secret = {"name": options.token_secret, "key": "token"}
+        env.append({"name": "SIDECAR_TOKEN", "valueFrom": {"secretKeyRef": secret}})
+    admin = SIDECAR_PORT_NAMES[1]
+    return {
+        "name": SIDECAR_NAME,
+        "image": options.image,
+        "restartPolicy": "Always",
+        "args": args,
+        "env": env,
+        "ports": [
+            {"name": SIDECAR_PORT_NAMES[0], "containerPort": listen},
+            {"name": admin, "containerPort": ADMIN_PORT},
+        ],
+        # The app container starts once this passes: its readiness probe needs the admin API.
+        "startupProbe": {
+            "httpGet": {"port": admin, "path": "/live"},
+            "periodSeconds": 1,
+            "failureThreshold": 30,
+        },
+        "readinessProbe": {
+            "httpGet": {"port": admin, "path": "/ready"},
+            "periodSeconds": 2,
+            "failureThreshold": 1,
+        },
+        "livenessProbe": {
+            "httpGet": {"port": admin, "path": "/live"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
+        # What the "restricted" Pod Security Standard asks. The root filesystem stays writable:
+        # without --registry the sidecar keeps its SQLite file in the image's state directory.
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+
+
+def merge_sidecar(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar as inject writes it, keeping what a user added to an injected one (resources,
+    securityContext, envFrom, mounts, other variables)."""
+    merged = {
+        **new,
+        **{k: v for k, v in old.items() if k not in new or k in ("resources", "securityContext")},
+    }
+    others = [e for e in old.get("env") or [] if not (isinstance(e, dict) and e.get("name") in ENV_NAMES)]
+    merged["env"] = [*new["env"], *others]
+    return merged
+
+
+def former_health_path(
+    app: dict[str, Any], app_name: str, app_port: int, sidecar: dict[str, Any] | None, warn: Warn
+) -> str | None:
+    """The app's health path for --app-health: its readiness probe's, when that was an httpGet;
+    on an injected pod (the probe is the sidecar's), what the sidecar was given before."""
+    probe = app.get("readinessProbe")
+    if not isinstance(probe, dict):
+        return previous_arg(sidecar, "--app-health")
+    action = probe.get("httpGet")
+    if not isinstance(action, dict):
+        warn(
+            f"{app_name}: its readinessProbe {describe_handler(probe)} is replaced by the sidecar's /ready;"
+            " the sidecar polls GET /health on the app (pass --app-health PATH, or '' for none)"
+        )
+        return None
+    port = resolve_port(action.get("port"), app)
+    if port == ADMIN_PORT:
+        return previous_arg(sidecar, "--app-health")
+    if port != app_port:
+        warn(
+            f"{app_name}: its readinessProbe is on port {action.get('port')}, not the app's {app_port}:"
+            f" the sidecar polls {action.get('path', '/')} on port {app_port} (--app-health)"
+        )
+    path = action.get("path", "/")
+    return str(path) if path else "/"
+
+
+def previous_arg(container: dict[str, Any] | None, flag: str) -> str | None:
+    args = [str(a) for a in (container or {}).get("args") or []]
+    return args[args.index(flag) + 1] if flag in args[:-1] else None
+
+
+def point_service(service: dict[str, Any], pods: list[InjectedPod], listen_port: int) -> None:
+    """Point a Service's ports that reach an injected app at the sidecar instead."""
+    spec = service.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("selector"), dict) or not spec["selector"]:
+        return
+    selector = {str(k): str(v) for k, v in spec["selector"].items()}
+    namespace = (service.get("metadata") or {}).get("namespace")
+    for pod in pods:
+        if pod.namespace != namespace or not selector.items() <= pod.labels.items():
+            continue
+        for port in spec.get("ports") or []:
+            if not isinstance(port, dict):
+                continue
+            target = port.get("targetPort", port.get("port"))  # targetPort defaults to port
+            if target == pod.app_port or target in pod.app_port_names or str(target) == str(pod.app_port):
+                port["targetPort"] = listen_port
+
+
+# --- small readers of pod specs
+
+
+def mapping(parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = parent.setdefault(key, {})
+    if not isinstance(value, dict):
+        raise InjectError(f"{where}: {key} is not a mapping")
+    return value
+
+
+def container_list(spec: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    value = spec.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(c, dict) for c in value):
+        raise InjectError(f"{where}: spec.{key} is not a list of containers")
+    return value
+
+
+def declared_ports(container: dict[str, Any]) -> dict[str, int]:
+    """name (or the number, for an unnamed port) -> containerPort, in order."""
+    found: dict[str, int] = {}
+    for port in container.get("ports") or []:
+        number = port.get("containerPort") if isinstance(port, dict) else None
+        if isinstance(number, int) and not isinstance(number, bool):
+            found[str(port.get("name") or number)] = number
+    return found
+
+
+def runs_sidecar_exec(container: dict[str, Any]) -> bool:
+    command = container.get("command")
+    return isinstance(command, list) and bool(command) and str(command[0]).endswith(SIDECAR_NAME)
+
+
+def first_port(container: dict[str, Any]) -> int | None:
+    return next(iter(declared_ports(container).values()), None)
+
+
+def resolve_port(port: Any, container: dict[str, Any]) -> int | None:
+    """A probe's port, a number or the name of one of its own container's ports (as the kubelet)."""
+    if isinstance(port, int):
+        return port
+    if isinstance(port, str):
+        return int(port) if port.isdigit() else declared_ports(container).get(port)
+    return None
+
+
+def describe_handler(handler: Any) -> str:
+    """`(exec: sleep 5)`, `(httpGet :8080/drain)`: a hook or probe, in a few words."""
+    if not isinstance(handler, dict):
+        return f"({handler!r})"
+    if isinstance(handler.get("exec"), dict):
+        return "(exec: " + " ".join(str(a) for a in handler["exec"].get("command") or []) + ")"
+    if isinstance(handler.get("httpGet"), dict):
+        action = handler["httpGet"]
+        return f"(httpGet :{action.get('port')}{action.get('path', '/')})"
+    kinds = [key for key in ("tcpSocket", "grpc", "sleep") if key in handler]
+    return f"({kinds[0]})" if kinds else "(unknown)"

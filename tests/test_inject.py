@@ -1,0 +1,345 @@
+"""`graceful-sidecar inject`, run as a process on realistic manifests (tests/manifests/): every
+output document validates strictly, the sidecar's command line is read by the sidecar's own parser
+with the environment the kubelet would give it, Services go through the sidecar, what is not a
+workload comes out as it went in, and injecting twice is injecting once. (The kubelet's
+termination of an injected pod is played in tests/test_kubelet_sequence.py.)
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from sidecar.config import HostPort, Settings
+from tests.support import deploy_files as df
+
+MANIFESTS = Path(__file__).resolve().parent / "manifests"
+CASES = sorted(MANIFESTS.glob("*.yaml"))
+K8S_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod")
+POD_IP = "10.1.2.3"
+TOKEN_SECRET = "fleet-token"
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    def docs(self) -> list[Any]:
+        assert self.code == 0, self.stderr
+        return [doc for doc in yaml.safe_load_all(self.stdout) if doc is not None]
+
+
+def inject(*args: str | Path, stdin: str = "") -> Run:
+    argv = [sys.executable, "-m", "sidecar", "inject", *map(str, args)]
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, check=False)
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture(scope="module")
+def injected() -> dict[str, Run]:
+    """Each manifest injected once with default options."""
+    return {path.name: inject(path) for path in CASES}
+
+
+def objects(docs: list[Any]) -> Iterator[dict[str, Any]]:
+    for doc in docs:
+        yield from doc["items"] if doc.get("kind") == "List" else [doc]
+
+
+def pod_specs(docs: list[Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """(object, pod metadata, pod spec) of every workload."""
+    for obj in objects(docs):
+        if obj["kind"] == "Pod":
+            yield obj, obj["metadata"], obj["spec"]
+        elif obj["kind"] in WORKLOADS:
+            template = obj["spec"]["template"]
+            yield obj, template["metadata"], template["spec"]
+
+
+def find(docs: list[Any], kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+    return next(
+        o
+        for o in objects(docs)
+        if (o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")) == (kind, name, namespace)
+    )
+
+
+def sidecar_of(spec: dict[str, Any]) -> dict[str, Any]:
+    natives = [c for c in spec["initContainers"] if c["name"] == "graceful-sidecar"]
+    assert len(natives) == 1
+    return natives[0]
+
+
+def sidecar_settings(spec: dict[str, Any]) -> tuple[Settings, list[str]]:
+    """The injected sidecar's Settings, from its args and env as the kubelet would expand them."""
+    container = sidecar_of(spec)
+    fields = {"status.podIP": POD_IP, "status.hostIP": "192.0.2.10"}
+    env = df.container_env(container, {}, {TOKEN_SECRET: {"token": "t0ken"}}, fields)
+    argv = [df.expand_k8s(str(arg), env) for arg in container["args"]]
+    return df.sidecar_settings(argv, env, "injected sidecar"), argv
+
+
+def first_port(spec: dict[str, Any]) -> int:
+    port: int = spec["containers"][0]["ports"][0]["containerPort"]
+    return port
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda path: path.name)
+def test_output_validates_strictly_in_input_order(injected: dict[str, Run], case: Path) -> None:
+    """Every output document passes strict validation (1.29 and newest), in the input's order."""
+    docs = injected[case.name].docs()
+    before = [(o["kind"], o["metadata"]["name"]) for o in objects(df.load_documents(case))]
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects(docs)] == before
+    for doc in docs:
+        if doc["kind"] == "List":  # no schema of its own (kubectl unpacks it): its items are validated
+            assert set(doc) == {"apiVersion", "kind", "items"}
+    for obj in objects(docs):
+        for version in K8S_VERSIONS:
+            assert kubernetes_validate.validate(obj, version, strict=True)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda path: path.name)
+def test_every_workload_gets_the_native_sidecar(injected: dict[str, Run], case: Path) -> None:
+    """Each pod: the native sidecar (run, listen, advertise from POD_IP, app, admin, probes), the
+    app's preStop and readiness on the sidecar, and a grace period covering the drain."""
+    inputs = {o["metadata"]["name"]: spec for o, _, spec in pod_specs(df.load_documents(case))}
+    found = list(pod_specs(injected[case.name].docs()))
+    assert len(found) == len(inputs) > 0
+    for obj, meta, spec in found:
+        settings, argv = sidecar_settings(spec)
+        app_port = first_port(inputs[obj["metadata"]["name"]])
+        sidecar = sidecar_of(spec)
+        assert sidecar["restartPolicy"] == "Always"
+        assert argv[0] == "run"
+        assert settings.service == obj["metadata"]["name"]
+        assert settings.listen == HostPort("0.0.0.0", 8443)
+        assert settings.advertise == HostPort(POD_IP, 8443)
+        assert settings.app == f"http://127.0.0.1:{app_port}"
+        assert settings.admin == HostPort("0.0.0.0", 16688)
+        assert settings.advertise_admin == f"http://{POD_IP}:16688"
+        probes = {
+            key: df.resolve_http_get(sidecar[key]["httpGet"], sidecar, key)
+            for key in sidecar
+            if "Probe" in key
+        }
+        assert (probes["readinessProbe"].port, probes["readinessProbe"].path) == (16688, "/ready")
+        assert (probes["livenessProbe"].port, probes["livenessProbe"].path) == (16688, "/live")
+        app = next(c for c in spec["containers"] if app_port in [p["containerPort"] for p in c["ports"]])
+        assert app["lifecycle"]["preStop"] == {"httpGet": {"port": 16688, "path": "/shutdown"}}
+        assert app["readinessProbe"]["httpGet"] == {"port": 16688, "path": "/ready"}
+        budget = df.StopBudget(
+            "terminationGracePeriodSeconds",
+            spec["terminationGracePeriodSeconds"],
+            (
+                ("drain", settings.drain_timeout),
+                ("app stop", float(meta["annotations"][df.APP_STOP_ANNOTATION])),
+            ),
+        )
+        df.check_stop_budget(budget)
+
+
+def test_services_reaching_the_app_go_through_the_sidecar(injected: dict[str, Run]) -> None:
+    """A Service of the same namespace whose selector matches and whose targetPort is the app's
+    port (number, name, or port when targetPort is absent) targets the sidecar; others stay."""
+    web = injected["deployment-service.yaml"].docs()
+    assert find(web, "Service", "web", "shop")["spec"]["ports"][0]["targetPort"] == 8443
+    assert find(web, "Service", "web", "staging")["spec"]["ports"][0]["targetPort"] == 8080
+    ledger = injected["statefulset-named-ports.yaml"].docs()
+    assert find(ledger, "Service", "ledger")["spec"]["ports"][0]["targetPort"] == 8443
+    assert find(ledger, "Service", "ledger-metrics")["spec"]["ports"][0]["targetPort"] == "metrics"
+    billing = injected["multi-document.yaml"].docs()
+    assert find(billing, "Service", "billing")["spec"]["ports"][0] == {
+        "name": "http",
+        "port": 8000,
+        "targetPort": 8443,
+    }
+    listed = injected["list.yaml"].docs()
+    assert find(listed, "Service", "node-agent")["spec"]["ports"][0]["targetPort"] == 8443
+
+
+def test_app_health_is_the_former_readiness_path(injected: dict[str, Run]) -> None:
+    """An httpGet readiness path (by number or port name) becomes --app-health; without one the
+    sidecar's default stays; the app's liveness probe is left alone."""
+    web = find(injected["deployment-service.yaml"].docs(), "Deployment", "web", "shop")["spec"]["template"][
+        "spec"
+    ]
+    assert sidecar_settings(web)[0].app_health == "/status/ready"
+    assert web["containers"][0]["livenessProbe"]["httpGet"] == {"port": 8080, "path": "/status/live"}
+    ledger = find(injected["statefulset-named-ports.yaml"].docs(), "StatefulSet", "ledger")["spec"][
+        "template"
+    ]
+    assert sidecar_settings(ledger["spec"])[0].app_health == "/healthz"
+    billing = find(injected["multi-document.yaml"].docs(), "Deployment", "billing")["spec"]["template"]
+    assert "--app-health" not in sidecar_of(billing["spec"])["args"]
+
+
+def test_grace_period_is_raised_never_lowered() -> None:
+    """terminationGracePeriodSeconds becomes at least drain + stop + 5 s; a longer one stays."""
+    defaults = inject(MANIFESTS / "deployment-service.yaml", MANIFESTS / "multi-document.yaml").docs()
+    assert (
+        find(defaults, "Deployment", "web", "shop")["spec"]["template"]["spec"][
+            "terminationGracePeriodSeconds"
+        ]
+        == 60
+    )
+    billing = find(defaults, "Deployment", "billing")["spec"]["template"]["spec"]
+    assert billing["terminationGracePeriodSeconds"] == 25 + 10 + 5
+    longer = inject(
+        "--drain-timeout", "50", "--stop-timeout", "20.5", MANIFESTS / "deployment-service.yaml"
+    ).docs()
+    web = find(longer, "Deployment", "web", "shop")["spec"]["template"]
+    assert web["spec"]["terminationGracePeriodSeconds"] == 76  # 75.5, rounded up
+    assert sidecar_settings(web["spec"])[0].drain_timeout == 50
+    assert web["metadata"]["annotations"][df.APP_STOP_ANNOTATION] == "20.5"
+
+
+def test_other_documents_come_out_as_written(injected: dict[str, Run]) -> None:
+    """The ConfigMap, comments and block scalar included, is the very text of the input."""
+    source = (MANIFESTS / "multi-document.yaml").read_text()
+    config_map = source.split("\n---\n")[0] + "\n"
+    assert injected["multi-document.yaml"].stdout.startswith(config_map + "---\n")
+
+
+def test_a_former_prestop_is_replaced_with_a_warning(injected: dict[str, Run]) -> None:
+    """The app's exec preStop and tcpSocket readiness are replaced, each named on stderr."""
+    run = injected["pod-exec-prestop.yaml"]
+    (pod,) = run.docs()
+    assert pod["spec"]["containers"][0]["lifecycle"]["preStop"]["httpGet"]["path"] == "/shutdown"
+    warnings = run.stderr.splitlines()
+    assert len(warnings) == 2, run.stderr
+    assert any("preStop hook (exec: sh -c sleep 15) is replaced" in line for line in warnings)
+    assert any("readinessProbe (tcpSocket) is replaced" in line for line in warnings)
+    assert all(
+        line.startswith("graceful-sidecar inject: warning: ") and "Pod/worker" in line for line in warnings
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda path: path.name)
+def test_injecting_twice_is_injecting_once(injected: dict[str, Run], case: Path) -> None:
+    """inject of inject's output is the same text, with no warning."""
+    once = injected[case.name]
+    twice = inject(stdin=once.stdout)
+    assert (twice.code, twice.stderr) == (0, "")
+    assert twice.stdout == once.stdout
+
+
+def test_options_reach_the_manifest() -> None:
+    """--image, --registry, --listen-port, --token-secret, --service and --app-port end up in
+    the sidecar, its env and the Service; stdin (`-`) and files are read in order."""
+    argv = [
+        "--image",
+        "example.org/gs:9",
+        "--registry",
+        "consul://consul.example:8500",
+        "--listen-port",
+        "9443",
+    ]
+    argv += ["--token-secret", TOKEN_SECRET, "--service", "shop-web", "--app-port", "8080"]
+    pod = (MANIFESTS / "pod-exec-prestop.yaml").read_text()
+    docs = inject(*argv, MANIFESTS / "deployment-service.yaml", "-", stdin=pod).docs()
+    assert [o["kind"] for o in docs] == ["Deployment", "Service", "Service", "Pod"]
+    web = docs[0]["spec"]["template"]["spec"]
+    settings, _ = sidecar_settings(web)
+    assert sidecar_of(web)["image"] == "example.org/gs:9"
+    assert (settings.registry, settings.service, settings.token) == (
+        "consul://consul.example:8500",
+        "shop-web",
+        "t0ken",
+    )
+    assert settings.listen == HostPort("0.0.0.0", 9443)
+    assert docs[1]["spec"]["ports"][0]["targetPort"] == 9443
+    # --app-port 8080 is no port of the Pod's: its only container is the app all the same.
+    assert sidecar_settings(docs[3]["spec"])[0].app == "http://127.0.0.1:8080"
+
+
+NO_CONTAINERS = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: empty}
+spec:
+  selector: {matchLabels: {app: empty}}
+  template:
+    metadata: {labels: {app: empty}}
+    spec: {containers: []}
+"""
+NO_PORT = NO_CONTAINERS.replace("containers: []", "containers: [{name: a, image: a}]")
+GOOD_THEN_BAD = (MANIFESTS / "list.yaml").read_text() + "---\n" + NO_PORT
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "says"),
+    [
+        ((), "kind: Pod\nmetadata: {name: x\n", "<stdin>: not valid YAML"),
+        ((), "a: [1, 2\n", "line 2"),
+        ((), NO_CONTAINERS, "Deployment/empty: no containers"),
+        ((), GOOD_THEN_BAD, "Deployment/empty: its first container declares no containerPort"),
+        (("--listen-port", "8000"), (MANIFESTS / "multi-document.yaml").read_text(), "8000 is the sidecar's"),
+        ((df.KUBERNETES / "deployment-exec.yaml",), "", "already runs `graceful-sidecar exec`"),
+        ((MANIFESTS / "missing.yaml",), "", "missing.yaml: cannot read it"),
+    ],
+    ids=["yaml", "yaml-line", "no-containers", "no-port", "port-clash", "exec-variant", "missing-file"],
+)
+def test_what_it_cannot_handle_is_one_line_and_exit_2(args: tuple[Any, ...], stdin: str, says: str) -> None:
+    """Bad YAML or an unusable workload: one line on stderr, exit 2, nothing on stdout."""
+    run = inject(*args, stdin=stdin)
+    assert (run.code, run.stdout) == (2, "")
+    assert len(run.stderr.splitlines()) == 1, run.stderr
+    assert run.stderr.startswith("graceful-sidecar inject: ")
+    assert says in run.stderr
+
+
+ALIASED = """
+apiVersion: v1
+kind: Pod
+metadata: {name: shared}
+spec:
+  containers:
+    - name: app
+      image: a
+      ports: [{containerPort: 8080}]
+      lifecycle: &hooks {postStart: {exec: {command: [x]}}}
+    - {name: helper, image: b, lifecycle: *hooks}
+"""
+
+
+def test_a_yaml_alias_does_not_carry_the_hook_to_another_container() -> None:
+    """Two containers sharing hooks through a YAML alias: only the app's gets the preStop."""
+    (pod,) = inject(stdin=ALIASED).docs()
+    app, helper = pod["spec"]["containers"]
+    assert "preStop" in app["lifecycle"]
+    assert helper["lifecycle"] == {"postStart": {"exec": {"command": ["x"]}}}
+
+
+def test_app_port_option_handles_a_container_without_ports() -> None:
+    """The workload without a containerPort is injected once --app-port says the port."""
+    (deployment,) = inject("--app-port", "3000", stdin=NO_PORT).docs()
+    assert sidecar_settings(deployment["spec"]["template"]["spec"])[0].app == "http://127.0.0.1:3000"
+
+
+def test_readme_example_is_real_output() -> None:
+    """The README's inject example is what inject prints for deploy/kubernetes/inject/orders.yaml."""
+    readme = (df.REPO / "README.md").read_text()
+    section = readme.split("## Adopting it in Kubernetes", 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"```\n(graceful-sidecar inject [^\n]*?)(?: \| kubectl apply -f -)?\n```", section)
+    assert command is not None, "the section shows the inject command"
+    example = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert example is not None
+    args = command.group(1).split()[2:]
+    output = inject(*[df.REPO / a if a.endswith(".yaml") else a for a in args]).stdout.splitlines()
+    lines = iter(output)
+    for line in example.group(1).splitlines():
+        if line.strip().startswith("# ..."):  # an elision in the excerpt
+            continue
+        assert any(out == line for out in lines), f"README line not in the output (in order): {line!r}"
