@@ -130,6 +130,7 @@ BACKENDS: dict[str, str] = {
     "consul": "registry_adapters.consul:ConsulRegistry",
     "etcd": "registry_adapters.etcd:EtcdRegistry",
     "sqlite": "registry_adapters.sqlite:SQLiteRegistry",
+    "zookeeper": "registry_adapters.zookeeper:ZooKeeperRegistry",
 }
 
 

@@ -148,8 +148,8 @@ def parse_name(text: str) -> str:
 def parse_registry(text: str) -> str:
     if "://" not in text:
         raise ValueError(
-            "expected a URL such as consul://127.0.0.1:8500, etcd://127.0.0.1:2379"
-            f" or sqlite:///path.db, got {text!r}"
+            "expected a URL such as consul://127.0.0.1:8500, etcd://127.0.0.1:2379,"
+            f" zookeeper://127.0.0.1:2181 or sqlite:///path.db, got {text!r}"
         )
     return text
 
@@ -203,7 +203,8 @@ OPTIONS: tuple[Option, ...] = (
         "registry",
         parse_registry,
         None,
-        "consul://host:8500, etcd://host:2379[,host:2379...] or sqlite:///path.db (default: embedded)",
+        "consul://host:8500, etcd://host:2379[,host:2379...], zookeeper://host:2181[,...][/chroot][?layout=dubbo]"
+        " or sqlite:///path.db (default: embedded)",
         "URL",
     ),
     Option("register-delay", parse_seconds, 0.0, "wait after the app is healthy before registering", "SEC"),

@@ -1,4 +1,5 @@
-"""Shared fixtures. Registries are real: SQLite files in tmp_path, Consul and etcd from .tools/."""
+"""Shared fixtures. Registries are real: SQLite files in tmp_path, Consul and etcd from .tools/,
+ZooKeeper from Debian's package."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tests.support.etcd_server import EtcdServer
 from tests.support.ports import free_port
 from tests.support.procs import Fleet, demo_app, sidecar, wait_for
 from tests.support.registry_server import RegistryServer
+from tests.support.zookeeper_server import ZooKeeperServer
 
 # -- registries -----------------------------------------------------------------------------------
 
@@ -45,10 +47,26 @@ def fresh_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def zookeeper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperServer]:
+    """One ZooKeeper server per test process (its JVM takes a while to start); tests keep apart
+    by unique service names."""
+    with ZooKeeperServer(tmp_path_factory.mktemp("zookeeper")) as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_zookeeper(tmp_path: Path) -> Iterator[ZooKeeperServer]:
+    """A ZooKeeper server of this test's own, which the test may stop and start again (or wipe)."""
+    with ZooKeeperServer(tmp_path / "zookeeper") as server:
+        yield server
+
+
 @pytest.fixture(
     params=[
         pytest.param("consul", marks=pytest.mark.consul),
         pytest.param("etcd", marks=pytest.mark.etcd),
+        pytest.param("zookeeper", marks=pytest.mark.zookeeper),
     ]
 )
 def fresh_registry(request: pytest.FixtureRequest) -> RegistryServer:
@@ -62,6 +80,7 @@ def fresh_registry(request: pytest.FixtureRequest) -> RegistryServer:
         "sqlite",
         pytest.param("consul", marks=pytest.mark.consul),
         pytest.param("etcd", marks=pytest.mark.etcd),
+        pytest.param("zookeeper", marks=pytest.mark.zookeeper),
     ]
 )
 def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -71,6 +90,9 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "etcd":
         server: EtcdServer = request.getfixturevalue("etcd_server")
         return server.url
+    if request.param == "zookeeper":
+        zookeeper: ZooKeeperServer = request.getfixturevalue("zookeeper_server")
+        return zookeeper.url
     agent: ConsulAgent = request.getfixturevalue("consul_agent")
     return agent.url
 

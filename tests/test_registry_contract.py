@@ -28,6 +28,7 @@ from registry_adapters.base import META_ADMIN, META_WEIGHT, open_registry
 from registry_adapters.consul import ConsulRegistry
 from registry_adapters.etcd import EtcdRegistry
 from registry_adapters.sqlite import SQLiteRegistry
+from registry_adapters.zookeeper import ZooKeeperRegistry
 from tests.support.consul_agent import REPO_ROOT, ConsulAgent
 
 # Bound on one awaited change; a change normally shows in well under a second.
@@ -42,10 +43,11 @@ FAST_FAILURE_S = 3.0
 def open_tuned(url: str, **options: Any) -> Registry:
     """The backend of `url`, with constructor options (short TTLs) that URLs do not carry."""
     parts = urlsplit(url)
-    backends: dict[str, type[SQLiteRegistry | ConsulRegistry | EtcdRegistry]] = {
+    backends: dict[str, type[SQLiteRegistry | ConsulRegistry | EtcdRegistry | ZooKeeperRegistry]] = {
         "sqlite": SQLiteRegistry,
         "consul": ConsulRegistry,
         "etcd": EtcdRegistry,
+        "zookeeper": ZooKeeperRegistry,  # ttl: the session timeout
     }
     backend = backends[parts.scheme]
     registry: Registry = backend.from_url(parts, **options)
@@ -243,6 +245,15 @@ async def test_closed_without_deregister_expires(
         ("etcd://127.0.0.1:2379?prefix=relative", "prefix must be a path"),
         ("etcd://127.0.0.1:2379?prefx=/a", "unknown parameter"),
         ("etc://127.0.0.1:2379", "did you mean etcd://"),
+        ("zookeper://127.0.0.1:2181", "did you mean zookeeper://"),
+        ("zookeeper://127.0.0.1:2181,,127.0.0.2", "bad host '' in the host list"),
+        ("zookeeper://127.0.0.1:2181,127.0.0.2:x", "bad host '127.0.0.2:x' in the host list"),
+        ("zookeeper://127.0.0.1:99999", "bad host '127.0.0.1:99999'"),
+        ("zookeeper://user@127.0.0.1:2181", "bad host 'user@127.0.0.1:2181'"),
+        ("zookeeper://127.0.0.1:2181/a//b", "bad chroot '/a//b'"),
+        ("zookeeper://127.0.0.1:2181?layout=eureka", "layout must be curator or dubbo"),
+        ("zookeeper://127.0.0.1:2181?session_timeout=0", "session_timeout must be 1..600"),
+        ("zookeeper://127.0.0.1:2181?layot=dubbo", "unknown option"),
     ],
 )
 def test_bad_urls_are_rejected(url: str, message: str) -> None:

@@ -1,8 +1,10 @@
 """What a registry holds, read from outside the sidecar: Consul through its HTTP API (the catalog,
 so an instance in maintenance still counts as present), etcd through its JSON gateway (the keys
-of go-kratos's layout: an offline instance's key is gone), SQLite through its table (every row,
-so an instance set offline, at weight 0 or expired still counts as present until it is deleted),
-and any of them through the adapter's own watch (what consumers are handed)."""
+of go-kratos's layout: an offline instance's key is gone), ZooKeeper through a kazoo client of
+its own (the nodes of the URL's layout: an offline instance's node is gone), SQLite through its
+table (every row, so an instance set offline, at weight 0 or expired still counts as present
+until it is deleted), and any of them through the adapter's own watch (what consumers are
+handed)."""
 
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
+from kazoo.client import KazooClient
 
 from registry_adapters import Instance, open_registry
+from registry_adapters.zookeeper import ZooKeeperRegistry
 
 
 def consul_http(registry_url: str) -> str:
@@ -56,6 +60,31 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
+def zookeeper_nodes(registry_url: str, service: str) -> dict[str, bytes]:
+    """The children of `service`'s node in the URL's layout (name -> data), read with a kazoo
+    client of its own."""
+    parts = urlsplit(registry_url)
+    layout = ZooKeeperRegistry.from_url(parts).layout
+    client = KazooClient(hosts=parts.netloc + parts.path.rstrip("/"), timeout=10.0)
+    client.start(timeout=10.0)
+    try:
+        parent = layout.parent(service)
+        names = client.get_children(parent) if client.exists(parent) else []
+        return {name: client.get(f"{parent}/{name}")[0] for name in names}
+    finally:
+        client.stop()
+        client.close()
+
+
+def zookeeper_ids(registry_url: str, service: str) -> set[str]:
+    parts = urlsplit(registry_url)
+    layout = ZooKeeperRegistry.from_url(parts).layout
+    found = (
+        layout.parse(service, name, data) for name, data in zookeeper_nodes(registry_url, service).items()
+    )
+    return {instance.instance_id for instance in found if instance is not None}
+
+
 def watched(registry_url: str, service: str) -> list[Instance]:
     """The first list the adapter's watch yields (instances that should get traffic)."""
 
@@ -77,6 +106,8 @@ def registered_ids(registry_url: str, service: str) -> set[str]:
         return {entry["ServiceID"] for entry in consul_services(registry_url, service)}
     if registry_url.startswith("etcd://"):
         return {str(value["id"]) for value in etcd_values(registry_url, service)}
+    if registry_url.startswith("zookeeper://"):
+        return zookeeper_ids(registry_url, service)
     read_only = Path(unquote(urlsplit(registry_url).path)).as_uri() + "?mode=ro"
     with closing(sqlite3.connect(read_only, uri=True, timeout=10)) as db:
         rows = db.execute("SELECT instance_id FROM instances WHERE service = ?", (service,)).fetchall()

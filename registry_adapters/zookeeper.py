@@ -1,0 +1,446 @@
+"""ZooKeeper backend (kazoo), publishing in a layout that existing ZooKeeper consumers read.
+
+Features
+--------
+- An instance is an EPHEMERAL node of this object's publishing session: a sidecar killed with
+  SIGKILL stops pinging, and ZooKeeper deletes its node when the session expires (`ttl`, the
+  session timeout, 10 s by default; the server bounds it to 2..20 ticks). Where the node lives
+  and what it holds is the layout's business (`zookeeper_layouts`): Curator's service discovery
+  (Spring Cloud Zookeeper) or Dubbo's providers list, so consumers without a sidecar see the
+  instance, its weight and its departure.
+- Weight 0 and `set_offline` delete the node (neither Curator's consumers nor Dubbo's skip a
+  node for its weight); a later weight > 0 creates it again, never after `set_offline`.
+  `deregister` deletes it and, once nothing is published here, closes the publishing session.
+- Every change reconciles the service's children with what this object wants published, in one
+  ZooKeeper transaction: our node created, updated (Curator: setData, as Curator's own update)
+  or replaced (Dubbo: the URL is the name, so a new weight is a new node, created in the same
+  transaction that deletes the old one: consumers never see the instance missing), and stale
+  nodes of the same instance id deleted (an earlier process's, not yet expired). A node that
+  belongs to another session is replaced, so that it lives exactly as long as ours.
+- A session lost and established anew (a partition longer than the timeout, a server restarted
+  without its data) has lost its ephemeral nodes: they are published again on reconnection, as
+  is any change that failed while the server could not be reached.
+- `watch` reads the service's children (and, for Curator, their data) with one-shot ZooKeeper
+  watches, bridged from kazoo's threads into the event loop; a lost connection ends the watch
+  with `RegistryUnavailable`. Watches use a session of their own, so that closing the
+  publishing session never disturbs the consumer side.
+- kazoo is thread-based: its calls are issued asynchronously and their results bridged into the
+  loop (`rawlink` + `call_soon_threadsafe`); only starting and stopping a session, which block,
+  run in worker threads. Calls fail fast while a session is not connected.
+
+Connection string
+-----------------
+`zookeeper://HOST[:PORT][,HOST[:PORT]...][/CHROOT][?layout=curator|dubbo&session_timeout=S
+&protocol=P]`. PORT defaults to 2181; CHROOT is created when missing. `layout=curator` (default)
+publishes `/services/{service}/{id}`; `layout=dubbo` publishes
+`/dubbo/{service}/providers/{URL}`, with `protocol` (default `dubbo`) as the URL's scheme.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from typing import Any, Self
+from urllib.parse import SplitResult, parse_qs, unquote
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    AuthFailedError,
+    BadArgumentsError,
+    BadVersionError,
+    InvalidACLError,
+    KazooException,
+    NoAuthError,
+    NoChildrenForEphemeralsError,
+    NodeExistsError,
+    NoNodeError,
+    RolledBackError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.retry import KazooRetry
+
+from registry_adapters.base import (
+    Backend,
+    Instance,
+    RegistryError,
+    RegistryRejected,
+    RegistryUnavailable,
+    RegistryURLError,
+)
+from registry_adapters.zookeeper_layouts import LAYOUTS, Layout, make_layout
+
+log = logging.getLogger(__name__)
+_kazoo_log = logging.getLogger(f"{__name__}.kazoo")  # its connection chatter, apart from ours
+
+DEFAULT_PORT = 2181
+# kazoo's default: a killed sidecar's node goes 10 s after its last ping (kazoo pings every ~3 s).
+DEFAULT_SESSION_TIMEOUT_S = 10.0
+# A connected server answers in milliseconds; beyond this it is unwell. Also bounds a start.
+DEFAULT_CALL_TIMEOUT_S = 5.0
+_REJECTED = (
+    AuthFailedError,
+    BadArgumentsError,
+    InvalidACLError,
+    NoAuthError,
+    NoChildrenForEphemeralsError,
+    ValueError,  # kazoo's path validation
+)
+# What another writer may cause between our read of the children and our transaction.
+_CONFLICTS = (NodeExistsError, NoNodeError, BadVersionError)
+_USAGE = "expected zookeeper://HOST[:PORT][,HOST[:PORT]...][/CHROOT][?layout=curator|dubbo]"
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?$")
+
+
+@dataclass(slots=True)
+class _Published:
+    """What this process wants ZooKeeper to show for one instance."""
+
+    instance: Instance
+    registered_ms: int
+    offline: bool = False
+    leaving: bool = False  # deregister began: publish nothing more, delete what is there
+
+    @property
+    def hidden(self) -> bool:
+        return self.offline or self.leaving or self.instance.weight == 0
+
+
+class ZooKeeperRegistry(Backend):
+    kind = "zookeeper"
+
+    def __init__(
+        self,
+        hosts: str = f"127.0.0.1:{DEFAULT_PORT}",
+        *,
+        chroot: str = "",
+        layout: str = "curator",
+        protocol: str = "dubbo",
+        ttl: float = DEFAULT_SESSION_TIMEOUT_S,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT_S,
+        beat_interval: float | None = None,  # unused: kazoo pings within a third of `ttl` itself
+    ) -> None:
+        self._hosts = hosts
+        self._chroot = chroot
+        self.layout: Layout = make_layout(layout, protocol)
+        self._ttl = ttl
+        self._call_timeout = call_timeout
+        self._closed = False
+        self._publisher: KazooClient | None = None
+        self._reader: KazooClient | None = None
+        self._published: dict[str, _Published] = {}
+        self._wakers: set[asyncio.Event] = set()  # one per running watch, set on state changes
+        self._lock = asyncio.Lock()  # serialises publishing, and a publishing session's start
+        self._reader_lock = asyncio.Lock()
+        self._resyncs: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_url(cls, parts: SplitResult, **options: Any) -> Self:
+        shown = parts.geturl()
+        hosts: list[str] = []
+        for entry in parts.netloc.split(","):
+            match = _HOST.match(entry.strip())
+            port = int(match[2]) if match and match[2] else DEFAULT_PORT
+            if not match or not 1 <= port <= 65535:
+                raise RegistryURLError(
+                    f"registry URL {shown!r}: bad host {entry!r} in the host list; {_USAGE}"
+                )
+            hosts.append(f"{match[1]}:{port}")
+        chroot = unquote(parts.path).rstrip("/") if parts.path not in ("", "/") else ""
+        if chroot and any(segment in ("", ".", "..") for segment in chroot.split("/")[1:]):
+            raise RegistryURLError(f"registry URL {shown!r}: bad chroot {parts.path!r}; {_USAGE}")
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if unknown := sorted(set(query) - {"layout", "session_timeout", "protocol"}):
+            known = "layout=, session_timeout=, protocol="
+            raise RegistryURLError(f"registry URL {shown!r}: unknown option(s) {unknown}; known: {known}")
+        layout = query.get("layout", ["curator"])[-1]
+        if layout not in LAYOUTS:
+            raise RegistryURLError(f"registry URL {shown!r}: layout must be curator or dubbo, not {layout!r}")
+        if "session_timeout" in query:
+            try:
+                options["ttl"] = float(query["session_timeout"][-1])
+            except ValueError:
+                options["ttl"] = -1.0
+            if not 1 <= options["ttl"] <= 600:
+                raise RegistryURLError(f"registry URL {shown!r}: session_timeout must be 1..600 seconds")
+        protocol = query.get("protocol", ["dubbo"])[-1]
+        if not re.fullmatch(r"[a-z][a-z0-9+.-]*", protocol):
+            raise RegistryURLError(f"registry URL {shown!r}: protocol must be a URL scheme, not {protocol!r}")
+        return cls(",".join(hosts), chroot=chroot, layout=layout, protocol=protocol, **options)
+
+    async def register(self, instance: Instance) -> None:
+        async with self._lock:
+            previous = self._published.get(instance.instance_id)
+            registered_ms = previous.registered_ms if previous else int(time.time() * 1000)
+            published = _Published(instance, registered_ms)
+            self._published[instance.instance_id] = published
+            await self._reconcile(published)
+
+    async def set_weight(self, instance_id: str, weight: int) -> None:
+        async with self._lock:
+            published = self._published.get(instance_id)
+            if published is None or published.leaving:
+                raise RegistryRejected(f"{instance_id!r} was not registered through this registry")
+            published.instance = published.instance.with_weight(weight)
+            await self._reconcile(published)
+
+    async def set_offline(self, instance_id: str) -> None:
+        async with self._lock:
+            published = self._published.get(instance_id)
+            if published is not None:
+                published.offline = True
+                await self._reconcile(published)
+
+    async def deregister(self, instance_id: str) -> None:
+        async with self._lock:
+            published = self._published.get(instance_id)
+            if published is None:
+                return
+            published.leaving = True
+            await self._reconcile(published)  # kept (hidden) until this succeeds: retried then
+            del self._published[instance_id]
+            if not self._published:
+                client, self._publisher = self._publisher, None
+                await _stop(client)
+
+    async def watch(self, service: str) -> AsyncGenerator[list[Instance], None]:
+        parent = self.layout.parent(service)
+        client = await self._session("reader")
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        # One callable for the whole watch: kazoo keeps a set of watchers per path, so watching
+        # a node again with it does not pile up callbacks.
+        wake = _threadsafe(loop, lambda *_: changed.set())
+        self._wakers.add(changed)
+        try:
+            last: list[Instance] | None = None
+            while True:
+                changed.clear()
+                current = await self._read(client, service, parent, wake)
+                if current != last:
+                    last = current
+                    yield current
+                await changed.wait()
+        finally:
+            self._wakers.discard(changed)
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in self._resyncs:
+            task.cancel()
+        await asyncio.gather(*self._resyncs, return_exceptions=True)
+        clients = [self._publisher, self._reader]
+        self._publisher = self._reader = None
+        for changed in self._wakers:
+            changed.set()
+        await asyncio.gather(*(_stop(client) for client in clients))
+
+    # -- sessions ---------------------------------------------------------------------------------
+
+    async def _session(self, role: str) -> KazooClient:
+        """The connected client of `role`, started on first use: "reader" for watches,
+        "publisher" for our nodes (called with `_lock` held, which serialises its start)."""
+        if self._closed:
+            raise RuntimeError("ZooKeeperRegistry is closed")
+        if role == "reader":
+            async with self._reader_lock:
+                if self._reader is None:
+                    self._reader = await self._start(role)
+                client = self._reader
+        else:
+            if self._publisher is None:
+                self._publisher = await self._start(role)
+            client = self._publisher
+        if client.state != KazooState.CONNECTED:
+            raise RegistryUnavailable(f"zookeeper {self._hosts}: not connected ({client.state.lower()})")
+        return client
+
+    async def _start(self, role: str) -> KazooClient:
+        # The chroot is set once connected, after creating it if missing: kazoo cannot create a
+        # chroot through a client that already lives inside it.
+        client = KazooClient(
+            hosts=self._hosts,
+            timeout=self._ttl,
+            # Reconnect for ever, quickly: every call fails fast meanwhile, nothing waits on this.
+            connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=2.0),
+            logger=_kazoo_log,
+        )
+        loop = asyncio.get_running_loop()
+        client.add_listener(_threadsafe(loop, lambda state: self._on_state(role, client, state)))
+        try:
+            await asyncio.to_thread(client.start, self._call_timeout)
+            if self._chroot:
+                if role == "publisher":
+                    await self._call("create chroot", client.ensure_path_async, self._chroot)
+                client.chroot = self._chroot
+        except KazooTimeoutError as exc:  # kazoo stopped the client already
+            raise RegistryUnavailable(
+                f"zookeeper {self._hosts}: no session in {self._call_timeout} s"
+            ) from exc
+        except BaseException:
+            await _stop(client)
+            raise
+        return client
+
+    def _on_state(self, role: str, client: KazooClient, state: str) -> None:
+        """A session's state changed (in the loop, from kazoo's thread)."""
+        if role == "reader":
+            for changed in self._wakers:
+                changed.set()  # running watches look at the state and end if it is not connected
+        elif state == KazooState.LOST and client is self._publisher and self._published:
+            log.warning(
+                "zookeeper session lost: nodes of %s will be published again", sorted(self._published)
+            )
+        elif state == KazooState.CONNECTED and client is self._publisher and not self._closed:
+            # A new task each time (they queue on the lock): one still running may have failed
+            # on the disconnection that this connection ends.
+            task = asyncio.create_task(self._publish_all(), name="zookeeper-resync")
+            self._resyncs.add(task)
+            task.add_done_callback(self._resyncs.discard)
+
+    async def _publish_all(self) -> None:
+        """After a (re)connection: bring every node in line; a new session has none of them."""
+        async with self._lock:
+            for published in list(self._published.values()):
+                try:
+                    await self._reconcile(published)
+                except (RegistryUnavailable, RegistryRejected) as exc:
+                    log.warning(
+                        "zookeeper: publishing %s again failed: %s", published.instance.instance_id, exc
+                    )
+
+    # -- publishing -------------------------------------------------------------------------------
+
+    async def _reconcile(self, published: _Published) -> None:
+        """Make the service's children show `published`: one transaction, retried once if the
+        children changed in between (another process's node of the same id came or went)."""
+        for attempt in (1, 2):
+            try:
+                await self._reconcile_once(published)
+                return
+            except _CONFLICTS as exc:
+                if attempt == 2:
+                    raise RegistryUnavailable(f"zookeeper publish: nodes kept changing: {exc!r}") from exc
+
+    async def _reconcile_once(self, published: _Published) -> None:
+        instance = published.instance
+        client = await self._session("publisher")
+        parent = self.layout.parent(instance.service)
+        want = None
+        if not published.hidden:
+            want = self.layout.node(instance, published.registered_ms, int(time.time() * 1000))
+        children = await self._children(client, parent)
+        wanted_name = want.name if want is not None else None
+        stale = [c for c in children if self.layout.owner(c) == instance.instance_id and c != wanted_name]
+        transaction = client.transaction()
+        changes = len(stale)
+        if want is not None:
+            path = f"{parent}/{want.name}"
+            current = await self._get(client, path) if want.name in children else None
+            session_id = client.client_id[0] if client.client_id else None
+            if current is None:
+                await self._call("create parent", client.ensure_path_async, parent)
+                transaction.create(path, want.data, ephemeral=True)
+                changes += 1
+            elif current[1].ephemeralOwner != session_id:
+                transaction.delete(path)
+                transaction.create(path, want.data, ephemeral=True)
+                changes += 1
+            elif current[0] != want.data:
+                transaction.set_data(path, want.data, version=current[1].version)
+                changes += 1
+        for child in stale:
+            transaction.delete(f"{parent}/{child}")
+        if changes:
+            results = await self._call("publish", transaction.commit_async)
+            failures = [r for r in results if isinstance(r, Exception) and not isinstance(r, RolledBackError)]
+            if failures and isinstance(failures[0], _CONFLICTS):
+                raise failures[0]
+            if failures:
+                raise _translated("publish", failures[0]) from failures[0]
+
+    async def _children(self, client: KazooClient, parent: str, watch: Any = None) -> list[str]:
+        try:
+            children: list[str] = await self._call("list", client.get_children_async, parent, watch)
+        except NoNodeError:
+            if watch is not None:  # be told when the parent appears
+                await self._call("exists", client.exists_async, parent, watch)
+            return []
+        return sorted(children)
+
+    async def _get(self, client: KazooClient, path: str, watch: Any = None) -> tuple[bytes, Any] | None:
+        try:
+            result: tuple[bytes, Any] = await self._call("read", client.get_async, path, watch)
+        except NoNodeError:
+            return None
+        return result
+
+    async def _read(
+        self, client: KazooClient, service: str, parent: str, wake: Callable[..., None]
+    ) -> list[Instance]:
+        if client.state != KazooState.CONNECTED or self._closed:
+            raise RegistryUnavailable(f"zookeeper {self._hosts}: watch of {service!r} lost its connection")
+        children = await self._children(client, parent, wake)
+        if self.layout.reads_data:
+            found = await asyncio.gather(*(self._get(client, f"{parent}/{c}", wake) for c in children))
+            datas = [(child, got[0]) for child, got in zip(children, found, strict=True) if got is not None]
+        else:
+            datas = [(child, b"") for child in children]
+        instances = (self.layout.parse(service, child, data) for child, data in datas)
+        unique = {i.instance_id: i for i in instances if i is not None}
+        return sorted(unique.values(), key=lambda i: i.instance_id)
+
+    async def _call(self, what: str, start: Callable[..., Any], *args: Any) -> Any:
+        """Issue a kazoo `*_async` call and await its result without blocking the loop;
+        translate its failures. Conflicts (NoNode, NodeExists, BadVersion) pass through."""
+        loop = asyncio.get_running_loop()
+        settled: asyncio.Future[Any] = loop.create_future()
+
+        def settle(result: Any) -> None:
+            if not settled.done():
+                settled.set_result(result)
+
+        try:
+            result = start(*args)
+            result.rawlink(_threadsafe(loop, settle))
+            async with asyncio.timeout(self._call_timeout):
+                await settled
+            return result.get(block=False)
+        except _CONFLICTS:
+            raise
+        except (KazooException, TimeoutError, *_REJECTED) as exc:
+            raise _translated(what, exc) from exc
+
+
+def _translated(what: str, exc: BaseException) -> RegistryError:
+    if isinstance(exc, _REJECTED):
+        return RegistryRejected(f"zookeeper {what}: {exc!r}")
+    if isinstance(exc, TimeoutError):
+        return RegistryUnavailable(f"zookeeper {what}: no answer in time")
+    return RegistryUnavailable(f"zookeeper {what}: {exc!r}")
+
+
+def _threadsafe(loop: asyncio.AbstractEventLoop, callback: Callable[..., None]) -> Callable[..., None]:
+    """A callable for kazoo's threads that runs `callback` in `loop` (dropped once it closed)."""
+
+    def call(*args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
+            loop.call_soon_threadsafe(callback, *args)
+
+    return call
+
+
+async def _stop(client: KazooClient | None) -> None:
+    """End a session (its ephemeral nodes go at once if the server hears it) and free it."""
+    if client is None:
+        return
+
+    def stop() -> None:
+        client.stop()
+        client.close()
+
+    await asyncio.to_thread(stop)

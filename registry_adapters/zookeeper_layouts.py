@@ -1,0 +1,307 @@
+"""Where and how the ZooKeeper backend publishes an instance: the node layouts that existing
+consumers of ZooKeeper already read, so that a consumer without a sidecar sees the instance too.
+
+Pure functions of an `Instance`: no client, no I/O. Each layout answers four questions: under
+which parent the instances of a service live, which child (name and data) stands for an
+instance, which instance id a child belongs to (to find our own nodes again), and what instance
+a child read back stands for (`None` for what does not belong in the watch).
+
+- `CuratorLayout`: Apache Curator's service discovery (curator-x-discovery), which Spring Cloud
+  Zookeeper uses: `/services/{service}/{id}` holding Curator's JSON `ServiceInstance` with a
+  Spring Cloud `ZookeeperInstance` payload. Sources followed:
+  apache/curator curator-x-discovery/src/main/java/org/apache/curator/x/discovery/ServiceInstance.java
+  (the fields, `@JsonTypeInfo(use=Id.CLASS)` on the payload: its `@class`),
+  .../x/discovery/details/JsonInstanceSerializer.java (a plain Jackson ObjectMapper: unknown
+  properties fail, so nothing else may be written), .../details/ServiceDiscoveryImpl.java
+  (`basePath/name/id`, EPHEMERAL for `serviceType` DYNAMIC, an update is a setData); and
+  spring-cloud/spring-cloud-zookeeper spring-cloud-zookeeper-discovery/src/main/java/org/
+  springframework/cloud/zookeeper/discovery/ZookeeperInstance.java (payload: id, name, metadata),
+  .../ZookeeperServiceInstance.java (a consumer's metadata is the payload's metadata). Spring
+  Cloud LoadBalancer's weighted supplier reads the weight from metadata `weight`.
+- `DubboLayout`: Dubbo's ZooKeeper registry: `/dubbo/{service}/providers/{URL-encoded provider
+  URL}`, an ephemeral node without data. Sources followed: apache/dubbo dubbo-registry/
+  dubbo-registry-zookeeper/src/main/java/org/apache/dubbo/registry/zookeeper/ZookeeperRegistry.java
+  (`toUrlPath` = `toCategoryPath(url) + "/" + URL.encode(url.toFullString())`, consumers keep
+  children containing the encoded `://`), and dubbo-cluster/src/main/java/org/apache/dubbo/rpc/
+  cluster/loadbalance/AbstractLoadBalance.java (`weight`, default 100; warmup from the URL's
+  `timestamp` and `warmup` (ms, default 10 minutes), linear: weight x uptime / warmup, at least 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
+
+from registry_adapters.base import (
+    META_START_MS,
+    META_WARMUP_S,
+    META_WEIGHT,
+    META_WEIGHT_OVERRIDE,
+    Instance,
+    RegistryRejected,
+)
+
+log = logging.getLogger(__name__)
+
+# Spring Cloud's default weight is 1 on a scale of its own; this project's default base is 100.
+DEFAULT_WEIGHT = 100
+MAX_WEIGHT = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One child of a layout's service parent: its name and its data."""
+
+    name: str
+    data: bytes
+
+
+class Layout(Protocol):
+    name: str
+    reads_data: bool  # False: a child's name says everything (Dubbo), no read of its data
+
+    def parent(self, service: str) -> str: ...
+
+    def node(self, instance: Instance, registered_ms: int, now_ms: int) -> Node: ...
+
+    def owner(self, child: str) -> str | None: ...
+
+    def parse(self, service: str, child: str, data: bytes) -> Instance | None: ...
+
+
+def check_name(what: str, text: str) -> None:
+    """A service or instance id becomes one path segment: refuse what cannot be one."""
+    if not text or "/" in text or text in (".", "..") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise RegistryRejected(f"zookeeper: {what} {text!r} cannot be a ZooKeeper node name")
+
+
+# -- Curator (Spring Cloud Zookeeper) -------------------------------------------------------------
+
+SPRING_PAYLOAD_CLASS = "org.springframework.cloud.zookeeper.discovery.ZookeeperInstance"
+CURATOR_WEIGHT_KEY = "weight"  # Spring Cloud LoadBalancer's WeightedServiceInstanceListSupplier
+# Spring Cloud Zookeeper's default uri spec, "{scheme}://{address}:{port}", as Curator's UriSpec
+# serialises it (a list of parts, each a literal or a variable).
+_URI_SPEC = {
+    "parts": [
+        {"value": "scheme", "variable": True},
+        {"value": "://", "variable": False},
+        {"value": "address", "variable": True},
+        {"value": ":", "variable": False},
+        {"value": "port", "variable": True},
+    ]
+}
+
+
+class CuratorLayout:
+    name = "curator"
+    reads_data = True
+
+    def __init__(self, base_path: str = "/services") -> None:
+        self.base_path = base_path
+
+    def parent(self, service: str) -> str:
+        check_name("service", service)
+        return f"{self.base_path}/{service}"
+
+    def node(self, instance: Instance, registered_ms: int, now_ms: int) -> Node:
+        check_name("instance id", instance.instance_id)
+        metadata = {**instance.meta, CURATOR_WEIGHT_KEY: str(instance.weight)}
+        document = {
+            "name": instance.service,
+            "id": instance.instance_id,
+            "address": instance.host,
+            "port": instance.port,
+            "sslPort": None,
+            "payload": {
+                "@class": SPRING_PAYLOAD_CLASS,
+                "id": instance.instance_id,
+                "name": instance.service,
+                "metadata": metadata,
+            },
+            "registrationTimeUTC": registered_ms,
+            "serviceType": "DYNAMIC",
+            "uriSpec": _URI_SPEC,
+            "enabled": True,
+        }
+        return Node(instance.instance_id, json.dumps(document, separators=(",", ":")).encode())
+
+    def owner(self, child: str) -> str | None:
+        return child
+
+    def parse(self, service: str, child: str, data: bytes) -> Instance | None:
+        try:
+            document = json.loads(data)
+        except (UnicodeDecodeError, ValueError):
+            document = None
+        if not isinstance(document, dict):
+            log.warning("skipping a zookeeper node that is not Curator's JSON: %s/%s", service, child)
+            return None
+        instance_id, host, port = document.get("id"), document.get("address"), document.get("port")
+        payload = document.get("payload") or {}
+        metadata = payload.get("metadata") or {} if isinstance(payload, dict) else None
+        if not (
+            isinstance(instance_id, str)
+            and instance_id
+            and isinstance(host, str)
+            and host
+            and type(port) is int
+            and 1 <= port <= 65535
+            and isinstance(metadata, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+        ):
+            log.warning("skipping a malformed Curator instance %s/%s: %.300r", service, child, document)
+            return None
+        if document.get("enabled") is False:
+            return None  # Curator's own way to keep an instance out of rotation
+        meta = dict(metadata)
+        weight = _weight(meta.pop(CURATOR_WEIGHT_KEY, None))
+        if weight is None:
+            return None
+        return Instance(service, instance_id, host, port, weight, meta)
+
+
+# -- Dubbo ----------------------------------------------------------------------------------------
+
+DUBBO_INSTANCE_KEY = "sidecar_instance_id"  # the sidecar's instance id; Dubbo URLs have none
+_DUBBO_ENCODED_SEPARATOR = "%3A%2F%2F"  # URL.encode("://"): what Dubbo consumers look for
+
+
+def dubbo_encode(text: str) -> str:
+    """Java's URLEncoder.encode(text, "UTF-8"), which Dubbo's URL.encode calls: unreserved are
+    letters, digits and `.-*_`; a space becomes `+`; `~` is encoded (Python keeps it)."""
+    return quote_plus(text, safe="*").replace("~", "%7E")
+
+
+class DubboLayout:
+    name = "dubbo"
+    reads_data = False
+
+    def __init__(self, root: str = "/dubbo", protocol: str = "dubbo") -> None:
+        self.root = root
+        self.protocol = protocol
+
+    def parent(self, service: str) -> str:
+        check_name("service", service)
+        return f"{self.root}/{dubbo_encode(service)}/providers"
+
+    def node(self, instance: Instance, registered_ms: int, now_ms: int) -> Node:
+        check_name("instance id", instance.instance_id)
+        meta = instance.meta
+        start_ms = _int(meta.get(META_START_MS)) or registered_ms
+        warmup_ms = round(1000 * (_float(meta.get(META_WARMUP_S)) or 0.0))
+        params: dict[str, str] = {
+            "anyhost": "false",
+            "application": instance.service,
+            "category": "providers",
+            "dynamic": "true",
+            "interface": instance.service,
+            "side": "provider",
+            # Dubbo warms the instance up by itself from these two; without `warmup` it would
+            # assume 10 minutes, so a sidecar without warmup publishes 0.
+            "timestamp": str(start_ms),
+            "warmup": str(warmup_ms),
+            "weight": str(self.weight(instance, now_ms < start_ms + warmup_ms)),
+            DUBBO_INSTANCE_KEY: instance.instance_id,
+        }
+        # Values are percent-encoded: Dubbo writes parameter values raw, so a `&` or `=` in one
+        # would split it; the sidecar's own keys are read back only by this layout.
+        params.update((key, quote(value, safe="")) for key, value in meta.items())
+        query = "&".join(f"{key}={params[key]}" for key in sorted(params))  # URL.toFullString order
+        url = f"{self.protocol}://{instance.address}/{instance.service}?{query}"
+        return Node(dubbo_encode(url), b"")
+
+    @staticmethod
+    def weight(instance: Instance, warming: bool) -> int:
+        """The `weight` parameter. While the sidecar's own warmup runs (and no override is set),
+        the base weight: Dubbo ramps it up itself from `timestamp` and `warmup`, and the
+        sidecar's steps on top of that would warm the instance up twice."""
+        base = _weight(instance.meta.get(META_WEIGHT))
+        if warming and base and META_WEIGHT_OVERRIDE not in instance.meta:
+            return base
+        return instance.weight
+
+    def owner(self, child: str) -> str | None:
+        parsed = _parse_dubbo(child)
+        return parsed[2].get(DUBBO_INSTANCE_KEY) if parsed else None
+
+    def parse(self, service: str, child: str, data: bytes) -> Instance | None:
+        parsed = _parse_dubbo(child)
+        if parsed is None:
+            log.warning("skipping a zookeeper node that is not a Dubbo provider URL: %.300s", child)
+            return None
+        host, port, params = parsed
+        interface = params.get("interface")
+        if interface not in (None, service) or params.get("category", "providers") != "providers":
+            return None
+        if params.get("enabled", "true") == "false":
+            return None  # Dubbo consumers skip disabled providers (UrlUtils.isMatch)
+        weight = _weight(params.get("weight"))
+        if weight is None:
+            return None
+        instance_id = params.get(DUBBO_INSTANCE_KEY) or (
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        )
+        meta = {key: value for key, value in params.items() if key.startswith("sidecar_")}
+        meta.pop(DUBBO_INSTANCE_KEY, None)
+        return Instance(service, instance_id, host, port, weight, meta)
+
+
+def _parse_dubbo(child: str) -> tuple[str, int, dict[str, str]] | None:
+    """host, port and (decoded) parameters of an encoded Dubbo URL; None if it is not one."""
+    if _DUBBO_ENCODED_SEPARATOR not in child:
+        return None
+    url = unquote_plus(child)
+    _, _, rest = url.partition("://")
+    location, _, query = rest.partition("?")
+    authority = location.split("/", 1)[0].rpartition("@")[2]
+    host, _, port_text = authority.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    port = _int(port_text)
+    if not host or port is None or not 1 <= port <= 65535:
+        return None
+    params: dict[str, str] = {}
+    for pair in query.split("&"):
+        key, sep, value = pair.partition("=")
+        if key and sep:
+            params[key] = unquote(value)
+    return host, port, params
+
+
+def _weight(text: object) -> int | None:
+    """A published weight: absent means the default; 0, negative or junk keeps it out."""
+    if text is None:
+        return DEFAULT_WEIGHT
+    value = _int(text)
+    if value is None or value <= 0:
+        return None
+    return min(value, MAX_WEIGHT)
+
+
+def _int(text: object) -> int | None:
+    try:
+        return int(str(text)) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _float(text: object) -> float | None:
+    try:
+        value = float(str(text)) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and value == value and abs(value) != float("inf") else None
+
+
+LAYOUTS = ("curator", "dubbo")
+
+
+def make_layout(name: str, protocol: str = "dubbo") -> Layout:
+    """The layout called `name` (one of LAYOUTS); `protocol` is the scheme of Dubbo's URLs."""
+    if name == "dubbo":
+        return DubboLayout(protocol=protocol)
+    if name == "curator":
+        return CuratorLayout()
+    raise ValueError(f"unknown zookeeper layout {name!r}")
