@@ -14,10 +14,14 @@ import json
 import os
 import signal
 import sys
+import time
+import uuid
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from urllib.parse import unquote_plus, urlsplit
 
+import httpx
 import pytest
 from kazoo.client import KazooClient
 
@@ -27,6 +31,7 @@ from registry_adapters.zookeeper import ZooKeeperRegistry
 from registry_adapters.zookeeper_layouts import CuratorLayout, DubboLayout, dubbo_encode
 from tests import test_registry_contract as contract
 from tests.support.consul_agent import REPO_ROOT
+from tests.support.procs import demo_app, sidecar, wait_for
 from tests.support.registry_view import zookeeper_nodes
 from tests.support.zookeeper_server import ZooKeeperServer
 
@@ -281,6 +286,52 @@ async def test_chroot_is_created(zookeeper_server: ZooKeeperServer, make: Callab
     client = raw_client(zookeeper_server)
     try:
         assert client.exists(f"{chroot}/services/{make().service}") is not None
+    finally:
+        client.stop()
+        client.close()
+
+
+def test_sidecarless_consumer_sees_warmup_and_departure(tmp_path: Path, zk_url: str, layout: str) -> None:
+    """What a consumer without a sidecar reads while a real sidecar warms up and shuts down:
+    Curator's metadata weight rises in steps; Dubbo's node keeps one name, with the base weight,
+    the warmup in ms and the registration time for Dubbo's own ramp; the node is gone once
+    /shutdown has answered."""
+    service = f"plain-{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(zk_url)
+    reader = ZooKeeperRegistry.from_url(parts).layout
+    client = KazooClient(hosts=parts.netloc, timeout=10.0)
+    client.start(timeout=10.0)
+    parent = reader.parent(service)
+
+    def nodes() -> dict[str, bytes]:
+        names = client.get_children(parent) if client.exists(parent) else []
+        return {name: client.get(f"{parent}/{name}")[0] for name in names}
+
+    try:
+        with (
+            demo_app(tmp_path) as app,
+            sidecar(tmp_path, zk_url, app, "--warmup", "3", service=service) as car,
+        ):
+            seen: list[dict[str, bytes]] = []
+            while car.status()["phase"] == "warming":  # an external process: sample until it is warm
+                seen.append(nodes())
+                time.sleep(0.1)
+            seen.append(wait_for(nodes, what="the node after warmup"))
+            assert all(len(sample) == 1 for sample in seen)
+            if layout == "curator":
+                documents = [json.loads(data) for sample in seen for data in sample.values()]
+                weights = [int(document["payload"]["metadata"]["weight"]) for document in documents]
+                assert len(set(weights)) > 2
+                assert weights == sorted(weights)
+                assert weights[-1] == 100
+            else:
+                [name] = {name for sample in seen for name in sample}
+                params = dubbo_params(name)
+                assert (params["weight"], params["warmup"]) == ("100", "3000")
+                assert params["timestamp"] == params[META_START_MS]
+            body = httpx.get(f"{car.admin}/shutdown", timeout=30).json()
+            assert body["deregistered"] is True
+            assert nodes() == {}
     finally:
         client.stop()
         client.close()
