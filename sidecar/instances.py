@@ -181,6 +181,9 @@ class WatchedTable:
         self.metrics = metrics
         self.table = InstanceTable(service)
         self.watch_error: str | None = None
+        # Set once the registry answered (or failed) the first time: until then an empty table
+        # only means that the answer is on its way.
+        self.answered = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
         self._held: asyncio.TimerHandle | None = None  # an empty answer not applied yet
 
@@ -211,6 +214,7 @@ class WatchedTable:
                                 exc_info=not isinstance(exc, RegistryError))  # fmt: skip
                 self.watch_error = str(exc) or exc.__class__.__name__
                 self.metrics.registry_errors.labels("watch").inc()
+                self.answered.set()  # nothing is coming soon: requests need not wait for it
             await asyncio.sleep(pause)
             pause = min(pause * 2, WATCH_BACKOFF_MAX_SECONDS)
 
@@ -228,6 +232,7 @@ class WatchedTable:
             )
             return
         self.table.update(instances)
+        self.answered.set()
         self.metrics.upstream_instances.labels(self.service).set(len(self.table.usable()))
 
     def drop(self, instance_id: str) -> bool:

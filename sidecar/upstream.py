@@ -16,6 +16,8 @@ a retry, plus the transports' 64 KiB write buffers on each side.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -42,6 +44,10 @@ REPLAYABLE_BODY_BYTES = 64 * 1024
 # here rather than open sockets without bound (memory: see the module's docstring).
 CONNECTIONS_PER_INSTANCE = 256
 CONNECT_TIMEOUT_SECONDS = 2.0
+# A request that arrives before the registry's first answer (a sidecar that has just started)
+# waits for it, rather than fail for want of an instance: it takes milliseconds when the
+# registry is up, and a registry that fails answers at once too (see WatchedTable.answered).
+FIRST_ANSWER_WAIT_SECONDS = 5.0
 # Host is set to the instance's address; the consumer header is this sidecar's own.
 DROPPED = frozenset({b"host", protocol.CONSUMER})
 
@@ -94,6 +100,9 @@ class UpstreamListener:
 
     async def _handle(self, exchange: Exchange) -> None:
         self.budget.on_request(time.monotonic())
+        if not self.watched.answered.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.watched.answered.wait(), FIRST_ANSWER_WAIT_SECONDS)
         body = await exchange.read_body(REPLAYABLE_BODY_BYTES)  # None: too large to keep, streams
         tried: set[str] = set()
         while (member := self.table.choose(tried, self._rng)) is not None:

@@ -20,6 +20,7 @@ forwarded is cut off at the app (its connection aborted), so the app never sees 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
@@ -58,7 +59,8 @@ WHOLE_BODY_BYTES = HIGH_WATER
 # Connection: close) instead of racing the close, which would lose a request no client may
 # retry (a POST on a connection closed under it). Clients that are really idle go at once.
 DRAIN_IDLE_SECONDS = 0.25
-# When the sidecar stops, requests still running (after a drain that timed out) get this long.
+# When the sidecar stops, its connections get this long to close by themselves: requests still
+# running finish (answered with Connection: close), idle ones close as when draining.
 SHUTDOWN_GRACE_SECONDS = 1.0
 
 Handler = Callable[["Exchange"], Awaitable[None]]
@@ -194,7 +196,7 @@ class Exchange:
                 close = True  # an HTTP/1.0 client: the body ends with the connection
         # An upgrade refused (no 101): what the client sends next may already be the other
         # protocol, so this connection carries no further request.
-        close = close or not self.head.keep_alive or self.head.upgrade
+        close = close or not self.head.keep_alive or self.head.upgrade or self.connection.server.stopping
         length = head.content_length
         if not no_body and length is not None and length <= WHOLE_BODY_BYTES:
             # Small: have it all before the status line goes out, so a response cut short can
@@ -254,7 +256,7 @@ class Exchange:
 
     def respond(self, status: int, headers: Headers, body: bytes = b"", close: bool = False) -> None:
         """Answer from the sidecar itself (a refusal, an error): the whole response at once."""
-        close = close or not self.head.keep_alive or not self.body_complete
+        close = close or not self.head.keep_alive or not self.body_complete or self.connection.server.stopping
         framing = [(b"Content-Length", str(len(body)).encode())]
         if close:
             framing.append((b"Connection", b"close"))
@@ -333,6 +335,8 @@ class ServerConnection(Endpoint):
         self.closed = True
         self._disarm()
         self.server.connections.discard(self)
+        if self.server.stopping and not self.server.connections:
+            self.server.all_closed.set()
         if self.tunnel is not None:
             self.tunnel_lost()
         for exchange in (self.current, *self._queue):
@@ -483,6 +487,8 @@ class HttpServer:
         self.option = option  # names the flag in a start-up error
         self.connections: set[ServerConnection] = set()
         self.draining = False
+        self.stopping = False  # no longer listening: every response closes its connection
+        self.all_closed = asyncio.Event()  # set once stopping and no connection is left
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> HttpServer:
@@ -500,11 +506,17 @@ class HttpServer:
     ) -> None:
         if self._server is None:
             return
+        # Aborting a keep-alive connection would cut a request its client has just sent on it
+        # (found by bench/soak.py: a consumer sidecar's SIGTERM under load). So: stop listening,
+        # answer whatever arrives with Connection: close, close idle connections as when
+        # draining, and wait for every connection to close by itself; abort what is left after
+        # SHUTDOWN_GRACE_SECONDS.
         self._server.close()
+        self.stopping = True
         self.close_idle()
-        busy = [c.current.task for c in self.connections if c.current is not None and c.current.task]
-        if busy:
-            await asyncio.wait(busy, timeout=SHUTDOWN_GRACE_SECONDS)
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.all_closed.wait(), SHUTDOWN_GRACE_SECONDS)
         for connection in list(self.connections):
             connection.abort()
         await self._server.wait_closed()
