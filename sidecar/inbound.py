@@ -78,9 +78,13 @@ class InboundProxy:
         await self._stack.aclose()
 
     async def _follow_drain(self) -> None:
-        """Draining: idle clients reconnect elsewhere now. The drain over (and upgraded
-        connections still open counted in its result): those end too."""
+        """Draining: idle clients reconnect elsewhere, once consumers are notified. The drain
+        over (and upgraded connections still open counted in its result): those end too."""
         await self.lifecycle.draining.wait()
+        # Not before the consumer sidecars were told: until then one may pick this instance and
+        # send on a pooled connection that has been idle a while, which a close would cut after
+        # the request went out (a POST lost; found by bench/soak.py during rolls).
+        await self.lifecycle.notified.wait()
         self.server.close_idle()
         await self.lifecycle.ended.wait()
         self.server.close_upgraded()

@@ -88,6 +88,7 @@ class Lifecycle:
         self.refusing = False  # the drain has ended: requests are refused, not forwarded
         self.draining = asyncio.Event()  # set at step 1 of the offline sequence
         self.ended = asyncio.Event()  # set when the offline sequence has its result
+        self.notified = asyncio.Event()  # set once step 3's notifications were answered or failed
         self.app_healthy = True  # as far as the last health checks tell
         self._register_attempted = False  # a register call may have reached the registry
         self._registered_at = 0.0  # monotonic
@@ -291,6 +292,7 @@ class Lifecycle:
         # 3. Notify every consumer that called recently, in parallel.
         notice = OfflineNotice(self.settings.service, self.settings.instance_id, str(self.settings.advertise))
         notifying = asyncio.create_task(self.notifier.send_all(self.consumers.recent(), notice))
+        notifying.add_done_callback(lambda _: self.notified.set())
         # 4. Keep serving what arrives: the inbound proxy marks those responses closing.
         try:
             # 5. Wait for the registry and the notifications, then until nothing is in flight and
