@@ -10,8 +10,11 @@ Features
   (pruned after a long stall, deleted by hand) inserts it again.
 - Weight 0 and `set_offline` keep the row but hide it from `watch`, which yields only the
   instances that should get traffic.
-- `watch` polls the file every 100 ms (a local read costs microseconds; there is nothing to
-  subscribe to) and yields only when the list changed, also when a row expired.
+- `watch` polls the file every 100 ms (there is nothing to subscribe to) and yields only when
+  the list changed, also when a row expired. The watches of one registry object poll together,
+  on the same 100 ms ticks, with one query for all their services (a consumer with 100
+  upstreams reads the file 10 times a second, not 1,000), and a row that did not change is not
+  parsed again (a table of 10,000 instances).
 - `set_weight` and `set_offline` act on instances registered through this object (`set_weight`
   of another one is rejected, `set_offline` of another one does nothing).
 - `close()` stops the heartbeats and leaves the rows to expire; it does not deregister.
@@ -31,6 +34,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator, Callable
 from contextlib import closing
 from dataclasses import dataclass
@@ -108,6 +112,10 @@ class SQLiteRegistry(Backend):
         # a beat cannot insert again a row that deregister has just deleted.
         self._write_lock = threading.Lock()
         self._published: dict[str, _Published] = {}
+        self._watched: Counter[str] = Counter()  # service -> watches of it through this object
+        self._round: asyncio.Future[dict[str, list[Instance]]] | None = None  # a read under way
+        self._round_services: frozenset[str] = frozenset()  # what it reads
+        self._parsed: dict[tuple[Any, ...], Instance | None] = {}  # row -> instance, last read
 
     @classmethod
     def from_url(cls, parts: SplitResult, **options: Any) -> Self:
@@ -147,12 +155,30 @@ class SQLiteRegistry(Backend):
 
     async def watch(self, service: str) -> AsyncGenerator[list[Instance], None]:
         last: list[Instance] | None = None
-        while True:
-            current = await self._run(self._read_live, service)
-            if current != last:
-                last = current
-                yield current
-            await asyncio.sleep(self._poll_interval)
+        self._watched[service] += 1
+        try:
+            while True:
+                current = await self._read_together(service)
+                if current != last:
+                    last = current
+                    yield current
+                # Sleep to the next tick of the interval, the same for every watch of this object.
+                now = asyncio.get_running_loop().time()
+                await asyncio.sleep(self._poll_interval - now % self._poll_interval)
+        finally:
+            self._watched[service] -= 1
+            if not self._watched[service]:
+                del self._watched[service]
+
+    async def _read_together(self, service: str) -> list[Instance]:
+        """This service's live instances, from the read under way for all watched services if
+        it covers this one (watches wake on the same tick and share it), else a new read."""
+        if self._round is None or self._round.done() or service not in self._round_services:
+            self._round_services = frozenset(self._watched)
+            self._round = asyncio.ensure_future(self._run(self._read_live, sorted(self._round_services)))
+            self._round.add_done_callback(_retrieved)  # its watches may all be gone by then
+        found = await asyncio.shield(self._round)
+        return found[service]
 
     async def close(self) -> None:
         self._closed = True
@@ -235,21 +261,34 @@ class SQLiteRegistry(Backend):
         row = (i.instance_id, i.service, i.host, i.port, i.weight, meta, published.offline, now + self._ttl)
         db.execute("INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)  # schema order
 
-    def _read_live(self, service: str) -> list[Instance]:
+    def _read_live(self, services: list[str]) -> dict[str, list[Instance]]:
+        marks = ", ".join("?" * len(services))
         with closing(self._connect()) as db:
             rows = db.execute(
-                "SELECT instance_id, host, port, weight, meta FROM instances"
-                " WHERE service = ? AND offline = 0 AND weight > 0 AND expires_at > ?"
-                " ORDER BY instance_id",
-                (service, time.time()),
+                "SELECT service, instance_id, host, port, weight, meta FROM instances"
+                f" WHERE service IN ({marks}) AND offline = 0 AND weight > 0 AND expires_at > ?"
+                " ORDER BY service, instance_id",
+                (*services, time.time()),
             ).fetchall()
-        found = (_instance(service, row) for row in rows)
-        return [instance for instance in found if instance is not None]
+        found: dict[str, list[Instance]] = {service: [] for service in services}
+        parsed, previous = {}, self._parsed
+        for row in rows:
+            instance = previous[row] if row in previous else _instance(row)
+            parsed[row] = instance
+            if instance is not None:
+                found[instance.service].append(instance)
+        self._parsed = parsed  # replaced whole: a read in another thread keeps the one it had
+        return found
 
 
-def _instance(service: str, row: tuple[Any, ...]) -> Instance | None:
-    """An Instance from a row, or None (logged) when another writer stored something odd."""
-    instance_id, host, port, weight, meta_json = row
+def _retrieved(read: asyncio.Future[Any]) -> None:
+    if not read.cancelled():
+        read.exception()
+
+
+def _instance(row: tuple[Any, ...]) -> Instance | None:
+    """An Instance from a row, or None (logged once) when another writer stored something odd."""
+    service, instance_id, host, port, weight, meta_json = row
     try:
         meta = json.loads(meta_json)
     except (TypeError, ValueError):
