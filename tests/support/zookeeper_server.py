@@ -11,26 +11,17 @@ it, which is what a server rebuilt from nothing looks like to a client.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
-import subprocess
-import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from tests.support.ports import free_port
+from tests.support.server_process import ServerProcess
 
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")  # its manifest's Class-Path names the rest
 JAVA = Path(shutil.which("java") or "/usr/bin/java")
 # A tick of 250 ms lets a session timeout be as short as 0.5 s (2 ticks).
 TICK_MS = 250
-# The JVM starts the server in about half a second; a loaded CI machine gets far more.
-STARTUP_TIMEOUT_S = 30.0
-# SIGTERM normally stops it in well under a second; after this, SIGKILL.
-STOP_TIMEOUT_S = 5.0
 # A small heap and the client compiler only: a test server holds a few hundred nodes.
 JVM_FLAGS = (
     "-Xms16m",
@@ -42,16 +33,17 @@ JVM_FLAGS = (
 )
 
 
-class ZooKeeperServer:
+class ZooKeeperServer(ServerProcess):
     """ZooKeeper bound to 127.0.0.1:`port`, data in `workdir`."""
+
+    name = "zookeeper"
 
     def __init__(self, workdir: Path) -> None:
         if not ZOOKEEPER_JAR.is_file() or not JAVA.is_file():
             raise RuntimeError(
                 f"ZooKeeper ({ZOOKEEPER_JAR}) or java not found: run `make tools` (as root) to install them"
             )
-        self._workdir = workdir
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__(workdir)
         self.port = free_port()
 
     @property
@@ -62,21 +54,14 @@ class ZooKeeperServer:
     def url(self) -> str:
         return f"zookeeper://{self.hosts}"
 
-    @property
-    def log_path(self) -> Path:
-        return self._workdir / "zookeeper.log"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
     def start(self, *, wipe: bool = False) -> None:
         """Start the server and return once it answers `ruok` with `imok`."""
-        if self._proc is not None:
-            raise RuntimeError("the ZooKeeper server is already running")
+        if wipe and self._proc is None:
+            shutil.rmtree(self._workdir / "data", ignore_errors=True)
+        super().start()
+
+    def _argv(self) -> list[str]:
         data_dir = self._workdir / "data"
-        if wipe:
-            shutil.rmtree(data_dir, ignore_errors=True)
         data_dir.mkdir(parents=True, exist_ok=True)
         config = self._workdir / "zoo.cfg"
         config.write_text(
@@ -94,7 +79,7 @@ class ZooKeeperServer:
                 ]
             )
         )
-        argv = [
+        return [
             str(JAVA),
             *JVM_FLAGS,
             f"-Dzookeeper.log.dir={self._workdir}",
@@ -103,29 +88,6 @@ class ZooKeeperServer:
             "org.apache.zookeeper.server.ZooKeeperServerMain",
             str(config),
         ]
-        # A file, not a pipe: nobody reads a pipe, and a full one would block the server.
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        try:
-            self._wait_until_ok()
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        """SIGTERM the server, SIGKILL it if it does not exit in time. No-op when stopped."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
 
     def four_letters(self, command: str) -> str:
         """Send a four-letter command (`ruok`, `srvr`) and return the answer."""
@@ -136,35 +98,5 @@ class ZooKeeperServer:
                 chunks.append(chunk)
         return b"".join(chunks).decode(errors="replace")
 
-    def _wait_until_ok(self) -> None:
-        # An external process: a bounded readiness poll is the only way to know it serves.
-        assert self._proc is not None
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"zookeeper exited with {self._proc.returncode}:\n{self._log_tail()}")
-            try:
-                if self.four_letters("ruok") == "imok":
-                    return
-            except OSError:
-                pass  # not listening yet
-            time.sleep(0.05)
-        raise RuntimeError(f"zookeeper did not answer ruok in {STARTUP_TIMEOUT_S} s:\n{self._log_tail()}")
-
-    def _log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return "(no log)"
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _ready(self) -> bool:
+        return self.four_letters("ruok") == "imok"
