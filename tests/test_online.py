@@ -24,28 +24,28 @@ def ready(admin: str) -> tuple[int, str]:
 def test_ready_follows_the_phases(tmp_path: Path, registry_url: str) -> None:
     """/ready: 503 before the app is healthy, 503 during --register-delay, 200 after, 503 once
     draining."""
-    with (
-        demo_app(tmp_path, startup_delay=3) as app,
-        sidecar(
-            tmp_path, registry_url, app, "--register-delay", "1.5", "--drain-timeout", "10", wait="live"
-        ) as car,
-    ):
-        assert ready(car.admin) == (503, "starting")
-        assert wait_for(lambda: ready(car.admin) == (503, "registering"), what="phase registering")
-        assert car.status()["registry"]["registered"] is False
-        wait_for(lambda: ready(car.admin)[0] == 200, what="/ready 200")
-        assert car.status()["registry"]["registered"] is True
-        # Draining: hold a request in flight so the phase lasts long enough to look at.
-        with ThreadPoolExecutor(2) as pool:
-            slow = pool.submit(httpx.get, f"{car.url}/work?ms=1500", timeout=30)
-            wait_for(lambda: car.status()["inflight"] == 1, what="request in flight")
-            shutdown = pool.submit(httpx.get, f"{car.admin}/shutdown", timeout=30)
-            assert wait_for(lambda: ready(car.admin) == (503, "draining"), what="phase draining")
-            assert slow.result().status_code == 200
-            assert slow.result().json()["ms"] == 1500
-            assert shutdown.result().status_code == 200
-            assert shutdown.result().json()["drained"] is True
-        assert ready(car.admin) == (503, "drained")
+    with demo_app(tmp_path) as app:
+        # Unhealthy until the test says so: "starting" lasts however slow the sidecar's start is.
+        assert httpx.post(f"{app.url}/health", params={"healthy": "0"}).status_code == 503
+        args = ("--register-delay", "1.5", "--drain-timeout", "10")
+        with sidecar(tmp_path, registry_url, app, *args, wait="live") as car:
+            assert ready(car.admin) == (503, "starting")
+            assert httpx.post(f"{app.url}/health", params={"healthy": "1"}).status_code == 200
+            assert wait_for(lambda: ready(car.admin) == (503, "registering"), what="phase registering")
+            assert car.status()["registry"]["registered"] is False
+            wait_for(lambda: ready(car.admin)[0] == 200, what="/ready 200")
+            assert car.status()["registry"]["registered"] is True
+            # Draining: hold a request in flight so the phase lasts long enough to look at.
+            with ThreadPoolExecutor(2) as pool:
+                slow = pool.submit(httpx.get, f"{car.url}/work?ms=1500", timeout=30)
+                wait_for(lambda: car.status()["inflight"] == 1, what="request in flight")
+                shutdown = pool.submit(httpx.get, f"{car.admin}/shutdown", timeout=30)
+                assert wait_for(lambda: ready(car.admin) == (503, "draining"), what="phase draining")
+                assert slow.result().status_code == 200
+                assert slow.result().json()["ms"] == 1500
+                assert shutdown.result().status_code == 200
+                assert shutdown.result().json()["drained"] is True
+            assert ready(car.admin) == (503, "drained")
 
 
 def test_registration_carries_metadata(tmp_path: Path, registry_url: str) -> None:
