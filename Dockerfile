@@ -2,7 +2,11 @@
 # graceful-sidecar: a small image with the sidecar as PID 1.
 #
 #   docker build -t graceful-sidecar .
-#   docker run --rm --stop-timeout 40 -e SIDECAR_SERVICE=orders -p 16688:16688 graceful-sidecar
+#   docker run --rm --stop-timeout 40 -e SIDECAR_SERVICE=orders -p 16688:16688 \
+#       -e SIDECAR_ADVERTISE_ADMIN=http://HOST-IP:16688 graceful-sidecar
+#
+# SIDECAR_ADVERTISE_ADMIN is required with the image's wildcard admin address: it is where other
+# sidecars send their notifications, which no default can guess from inside a container.
 #
 # Two stages: the first builds wheels (the project's and every dependency's) with pip; the
 # second installs them from that directory alone (--no-index: no registry, no compiler, no
