@@ -21,7 +21,6 @@ from tests.support.ports import free_port
 from tests.support.procs import await_for, demo_app, sidecar
 from tests.support.registry_view import etcd_values
 from tests.test_registry_contract import (
-    FAST_FAILURE_S,
     SHORT_TTL_S,
     STEP_S,
     next_list,
@@ -99,30 +98,6 @@ async def test_deleted_key_is_put_again(etcd_server: EtcdServer, make: Callable[
         )
         async with watching(registry, make().service) as watch:
             assert await next_list(watch) == [make()]
-
-
-async def test_etcd_down_raises_unavailable(fresh_etcd: EtcdServer, make: Callable[..., Instance]) -> None:
-    """With the member stopped, every operation (a running watch too) fails fast with
-    RegistryUnavailable."""
-    async with open_registry(fresh_etcd.url) as registry:
-        await registry.register(make(1))
-        async with watching(registry, make(1).service) as watch:
-            await watch_until(watch, lambda instances: instances == [make(1)])
-            blocked = asyncio.ensure_future(anext(watch))
-            await asyncio.to_thread(fresh_etcd.stop)
-            async with asyncio.timeout(FAST_FAILURE_S):
-                with pytest.raises(RegistryUnavailable):
-                    await blocked
-                with pytest.raises(RegistryUnavailable):
-                    await registry.set_weight(make(1).instance_id, 5)
-                with pytest.raises(RegistryUnavailable):
-                    await registry.set_offline(make(1).instance_id)
-                with pytest.raises(RegistryUnavailable):
-                    await registry.register(make(2))
-                with pytest.raises(RegistryUnavailable):
-                    await anext(registry.watch(make(1).service))
-                with pytest.raises(RegistryUnavailable):
-                    await registry.deregister(make(1).instance_id)
 
 
 async def test_wiped_etcd_gets_the_instances_again(

@@ -30,6 +30,7 @@ from registry_adapters.etcd import EtcdRegistry
 from registry_adapters.sqlite import SQLiteRegistry
 from registry_adapters.zookeeper import ZooKeeperRegistry
 from tests.support.consul_agent import REPO_ROOT, ConsulAgent
+from tests.support.registry_server import RegistryServer
 
 # Bound on one awaited change; a change normally shows in well under a second.
 STEP_S = 10.0
@@ -320,21 +321,20 @@ async def test_sqlite_beat_restores_a_deleted_row(
     assert any("vanished" in record.getMessage() for record in caplog.records)
 
 
-# -- Consul outages -------------------------------------------------------------------------------
+# -- outages ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.consul
-async def test_consul_down_raises_unavailable(
-    fresh_consul: ConsulAgent, make: Callable[..., Instance]
+async def test_server_down_raises_unavailable(
+    fresh_registry: RegistryServer, make: Callable[..., Instance]
 ) -> None:
-    """With the agent stopped, every operation (a running watch too) fails fast with
+    """With the server stopped, every operation (a running watch too) fails fast with
     RegistryUnavailable."""
-    async with open_registry(fresh_consul.url) as registry:
+    async with open_registry(fresh_registry.url) as registry:
         await registry.register(make(1))
         async with watching(registry, make(1).service) as watch:
             await watch_until(watch, lambda instances: instances == [make(1)])
             blocked = asyncio.ensure_future(anext(watch))
-            await asyncio.to_thread(fresh_consul.stop)
+            await asyncio.to_thread(fresh_registry.stop)
             async with asyncio.timeout(FAST_FAILURE_S):
                 with pytest.raises(RegistryUnavailable):
                     await blocked
