@@ -271,6 +271,14 @@ class Pool:
         self._open: dict[Origin, int] = {}
         self._waiters: dict[Origin, deque[asyncio.Future[None]]] = {}
 
+    def open_count(self, origin: Origin) -> int:
+        """Connections open to `origin`, idle or busy."""
+        return self._open.get(origin, 0)
+
+    def waiting(self, origin: Origin) -> int:
+        """Requests waiting for a connection to `origin` (the limit is reached)."""
+        return sum(1 for waiter in self._waiters.get(origin, ()) if not waiter.done())
+
     async def request(
         self,
         origin: Origin,
