@@ -7,8 +7,9 @@ pools to the origins (`Pool`), 1xx responses passed on, upgraded connections spl
 """
 
 from sidecar.http.client import Origin, Pool, UpstreamResponse
+from sidecar.http.exchange import Exchange
 from sidecar.http.head import IDEMPOTENT, Headers, RequestHead, ResponseHead, end_to_end
-from sidecar.http.server import Exchange, HttpServer, Limits
+from sidecar.http.server import HttpServer, Limits
 
 __all__ = [
     "IDEMPOTENT",

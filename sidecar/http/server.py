@@ -31,29 +31,16 @@ from types import TracebackType
 import httptools
 
 from sidecar.config import HostPort
-from sidecar.errors import StartupError, UpstreamBroken
-from sidecar.http.client import Origin, Pool, UpstreamConnection, UpstreamResponse
-from sidecar.http.flow import HIGH_WATER, Endpoint
-from sidecar.http.head import (
-    BODYLESS_STATUS,
-    Headers,
-    RequestHead,
-    end_to_end,
-    framed,
-    get,
-    serialize,
-    status_line,
-    upgrade_headers,
-)
+from sidecar.errors import StartupError
+from sidecar.http.exchange import Exchange
+from sidecar.http.flow import Endpoint
+from sidecar.http.head import Headers, RequestHead, get, serialize, status_line
 
 log = logging.getLogger("sidecar.http")
 
 # Large enough for any real request head (browsers send a few KiB, big cookies 16 KiB), small
 # enough that a flood of them cannot exhaust memory; nginx's large_client_header_buffers is 32 KiB.
 MAX_HEAD_BYTES = 64 * 1024
-# A response body up to this size (with a Content-Length) is read whole before its head goes
-# out: one write instead of several, and a 502 is still possible if the app breaks off.
-WHOLE_BODY_BYTES = HIGH_WATER
 # Draining closes idle keep-alive connections, but only once they have been idle this long: a
 # client in the middle of a burst sends its next request within it (and gets it answered, with
 # Connection: close) instead of racing the close, which would lose a request no client may
@@ -64,7 +51,7 @@ DRAIN_IDLE_SECONDS = 1.0
 # running finish (answered with Connection: close), idle ones close as when draining.
 SHUTDOWN_GRACE_SECONDS = 1.0
 
-Handler = Callable[["Exchange"], Awaitable[None]]
+Handler = Callable[[Exchange], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,199 +66,6 @@ class HeadTooLarge(Exception):
 
 class Malformed(Exception):
     """Raised from a parser callback: a head llhttp accepts but HTTP/1.1 does not."""
-
-
-class Exchange:
-    """One request on a client connection, and the response the handler gives it."""
-
-    def __init__(self, connection: ServerConnection, head: RequestHead) -> None:
-        self.connection = connection
-        self.head = head
-        self.peer = connection.peer
-        self.started = False  # the response head went out
-        self.status = 0  # the response's status, once started
-        self.close_after = False
-        self.body_complete = not head.has_body
-        self._body: list[bytes] = []
-        self._body_size = 0
-        self._body_sink: UpstreamConnection | None = None
-        self._body_waiter: asyncio.Future[None] | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    def header(self, name: bytes) -> bytes | None:
-        return get(self.head.headers, name)
-
-    # --- the request body
-
-    async def read_body(self, limit: int) -> bytes | None:
-        """The whole body when it has a Content-Length of at most `limit`, else None (it will
-        stream). A body read here can be sent again: to another instance, say."""
-        length = self.head.content_length
-        if self.head.chunked or length is None or length > limit:
-            return None if self.head.has_body else b""
-        if not self.body_complete:
-            if (self.header(b"expect") or b"").lower() == b"100-continue":
-                # The client waits for this before sending the body we wait for; the request then
-                # goes on with its body and without the Expect header (RFC 9110 section 10.1.1).
-                self.connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                self.head.continued = True
-            self._body_waiter = asyncio.get_running_loop().create_future()
-            self.connection.resume_reading()
-            await self._body_waiter
-        body = b"".join(self._body)
-        self._body, self._body_size = [], 0
-        return body
-
-    def body_data(self, data: bytes) -> None:
-        if self._body_sink is not None:
-            if not self._body_sink.closed:  # else the exchange learns it from the response
-                self._body_sink.transport.writelines(framed(data, self.head.chunked))
-            return
-        self._body.append(data)
-        self._body_size += len(data)
-        if self._body_size > HIGH_WATER and self._body_waiter is None:
-            self.connection.pause_reading()
-
-    def body_done(self) -> None:
-        self.body_complete = True
-        if self._body_waiter is not None and not self._body_waiter.done():
-            self._body_waiter.set_result(None)
-        if self._body_sink is not None:
-            self._finish_body(self._body_sink)
-
-    def _stream_body_to(self, upstream: UpstreamConnection) -> None:
-        pieces = [piece for data in self._body for piece in framed(data, self.head.chunked)]
-        self._body, self._body_size = [], 0
-        if pieces:
-            upstream.transport.writelines(pieces)
-        self._body_sink = upstream
-        upstream.feed_from(self.connection)  # a slow app holds back the client's upload
-        if self.body_complete:
-            self._finish_body(upstream)
-        else:
-            self.connection.resume_reading()
-
-    def _finish_body(self, upstream: UpstreamConnection) -> None:
-        if self.head.chunked:
-            upstream.write(b"0\r\n\r\n")
-        upstream.feed_from(None)
-        self._body_sink = None
-        upstream.request_sent()
-
-    # --- forwarding and relaying
-
-    async def forward(self, pool: Pool, origin: Origin, head: bytes, body: bytes | None) -> UpstreamResponse:
-        """Send this request to `origin` (`body` as read by `read_body`, or None to stream it) and
-        return the response head; 1xx responses on the way go to the client at once."""
-        sent = b"" if body is None else body
-        upstream = await pool.request(
-            origin, head, body=sent, method=self.head.method, informational=self._info
-        )
-        if body is None and self.head.has_body:
-            self._stream_body_to(upstream)
-        else:
-            upstream.request_sent()
-        return await pool.response(upstream)
-
-    def _info(self, head: bytes) -> None:
-        self.connection.write(head)
-
-    async def relay(self, response: UpstreamResponse, extra: Headers, close: bool) -> None:
-        """Send `response` to the client, its body as it arrives, with `extra` headers; `close`
-        ends the client connection after it. Raises UpstreamError if the body is cut off (the
-        client connection is then closed: the status line is already out)."""
-        upstream, head = response.connection, response.head
-        if head.status == 101:
-            await self._splice(response)
-            return
-        no_body = self.head.method == "HEAD" or head.status in BODYLESS_STATUS
-        headers = end_to_end(head.headers)
-        chunked = False
-        if head.content_length is not None:
-            headers.append((b"Content-Length", str(head.content_length).encode()))
-        elif not no_body:
-            if self.head.version == "1.1":
-                chunked = True
-                headers.append((b"Transfer-Encoding", b"chunked"))
-            else:
-                close = True  # an HTTP/1.0 client: the body ends with the connection
-        # An upgrade refused (no 101): what the client sends next may already be the other
-        # protocol, so this connection carries no further request.
-        close = close or not self.head.keep_alive or self.head.upgrade or self.connection.server.stopping
-        length = head.content_length
-        if not no_body and length is not None and length <= WHOLE_BODY_BYTES:
-            # Small: have it all before the status line goes out, so a response cut short can
-            # still be answered with a clean 502.
-            try:
-                await upstream.body_received
-            except BaseException:
-                upstream.abort()
-                raise
-        headers.extend(extra)
-        if close:
-            headers.append((b"Connection", b"close"))
-            self.close_after = True
-        self.started, self.status = True, head.status
-        first = serialize(status_line(head.status, head.reason), headers)
-        done = upstream.pipe_to(self.connection, first, chunked)
-        try:
-            await done
-        except BaseException:
-            self.close_after = True
-            upstream.abort()
-            self.connection.abort()
-            raise
-        finally:
-            self.connection.feed_from(None)
-        if chunked:
-            self.connection.write(b"0\r\n\r\n")
-        if not self.body_complete or self._body_sink is not None:
-            upstream.reusable = False  # the app answered before the whole request was sent
-            self.close_after = True
-            self._body_sink = None
-        upstream.pool.release(upstream)
-
-    async def _splice(self, response: UpstreamResponse) -> None:
-        upstream = response.connection
-        if not self.head.upgrade:
-            response.close()
-            raise UpstreamBroken("101 Switching Protocols to a request that asked for no upgrade")
-        headers = [*end_to_end(response.head.headers), *upgrade_headers(response.head.headers)]
-        self.started = self.close_after = True
-        self.status = 101
-        self.connection.write(serialize(status_line(101, response.head.reason), headers))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.connection.splice(upstream, done)
-        # Bytes that came right behind either head belong to the new protocol already.
-        if upstream.upgrade_data:
-            self.connection.write(upstream.upgrade_data)
-        if self.connection.upgrade_data:
-            upstream.write(self.connection.upgrade_data)
-        try:
-            await done
-        finally:
-            upstream.abort()
-            self.connection.abort()
-
-    # --- local answers
-
-    def respond(self, status: int, headers: Headers, body: bytes = b"", close: bool = False) -> None:
-        """Answer from the sidecar itself (a refusal, an error): the whole response at once."""
-        close = close or not self.head.keep_alive or not self.body_complete or self.connection.server.stopping
-        framing = [(b"Content-Length", str(len(body)).encode())]
-        if close:
-            framing.append((b"Connection", b"close"))
-            self.close_after = True
-        self.started, self.status = True, status
-        if self.head.method == "HEAD":
-            body = b""
-        self.connection.write(serialize(status_line(status), [*headers, *framing]) + body)
-
-    def respond_json(
-        self, status: int, body: object, headers: Headers | None = None, close: bool = False
-    ) -> None:
-        payload = json.dumps(body).encode()
-        self.respond(status, [(b"Content-Type", b"application/json"), *(headers or [])], payload, close)
 
 
 class ServerConnection(Endpoint):
