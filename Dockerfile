@@ -11,7 +11,7 @@
 # Two stages: the first builds wheels (the project's and every dependency's) with pip; the
 # second installs them from that directory alone (--no-index: no registry, no compiler, no
 # wheel left in a layer), so the final image has Python and the package, nothing else.
-# The same image runs the demo app: `--entrypoint python ... -m sidecar.demo_app --port 8080`.
+# The same image runs the demo app: `--entrypoint python ... -m sidecar.demo.app --port 8080`.
 #
 # Stop time: `docker stop` waits 10 s before SIGKILL by default, less than the default
 # --drain-timeout (25 s). Give the container more: `docker run --stop-timeout 40`,

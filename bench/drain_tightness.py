@@ -3,7 +3,7 @@ does `/shutdown` return?
 
     .venv/bin/python bench/drain_tightness.py [--reps 5] [--json]
 
-Set-up: one demo app (sidecar/demo_app.py) for the whole run and, for each repetition, a fresh
+Set-up: one demo app (sidecar/demo/app.py) for the whole run and, for each repetition, a fresh
 provider sidecar in front of it with a known `--quiet-period` (0.5 s and 1.0 s), a new instance
 id and the embedded SQLite registry. No consumer sidecar: the bench is the client.
 
@@ -16,7 +16,7 @@ over connections opened beforehand, so the clock is read right before the bytes 
   figure the issue asks for, with the aim "quiet period + under 100 ms".
 - excess: after last - quiet period. It can be negative: in this implementation the quiet
   period counts from the later of the drain's start and the last request's *arrival*, not from
-  the last completion (sidecar/inflight.py, `wait_quiet`; the contract: "a drain ends once nothing
+  the last completion (sidecar/provider/inflight.py, `wait_quiet`; the contract: "a drain ends once nothing
   is in flight and no request arrived for --quiet-period"). So with requests shorter than the
   quiet period, /shutdown answers about one quiet period after it was called, which is less than
   a quiet period after the last completion; with requests longer than the quiet period, it
@@ -52,7 +52,7 @@ from typing import Any
 import httpx
 from benchcommon import header, run
 
-from sidecar.fleet import free_port, stop, wait_http_ok
+from sidecar.demo.fleet import free_port, stop, wait_http_ok
 
 REPS = 5
 QUIET_PERIODS = (0.5, 1.0)
@@ -163,7 +163,7 @@ def main() -> None:
         registry = f"sqlite://{workdir / 'registry.db'}"
         app_port = free_port()
         app = start(
-            [sys.executable, "-m", "sidecar.demo_app", "--port", str(app_port), "--name", "drain"],
+            [sys.executable, "-m", "sidecar.demo.app", "--port", str(app_port), "--name", "drain"],
             workdir / "app.log",
         )
         try:

@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, f
 
 from registry_adapters import Instance, open_registry
 from registry_adapters import base as meta
-from sidecar.fleet import Fleet, stop
-from sidecar.instances import InstanceTable
+from sidecar.consumer.instances import InstanceTable
+from sidecar.demo.fleet import Fleet, stop
 
 PICK_SECONDS = 0.5
 PICK_ROUNDS = 6  # alternating sizes, best of each: a shared machine disturbs some rounds

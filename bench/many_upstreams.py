@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, f
 
 from large_tables import consul_register, instances, write_sqlite
 
-from sidecar.fleet import free_port, stop
+from sidecar.demo.fleet import free_port, stop
 
 IDLE_SECONDS = 10.0
 READY_TIMEOUT_S = 120.0

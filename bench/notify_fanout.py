@@ -34,8 +34,8 @@ from typing import Any
 import httpx
 from benchcommon import cpu_seconds, header, open_fds, run
 
-from sidecar import notify
-from sidecar.fleet import Fleet
+from sidecar.demo.fleet import Fleet
+from sidecar.provider import notify
 
 QUIET_S = 0.2
 

@@ -16,7 +16,7 @@ consumer's line dropping the instance minus the provider's line starting its dra
 both wall-clock times of one host, to the millisecond).
 
 Set-up, in one run: `--providers` (3) provider sidecars, each in front of its own app; one
-consumer-only sidecar (`--upstream`); a LoadGenerator (sidecar/loadgen.py) keeping
+consumer-only sidecar (`--upstream`); a LoadGenerator (sidecar/demo/loadgen.py) keeping
 `--concurrency` POSTs of `--work-ms` in flight through the consumer. Each repetition shuts one
 provider down (`GET /shutdown`, then SIGTERM to app and sidecar), starts a replacement under a
 new instance id, and waits until the replacement has served the consumer (so it knows whom to
@@ -71,8 +71,8 @@ from typing import Any
 import httpx
 from benchcommon import header, run
 
-from sidecar.fleet import free_port, stop_all, wait_http_ok
-from sidecar.loadgen import LoadGenerator
+from sidecar.demo.fleet import free_port, stop_all, wait_http_ok
+from sidecar.demo.loadgen import LoadGenerator
 
 REPS = 5
 PROVIDERS = 3

@@ -3,7 +3,7 @@
     make bench        (installs wrk and nginx from Debian's packages when missing, then runs this)
     .venv/bin/python bench/proxy_overhead.py [--seconds 10] [--quick] [--json FILE]
 
-Four paths to the same demo app (sidecar/demo_app.py), all started by this run:
+Four paths to the same demo app (sidecar/demo/app.py), all started by this run:
   direct     wrk -> app
   provider   wrk -> provider sidecar (--listen) -> app
   two-hop    wrk -> consumer sidecar (--upstream) -> provider sidecar -> app: the real path
@@ -50,7 +50,7 @@ from typing import Any
 
 from benchcommon import header, run
 
-from sidecar.fleet import free_port, stop, wait_http_ok
+from sidecar.demo.fleet import free_port, stop, wait_http_ok
 
 MIB = 1 << 20
 WARMUP_SECONDS = 1
@@ -312,7 +312,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         app_port, listen_port, upstream_port, nginx_port = (free_port() for _ in range(4))
-        spawn(stack, [sys.executable, "-m", "sidecar.demo_app", "--port", str(app_port)], work / "app.log")
+        spawn(stack, [sys.executable, "-m", "sidecar.demo.app", "--port", str(app_port)], work / "app.log")
         sidecar = [sys.executable, "-m", "sidecar", "run", "--log-format", "json", "--service"]
         registry = ("--registry", f"sqlite://{work / 'registry.db'}")
         provider = spawn(stack, [

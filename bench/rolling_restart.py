@@ -3,9 +3,9 @@ the same run on the same machine.
 
     .venv/bin/python bench/rolling_restart.py [--registry consul://HOST:PORT] [--json]
 
-Each roll gets fresh processes (sidecar/fleet.py): three demo apps (sidecar/demo_app.py), each
+Each roll gets fresh processes (sidecar/demo/fleet.py): three demo apps (sidecar/demo/app.py), each
 behind a provider sidecar, and one consumer-only sidecar whose upstream listener balances over
-them. A LoadGenerator (sidecar/loadgen.py) keeps 32 POSTs of 20-300 ms in flight through the
+them. A LoadGenerator (sidecar/demo/loadgen.py) keeps 32 POSTs of 20-300 ms in flight through the
 consumer sidecar for 2 s before the roll, during it and 1 s after it. POST is not idempotent:
 no sidecar retries one that was sent, so a lossless roll has to come from draining.
 
@@ -52,8 +52,8 @@ from typing import Any
 import httpx
 from benchcommon import header, run
 
-from sidecar.fleet import Fleet, Provider, stop_all
-from sidecar.loadgen import LoadGenerator, Sample
+from sidecar.demo.fleet import Fleet, Provider, stop_all
+from sidecar.demo.loadgen import LoadGenerator, Sample
 
 CONCURRENCY = 32
 WORK_MS = (20, 300)

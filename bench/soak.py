@@ -58,8 +58,8 @@ from benchcommon import header, open_fds, rss_mib, run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, for Consul
 
-from sidecar.fleet import free_port, stop, wait_http_ok
-from sidecar.loadgen import LoadGenerator, Sample
+from sidecar.demo.fleet import free_port, stop, wait_http_ok
+from sidecar.demo.loadgen import LoadGenerator, Sample
 from tests.support.consul_agent import ConsulAgent
 
 SERVICE = "demo"
@@ -159,7 +159,7 @@ class Soak:
         self.serial += 1
         name = f"p{self.serial}"
         app_port, listen, admin = free_port(), free_port(), free_port()
-        app = self.spawn([sys.executable, "-m", "sidecar.demo_app", "--port", str(app_port), "--name", name],
+        app = self.spawn([sys.executable, "-m", "sidecar.demo.app", "--port", str(app_port), "--name", name],
                          f"app-{name}")  # fmt: skip
         args = ("--service", SERVICE, "--instance-id", name, "--listen", f"127.0.0.1:{listen}",
                 "--app", f"http://127.0.0.1:{app_port}", *PROVIDER_ARGS)  # fmt: skip

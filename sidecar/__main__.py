@@ -1,5 +1,5 @@
 """`python -m sidecar` is the `graceful-sidecar` command."""
 
-from sidecar.cli import main
+from sidecar.app.cli import main
 
 main()

@@ -5,7 +5,7 @@
     +-- StartupError         a component could not start (a port in use)
     +-- InjectError          `inject`: input that is not YAML, or a workload it cannot handle
     +-- ChildSpawnError      exec mode: CMD could not be started (127 not found, 126 not executable;
-                             defined in sidecar.supervisor, which raises it)
+                             defined in sidecar.exec.supervisor, which raises it)
     +-- UpstreamError        the data path got no (complete) answer from the app or an instance
         +-- ConnectFailed    not even connected: nothing was sent, so any request may go elsewhere
         +-- UpstreamBroken   the connection broke or the answer was not HTTP; `reused` tells
@@ -15,7 +15,7 @@
 
 Registry backends raise `registry_adapters.RegistryError` and its subclasses; the lifecycle
 catches those at its boundary, records them in /status and metrics, and retries.
-Only `sidecar.cli` turns an error into an exit status.
+Only `sidecar.app.cli` turns an error into an exit status.
 """
 
 

@@ -1,4 +1,4 @@
-"""The consumer's pure policy (sidecar.balancer): effective weights, weighted P2C picking and the
+"""The consumer's pure policy (sidecar.consumer.balancer): effective weights, weighted P2C picking and the
 retry budget, as functions of their inputs; properties checked with hypothesis.
 
 Statistical checks use Bernstein's inequality, which holds for any sample size (the normal
@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from registry_adapters import base as meta
-from sidecar.balancer import (
+from sidecar.consumer.balancer import (
     DRAW_TRIES,
     Candidate,
     RetryBudget,

@@ -33,7 +33,7 @@ from registry_adapters.base import (
     META_WEIGHT_OVERRIDE,
 )
 from registry_adapters.sqlite import SQLiteRegistry
-from sidecar.loadgen import LoadGenerator
+from sidecar.demo.loadgen import LoadGenerator
 from tests.support.consul_agent import ConsulAgent
 from tests.support.ports import free_port
 from tests.support.procs import AppProc, SidecarProc, await_for, demo_app, sidecar, wait_for

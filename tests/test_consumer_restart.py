@@ -16,8 +16,8 @@ import httpx
 
 from registry_adapters import Instance
 from sidecar.config import load_settings
+from sidecar.consumer.upstream import Upstreams
 from sidecar.metrics import Metrics
-from sidecar.upstream import Upstreams
 from tests.support.ports import free_port
 from tests.support.procs import await_for, demo_app, sidecar, stop_process
 from tests.test_instances import ScriptedRegistry

@@ -413,7 +413,7 @@ def test_compose_providers_are_pods(compose: dict[str, Any]) -> None:
         assert mode.startswith("service:"), name
         owner = mode.removeprefix("service:")
         app = services[owner]
-        assert app["entrypoint"] == ["python", "-m", "sidecar.demo_app"]
+        assert app["entrypoint"] == ["python", "-m", "sidecar.demo.app"]
         app_port = int(app["command"][app["command"].index("--port") + 1])
         assert settings.app == f"http://127.0.0.1:{app_port}"
         assert settings.advertise == HostPort(owner, settings.listen.port)

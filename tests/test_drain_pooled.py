@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from sidecar import notify
 from sidecar.http.server import DRAIN_IDLE_SECONDS
+from sidecar.provider import notify
 from tests.support.ports import free_port
 from tests.support.procs import await_for, demo_app, sidecar
 from tests.support.rawhttp import RawConnection, request

@@ -261,7 +261,7 @@ async def test_startup_script_app_drained_deregistered_before_sigterm(
     """CMD is a startup script running the app with `&`: the app is stopped drained and deregistered."""
     app_port = free_port()
     stats = tmp_path / "app-stats.json"
-    app = [sys.executable, "-m", "sidecar.demo_app", "--port", str(app_port), "--stats-file", str(stats)]
+    app = [sys.executable, "-m", "sidecar.demo.app", "--port", str(app_port), "--stats-file", str(stats)]
     script = tmp_path / "start.sh"
     # A shell as the process to supervise: as PID 1 it would swallow SIGTERM.
     script.write_text(f"#!/bin/bash\n{shlex.join(app)} &\nwhile true; do sleep 2; done\n")
@@ -347,7 +347,7 @@ def test_status_shows_the_running_child(tmp_path: Path, registry_url: str) -> No
     """/status names the child's pid (our child, the app) with state "running"."""
     app_port = free_port()
     stats = tmp_path / "app-stats.json"
-    cmd = [sys.executable, "-m", "sidecar.demo_app", "--port", str(app_port), "--stats-file", str(stats)]
+    cmd = [sys.executable, "-m", "sidecar.demo.app", "--port", str(app_port), "--stats-file", str(stats)]
     with exec_sidecar(tmp_path, registry_url, "exec-status", app_port, cmd) as car:
         status = car.status()
         cmdline = Path(f"/proc/{car.child_pid}/cmdline").read_bytes().split(b"\0")
@@ -358,7 +358,7 @@ def test_status_shows_the_running_child(tmp_path: Path, registry_url: str) -> No
 
     assert status["child"] == {"pid": car.child_pid, "state": "running", "returncode": None}
     assert parent == car.proc.pid
-    assert b"sidecar.demo_app" in cmdline
+    assert b"sidecar.demo.app" in cmdline
     assert status["registry"]["registered"] is True
     assert record["inflight_at_sigterm"] == 0
     assert code == 128 + signal.SIGTERM

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sidecar.inflight import ConsumerBook, InflightTracker
+from sidecar.provider.inflight import ConsumerBook, InflightTracker
 
 # How long a wait that must not end is watched: long on an idle loop, short for a test.
 MUST_NOT_END_S = 0.3

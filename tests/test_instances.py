@@ -1,4 +1,4 @@
-"""The consumer's instance table as its registry watch feeds it (sidecar.instances.WatchedTable).
+"""The consumer's instance table as its registry watch feeds it (sidecar.consumer.instances.WatchedTable).
 
 In process, driven through its public face: a registry whose watch yields the lists (or raises
 the errors) the test hands it, and the table's members, `choose` and `snapshot` as the listener
@@ -18,8 +18,8 @@ import pytest
 
 from registry_adapters import Instance, RegistryUnavailable
 from registry_adapters import base as meta
-from sidecar import instances
-from sidecar.instances import WatchedTable
+from sidecar.consumer import instances
+from sidecar.consumer.instances import WatchedTable
 from sidecar.metrics import Metrics
 from tests.support.procs import await_for
 
@@ -147,7 +147,7 @@ async def test_absurd_metadata_leaves_the_table_working(
 ) -> None:
     """Instances with absurd sidecar metadata get their registry weight, with one warning each;
     picking and the snapshot work, and the table keeps following the registry."""
-    caplog.set_level(logging.WARNING, logger="sidecar.instances")
+    caplog.set_level(logging.WARNING, logger="sidecar.consumer.instances")
     absurd = [instance(instance_id, 7, **fields) for instance_id, fields in ABSURD.items()]
     async with WatchedTable("svc", registry, Metrics()) as watched:
         await registry.answer(absurd)

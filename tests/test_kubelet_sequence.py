@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from sidecar.loadgen import LoadGenerator
+from sidecar.demo.loadgen import LoadGenerator
 from tests.support import deploy_files as df
 from tests.support.ports import free_port
 from tests.support.procs import SidecarProc, sidecar, wait_for
@@ -131,7 +131,7 @@ def start_pod(tmp_path: Path, name: str, registry: str, manifest: Path) -> Itera
             lambda: probe(car, logs[1], f"http://127.0.0.1:{ports[startup.port]}{startup.path}"),
             what=f"{name}: the sidecar's startupProbe",
         )
-        argv = [sys.executable, "-m", "sidecar.demo_app", "--port", str(ports[app_port]), "--name", name]
+        argv = [sys.executable, "-m", "sidecar.demo.app", "--port", str(ports[app_port]), "--name", name]
         app = subprocess.Popen(
             [*argv, "--stats-file", str(stats_file)], stdout=app_log, stderr=subprocess.STDOUT
         )

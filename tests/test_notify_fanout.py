@@ -1,4 +1,4 @@
-"""Offline notifications to many consumers (sidecar.notify): a consumer that never answers holds
+"""Offline notifications to many consumers (sidecar.provider.notify): a consumer that never answers holds
 the drain for at most one notification timeout, and does not delay the ones that answer."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from aiohttp import web
 
-from sidecar import notify
+from sidecar.provider import notify
 from tests.support.ports import free_port
 from tests.support.procs import demo_app, sidecar
 

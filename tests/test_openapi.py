@@ -1,4 +1,4 @@
-"""The admin API's OpenAPI document (sidecar/openapi.py): it names exactly the routes aiohttp
+"""The admin API's OpenAPI document (sidecar/app/openapi.py): it names exactly the routes aiohttp
 serves, a live sidecar serves it, and schemathesis sends every operation of a live sidecar
 generated valid and invalid inputs: no 5xx, and every response as the document says.
 
@@ -20,8 +20,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import missing_required_header
 
-from sidecar.admin import AdminServer
-from sidecar.openapi import PATHS, document
+from sidecar.app.admin import AdminServer
+from sidecar.app.openapi import PATHS, document
 from tests.support.procs import SidecarProc, demo_app, sidecar
 
 TOKEN = "openapi-s3cret"

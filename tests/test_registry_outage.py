@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from sidecar.lifecycle import FINISHING_SHARE
+from sidecar.provider.lifecycle import FINISHING_SHARE
 from tests.support.consul_agent import ConsulAgent
 from tests.support.procs import await_for, demo_app, sidecar, wait_for
 from tests.support.registry_server import RegistryServer

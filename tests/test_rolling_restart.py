@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from sidecar.loadgen import LoadGenerator
+from sidecar.demo.loadgen import LoadGenerator
 from tests.support.ports import free_port
 from tests.support.procs import AppProc, SidecarProc, demo_app, sidecar, wait_for
 

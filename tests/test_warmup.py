@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.warmup import Warmup
+from sidecar.protocol.warmup import Warmup
 
 windows = st.floats(min_value=0.5, max_value=3600)
 curves = st.floats(min_value=0.1, max_value=10)

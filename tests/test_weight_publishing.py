@@ -13,10 +13,10 @@ from types import TracebackType
 from registry_adapters import Instance
 from registry_adapters import base as meta
 from sidecar.config import load_settings
-from sidecar.inflight import ConsumerBook, InflightTracker
-from sidecar.lifecycle import Lifecycle
 from sidecar.metrics import Metrics
-from sidecar.notify import Notifier
+from sidecar.provider.inflight import ConsumerBook, InflightTracker
+from sidecar.provider.lifecycle import Lifecycle
+from sidecar.provider.notify import Notifier
 from tests.support.procs import await_for
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from sidecar.cli import build_parser
+from sidecar.app.cli import build_parser
 from sidecar.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -91,7 +91,7 @@ def demo_app(
 ) -> Iterator[AppProc]:
     port = free_port()
     stats_file = tmp_path / f"{name}-{port}-stats.json"
-    argv = [sys.executable, "-m", "sidecar.demo_app", "--port", str(port), "--name", name]
+    argv = [sys.executable, "-m", "sidecar.demo.app", "--port", str(port), "--name", name]
     argv += ["--stats-file", str(stats_file), "--startup-delay", str(startup_delay)]
     log = open(tmp_path / f"{name}-{port}.log", "wb")  # noqa: SIM115 - kept open for the child
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)

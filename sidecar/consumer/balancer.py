@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from registry_adapters import base as meta
-from sidecar.warmup import Warmup
+from sidecar.protocol.warmup import Warmup
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,15 +19,15 @@ from contextlib import AsyncExitStack, contextmanager
 from typing import Any
 
 from registry_adapters import open_registry
-from sidecar.admin import AdminServer
+from sidecar.app.admin import AdminServer
 from sidecar.config import Settings
-from sidecar.inbound import InboundProxy
-from sidecar.inflight import ConsumerBook, InflightTracker
-from sidecar.lifecycle import Lifecycle
+from sidecar.consumer.upstream import Upstreams
+from sidecar.exec.supervisor import Supervisor
 from sidecar.metrics import Metrics
-from sidecar.notify import Notifier
-from sidecar.supervisor import Supervisor
-from sidecar.upstream import Upstreams
+from sidecar.provider.inbound import InboundProxy
+from sidecar.provider.inflight import ConsumerBook, InflightTracker
+from sidecar.provider.lifecycle import Lifecycle
+from sidecar.provider.notify import Notifier
 
 log = logging.getLogger("sidecar")
 

@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar.fleet import Fleet, Provider
-from sidecar.loadgen import LoadGenerator, Sample
-from sidecar.report import Event, chart, render
+from sidecar.demo.fleet import Fleet, Provider
+from sidecar.demo.loadgen import LoadGenerator, Sample
+from sidecar.demo.report import Event, chart, render
 
 CONCURRENCY = 32
 WORK_MS = (20, 300)

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of the admin API, served at GET /openapi.json.
 
-Written by hand next to the routes (sidecar/admin.py), not generated: the bodies are built from
+Written by hand next to the routes (sidecar/app/admin.py), not generated: the bodies are built from
 dicts there, so there is nothing to derive a schema from. tests/test_openapi.py keeps the two
 honest: every route aiohttp serves is in `paths` and nothing else is, and schemathesis checks
 every response of a live sidecar against these schemas.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from sidecar.admin import MAX_BODY_BYTES, MAX_WEIGHT
+from sidecar.app.admin import MAX_BODY_BYTES, MAX_WEIGHT
 from sidecar.metrics import PHASES
 
 

@@ -20,13 +20,13 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from urllib.parse import urlsplit
 
-from sidecar import protocol
 from sidecar.config import Settings
 from sidecar.errors import ConnectFailed, UpstreamBroken, UpstreamError, UpstreamTimeout
 from sidecar.http import IDEMPOTENT, Exchange, Headers, HttpServer, Limits, Origin, Pool, end_to_end
-from sidecar.inflight import ConsumerBook, InflightTracker
-from sidecar.lifecycle import Lifecycle
 from sidecar.metrics import Metrics
+from sidecar.protocol import headers as wire
+from sidecar.provider.inflight import ConsumerBook, InflightTracker
+from sidecar.provider.lifecycle import Lifecycle
 
 log = logging.getLogger("sidecar.inbound")
 
@@ -34,7 +34,7 @@ log = logging.getLogger("sidecar.inbound")
 APP_CONNECTION_LIMIT = 1024
 APP_CONNECT_TIMEOUT_SECONDS = 5.0
 # Not forwarded to the app: the consumer's URL is for this sidecar; X-Forwarded-For is rewritten.
-DROPPED = frozenset({protocol.CONSUMER, b"x-forwarded-for"})
+DROPPED = frozenset({wire.CONSUMER, b"x-forwarded-for"})
 
 
 class InboundProxy:
@@ -93,7 +93,7 @@ class InboundProxy:
         if self.lifecycle.refusing:
             self._refuse(exchange, "drained")
         else:
-            consumer = exchange.header(protocol.CONSUMER)
+            consumer = exchange.header(wire.CONSUMER)
             if consumer:
                 self.consumers.remember(consumer.decode("latin-1"), exchange.peer)
             with self.tracker.track():
@@ -133,11 +133,11 @@ class InboundProxy:
             log.info("response to %s cut short: %s", request.method, exc)
 
     def _marks(self) -> Headers:
-        return [(protocol.CLOSING_NAME, self.instance_id)] if self.lifecycle.closing else []
+        return [(wire.CLOSING_NAME, self.instance_id)] if self.lifecycle.closing else []
 
     def _refuse(self, exchange: Exchange, why: str) -> None:
         body = {"error": f"instance {self.instance_id.decode()} refused the request: {why}"}
-        headers = [(protocol.REFUSED_NAME, self.instance_id), *self._marks()]
+        headers = [(wire.REFUSED_NAME, self.instance_id), *self._marks()]
         exchange.respond_json(503, {**body, "instance_id": self.instance_id.decode()}, headers, close=True)
 
     def _error(self, exchange: Exchange, status: int, message: str) -> None:

@@ -136,7 +136,7 @@ def parse_object_name(text: str) -> str:
 
 
 def add_inject_options(parser: argparse.ArgumentParser) -> None:
-    from sidecar.inject import DEFAULT_DRAIN_SECONDS, DEFAULT_STOP_SECONDS
+    from sidecar.kubernetes.inject import DEFAULT_DRAIN_SECONDS, DEFAULT_STOP_SECONDS
 
     parser.add_argument("files", nargs="*", metavar="FILE", help="YAML files; none or - reads stdin")
     parser.add_argument("--image", default=None, help=f"the sidecar's image (default {default_image()})")
@@ -210,7 +210,7 @@ def run_cli(argv: list[str]) -> int:
     if args.command == "shutdown":
         return shutdown_command(args.admin, args.token)
     if args.command == "demo":
-        from sidecar.demo import run_demo
+        from sidecar.demo.run import run_demo
 
         return run_demo(args.registry)
     if args.command == "inject":
@@ -228,8 +228,8 @@ def run_cli(argv: list[str]) -> int:
 
 
 def run_sidecar(settings: Settings) -> int:
-    from sidecar.runtime import run
-    from sidecar.supervisor import ChildSpawnError
+    from sidecar.app.runtime import run
+    from sidecar.exec.supervisor import ChildSpawnError
 
     try:
         return run(settings)
@@ -267,7 +267,7 @@ def shutdown_command(admin: str, token: str | None) -> int:
 
 def inject_command(args: argparse.Namespace) -> int:
     """Read every input first and write stdout once: an error leaves nothing half-written."""
-    from sidecar.inject import InjectOptions, inject_sources
+    from sidecar.kubernetes.inject import InjectOptions, inject_sources
 
     options = InjectOptions(
         image=args.image or default_image(),

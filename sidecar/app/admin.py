@@ -1,5 +1,5 @@
 """Admin API routes (default 127.0.0.1:16688): probes, shutdown, weight, status, metrics, and
-their OpenAPI document (sidecar/openapi.py) at /openapi.json.
+their OpenAPI document (sidecar/app/openapi.py) at /openapi.json.
 
 Mutating endpoints answer 403 unless the caller's address is in --allow or it sends
 `Authorization: Bearer <--token>`. Every error is a JSON `{"error": ...}` with a 4xx status
@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from sidecar.config import HostPort, Settings
 from sidecar.errors import StartupError
-from sidecar.lifecycle import Lifecycle
+from sidecar.provider.lifecycle import Lifecycle
 
 # When the sidecar stops, a /shutdown still waiting (after a second signal) gets this long.
 SHUTDOWN_GRACE_SECONDS = 1.0
@@ -224,7 +224,7 @@ class AdminServer:
         return web.Response(status=204)
 
     async def openapi(self, request: web.Request) -> web.Response:
-        from sidecar.openapi import document  # it imports this module's limits
+        from sidecar.app.openapi import document  # it imports this module's limits
 
         return web.json_response(document())
 

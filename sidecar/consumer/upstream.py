@@ -1,6 +1,6 @@
 """Consumer side policy: one local listener per `--upstream NAME=HOST:PORT`, load-balancing to NAME.
 
-Each listener picks from a `WatchedTable` (sidecar.instances): the registry's view, corrected
+Each listener picks from a `WatchedTable` (sidecar.consumer.instances): the registry's view, corrected
 locally by what this listener learns (a closing mark drops an instance, a refused connection
 ejects it for a few seconds).
 
@@ -27,13 +27,13 @@ from types import TracebackType
 from typing import Any
 
 from registry_adapters import Instance, Registry
-from sidecar import protocol
-from sidecar.balancer import RetryBudget
 from sidecar.config import Settings, Upstream
+from sidecar.consumer.balancer import RetryBudget
+from sidecar.consumer.instances import WatchedTable
 from sidecar.errors import ConnectFailed, UpstreamError
 from sidecar.http import IDEMPOTENT, Exchange, HttpServer, Limits, Origin, Pool, end_to_end
-from sidecar.instances import WatchedTable
 from sidecar.metrics import Metrics
+from sidecar.protocol import headers as wire
 
 log = logging.getLogger("sidecar.upstream")
 
@@ -49,7 +49,7 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 # registry is up, and a registry that fails answers at once too (see WatchedTable.answered).
 FIRST_ANSWER_WAIT_SECONDS = 5.0
 # Host is set to the instance's address; the consumer header is this sidecar's own.
-DROPPED = frozenset({b"host", protocol.CONSUMER})
+DROPPED = frozenset({b"host", wire.CONSUMER})
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +67,7 @@ class UpstreamListener:
     ) -> None:
         self.upstream = upstream
         self.service = upstream.service
-        self.consumer_header = (protocol.CONSUMER_NAME, settings.advertise_admin.encode())
+        self.consumer_header = (wire.CONSUMER_NAME, settings.advertise_admin.encode())
         self.pool = pool
         self.metrics = metrics
         self.watched = WatchedTable(upstream.service, registry, metrics)
@@ -137,10 +137,10 @@ class UpstreamListener:
                 return failed
             _answer(exchange, failed.status, failed.message)
             return None
-        if response.header(protocol.REFUSED) is not None:
+        if response.header(wire.REFUSED) is not None:
             # Refused while closing: the instance is leaving. Refused otherwise: its app is not
             # reachable (starting, crashed); try it again in a few seconds.
-            if response.header(protocol.CLOSING) is not None:
+            if response.header(wire.CLOSING) is not None:
                 self.drop(instance.instance_id)
             else:
                 self.table.eject(instance.instance_id, time.monotonic())
@@ -148,7 +148,7 @@ class UpstreamListener:
             if body is not None:
                 response.close()
                 return Retry("refused", 503, f"{instance.instance_id} refused the request")
-        elif response.header(protocol.CLOSING) is not None:
+        elif response.header(wire.CLOSING) is not None:
             self.drop(instance.instance_id)
         try:
             await exchange.relay(response, [], close=False)

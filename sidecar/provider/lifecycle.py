@@ -24,10 +24,10 @@ import httpx
 from registry_adapters import Instance, Registry, RegistryError
 from registry_adapters import base as meta
 from sidecar.config import Settings
-from sidecar.inflight import ConsumerBook, InflightTracker
 from sidecar.metrics import Metrics
-from sidecar.notify import Notifier, OfflineNotice
-from sidecar.warmup import Warmup
+from sidecar.protocol.warmup import Warmup
+from sidecar.provider.inflight import ConsumerBook, InflightTracker
+from sidecar.provider.notify import Notifier, OfflineNotice
 
 log = logging.getLogger("sidecar.lifecycle")
 T = TypeVar("T")

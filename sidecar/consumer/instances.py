@@ -20,7 +20,7 @@ from typing import Any
 
 from registry_adapters import Instance, Registry, RegistryError
 from registry_adapters import base as meta
-from sidecar.balancer import Candidate, WeightSpec, draw_p2c, pick, weight_spec
+from sidecar.consumer.balancer import Candidate, WeightSpec, draw_p2c, pick, weight_spec
 from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.instances")

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sidecar.loadgen import Sample
+from sidecar.demo.loadgen import Sample
 
 BIN_SECONDS = 0.5
 WIDTH, HEIGHT, MARGIN = 960, 320, 40

@@ -161,7 +161,7 @@ class Fleet:
         """A demo app and its provider sidecar; returns once /ready answers 200."""
         app_port, listen_port, admin_port = free_port(), free_port(), free_port()
         stats_file = self.workdir / f"{name}-stats.json"
-        app_argv = [sys.executable, "-m", "sidecar.demo_app", "--port", str(app_port), "--name", name]
+        app_argv = [sys.executable, "-m", "sidecar.demo.app", "--port", str(app_port), "--name", name]
         app = self._spawn(
             [*app_argv, "--stats-file", str(stats_file), "--startup-delay", "0.3"], f"app-{name}"
         )

@@ -1,4 +1,4 @@
-"""A small HTTP service for the demo, the tests and the benchmarks: `python -m sidecar.demo_app`.
+"""A small HTTP service for the demo, the tests and the benchmarks: `python -m sidecar.demo.app`.
 
 It behaves like a typical application that knows nothing about graceful shutdown: SIGTERM's
 default action ends it at once, whatever is in flight. Before dying it records how many

@@ -1,6 +1,6 @@
 """`graceful-sidecar inject`: the sidecar added to Kubernetes manifests, as `linkerd inject` does.
 
-Pure functions over parsed YAML (sidecar.manifests reads and writes it). For each Deployment,
+Pure functions over parsed YAML (sidecar.kubernetes.manifests reads and writes it). For each Deployment,
 StatefulSet, DaemonSet, ReplicaSet and Pod, the pod spec gets what deploy/kubernetes/deployment.yaml
 shows by hand: a native sidecar (an init container with `restartPolicy: Always`), the app's
 preStop hook on the sidecar's /shutdown, the app's readiness moved to the sidecar's /ready, and a
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.errors import InjectError
-from sidecar.manifests import load_documents, render
+from sidecar.kubernetes.manifests import load_documents, render
 
 SIDECAR_NAME = "graceful-sidecar"
 ADMIN_PORT = 16688  # the design's admin port; preStop and probes name it by number

@@ -1,0 +1,1 @@
+"""Adoption in Kubernetes: `graceful-sidecar inject` and the manifests it reads and writes."""
