@@ -38,9 +38,9 @@ from benchcommon import cpu_seconds, header, rss_mib, run
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, for Consul
 
 from registry_adapters import Instance, open_registry
-from registry_adapters import base as meta
 from sidecar.consumer.instances import InstanceTable
 from sidecar.demo.fleet import Fleet, stop
+from sidecar.protocol import metadata as meta
 
 PICK_SECONDS = 0.5
 PICK_ROUNDS = 6  # alternating sizes, best of each: a shared machine disturbs some rounds

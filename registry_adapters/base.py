@@ -19,16 +19,6 @@ from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 from urllib.parse import SplitResult, urlsplit
 
-# Keys of the metadata a provider sidecar publishes with its instance. Consumer sidecars compute
-# the warmup curve from them; other consumers only see the registry weight.
-META_START_MS = "sidecar_start_ms"
-META_WARMUP_S = "sidecar_warmup_s"
-META_WARMUP_CURVE = "sidecar_warmup_curve"
-META_WARMUP_MIN_PERCENT = "sidecar_warmup_min_percent"
-META_WEIGHT = "sidecar_weight"
-META_WEIGHT_OVERRIDE = "sidecar_weight_override"
-META_ADMIN = "sidecar_admin"
-
 
 class RegistryError(Exception):
     """Base of every error a registry backend raises."""

@@ -35,20 +35,20 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
-from registry_adapters.base import (
+from registry_adapters.base import Instance, RegistryRejected
+from sidecar.protocol.metadata import (
+    DEFAULT_WEIGHT,
+    MAX_WEIGHT,
     META_START_MS,
     META_WARMUP_S,
     META_WEIGHT,
     META_WEIGHT_OVERRIDE,
-    Instance,
-    RegistryRejected,
 )
 
 log = logging.getLogger(__name__)
 
-# Spring Cloud's default weight is 1 on a scale of its own; this project's default base is 100.
-DEFAULT_WEIGHT = 100
-MAX_WEIGHT = 65535
+# Spring Cloud's default weight is 1 on a scale of its own: an instance without one gets this
+# project's default base (DEFAULT_WEIGHT).
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sidecar.errors import ConfigError
+from sidecar.protocol.metadata import DEFAULT_WEIGHT, MAX_WEIGHT
+from sidecar.protocol.warmup import CURVE_RANGE, DEFAULT_CURVE, DEFAULT_MIN_PERCENT, MIN_PERCENT_RANGE
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK: tuple[IPNetwork, ...] = (
@@ -97,15 +99,15 @@ def _int_in(text: str, low: int, high: int, *, what: str = "an integer") -> int:
 
 
 def parse_weight(text: str) -> int:
-    return _int_in(text, 1, 65535)
+    return _int_in(text, 1, MAX_WEIGHT)
 
 
 def parse_curve(text: str) -> float:
-    return _float_in(text, 0.1, 10, "an exponent")
+    return _float_in(text, *CURVE_RANGE, "an exponent")
 
 
 def parse_percent(text: str) -> float:
-    return _float_in(text, 0, 100, "a percentage")
+    return _float_in(text, *MIN_PERCENT_RANGE, "a percentage")
 
 
 def parse_upstream(text: str) -> Upstream:
@@ -209,9 +211,15 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("register-delay", parse_seconds, 0.0, "wait after the app is healthy before registering", "SEC"),
     Option("warmup", parse_seconds, 0.0, "warmup window after registration (0 = off)", "SEC"),
-    Option("warmup-curve", parse_curve, 2.0, "weight = base x (t/T)^X during warmup", "X"),
-    Option("warmup-min-percent", parse_percent, 10.0, "floor of the warmup weight, in percent of base", "P"),
-    Option("weight", parse_weight, 100, "base weight, 1..65535", "N"),
+    Option("warmup-curve", parse_curve, DEFAULT_CURVE, "weight = base x (t/T)^X during warmup", "X"),
+    Option(
+        "warmup-min-percent",
+        parse_percent,
+        DEFAULT_MIN_PERCENT,
+        "floor of the warmup weight, in percent of base",
+        "P",
+    ),
+    Option("weight", parse_weight, DEFAULT_WEIGHT, f"base weight, 1..{MAX_WEIGHT}", "N"),
     Option("drain-timeout", parse_seconds, 25.0, "upper bound of a drain", "SEC"),
     Option(
         "quiet-period",

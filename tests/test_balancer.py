@@ -18,16 +18,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry_adapters import base as meta
 from sidecar.consumer.balancer import (
     DRAW_TRIES,
     Candidate,
     RetryBudget,
     draw_p2c,
-    effective_weight,
     pick,
-    weight_spec,
 )
+from sidecar.protocol import metadata as meta
+from sidecar.protocol.metadata import effective_weight, weight_spec
 
 # Per checked share; a run checks a few hundred shares, so a false failure is out of reach.
 FAILURE_PROBABILITY = 1e-9

@@ -25,15 +25,15 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from registry_adapters import Instance
-from registry_adapters.base import (
+from registry_adapters.sqlite import SQLiteRegistry
+from sidecar.demo.loadgen import LoadGenerator
+from sidecar.protocol.metadata import (
     META_START_MS,
     META_WARMUP_CURVE,
     META_WARMUP_S,
     META_WEIGHT,
     META_WEIGHT_OVERRIDE,
 )
-from registry_adapters.sqlite import SQLiteRegistry
-from sidecar.demo.loadgen import LoadGenerator
 from tests.support.consul_agent import ConsulAgent
 from tests.support.ports import free_port
 from tests.support.procs import AppProc, SidecarProc, await_for, demo_app, sidecar, wait_for

@@ -24,7 +24,8 @@ import httpx
 import pytest
 
 from registry_adapters import Instance
-from registry_adapters.base import META_ADMIN, META_WEIGHT, open_registry
+from registry_adapters.base import open_registry
+from sidecar.protocol.metadata import META_ADMIN, META_WEIGHT
 from tests.support import etcd_gateway as gateway
 from tests.support.etcd_server import EtcdServer
 from tests.support.procs import demo_app, sidecar, wait_for

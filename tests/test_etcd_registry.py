@@ -13,8 +13,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from registry_adapters import Instance, RegistryUnavailable
-from registry_adapters.base import META_ADMIN, META_WEIGHT, open_registry
+from registry_adapters.base import open_registry
 from registry_adapters.etcd import EtcdRegistry
+from sidecar.protocol.metadata import META_ADMIN, META_WEIGHT
 from tests.support import etcd_gateway as gateway
 from tests.support.etcd_server import EtcdServer
 from tests.support.ports import free_port

@@ -17,10 +17,10 @@ from types import TracebackType
 import pytest
 
 from registry_adapters import Instance, RegistryUnavailable
-from registry_adapters import base as meta
 from sidecar.consumer import instances
 from sidecar.consumer.instances import WatchedTable
 from sidecar.metrics import Metrics
+from sidecar.protocol import metadata as meta
 from tests.support.procs import await_for
 
 # Far longer than any answer takes to be applied, even on a loaded machine.

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry_adapters import base as meta
+from sidecar.protocol import metadata as meta
 from tests.support.consul_agent import ConsulAgent
 from tests.support.procs import demo_app, sidecar, wait_for
 from tests.support.registry_view import consul_services, consul_weights, watched

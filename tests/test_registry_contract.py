@@ -24,11 +24,12 @@ import aiohttp
 import pytest
 
 from registry_adapters import Instance, Registry, RegistryRejected, RegistryUnavailable, RegistryURLError
-from registry_adapters.base import META_ADMIN, META_WEIGHT, open_registry
+from registry_adapters.base import open_registry
 from registry_adapters.consul import ConsulRegistry
 from registry_adapters.etcd import EtcdRegistry
 from registry_adapters.sqlite import SQLiteRegistry
 from registry_adapters.zookeeper import ZooKeeperRegistry
+from sidecar.protocol.metadata import META_ADMIN, META_WEIGHT
 from tests.support.consul_agent import REPO_ROOT, ConsulAgent
 from tests.support.registry_server import RegistryServer
 

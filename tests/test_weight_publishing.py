@@ -11,9 +11,9 @@ from collections.abc import AsyncGenerator
 from types import TracebackType
 
 from registry_adapters import Instance
-from registry_adapters import base as meta
 from sidecar.config import load_settings
 from sidecar.metrics import Metrics
+from sidecar.protocol import metadata as meta
 from sidecar.provider.inflight import ConsumerBook, InflightTracker
 from sidecar.provider.lifecycle import Lifecycle
 from sidecar.provider.notify import Notifier

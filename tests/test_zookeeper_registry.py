@@ -26,9 +26,9 @@ import pytest
 from kazoo.client import KazooClient
 
 from registry_adapters import Instance, Registry, RegistryUnavailable, open_registry
-from registry_adapters.base import META_START_MS, META_WARMUP_S, META_WEIGHT, META_WEIGHT_OVERRIDE
 from registry_adapters.zookeeper import ZooKeeperRegistry
 from registry_adapters.zookeeper_layouts import CuratorLayout, DubboLayout, dubbo_encode
+from sidecar.protocol.metadata import META_START_MS, META_WARMUP_S, META_WEIGHT, META_WEIGHT_OVERRIDE
 from tests import test_registry_contract as contract
 from tests.support.consul_agent import REPO_ROOT
 from tests.support.procs import demo_app, sidecar, wait_for

@@ -21,6 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from sidecar.config import HostPort, Settings
 from sidecar.errors import StartupError
+from sidecar.protocol import notice as notice_format
+from sidecar.protocol.metadata import MAX_WEIGHT
+from sidecar.protocol.notice import OfflineNotice
 from sidecar.provider.lifecycle import Lifecycle
 
 # When the sidecar stops, a /shutdown still waiting (after a second signal) gets this long.
@@ -31,7 +34,6 @@ log = logging.getLogger("sidecar.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Admin bodies are a few bytes of JSON; anything much larger is a mistake or an attack.
 MAX_BODY_BYTES = 64 * 1024
-MAX_WEIGHT = 65535
 
 
 def json_error(status: int, message: str, **headers: str) -> web.Response:
@@ -208,19 +210,13 @@ class AdminServer:
         """An offline notification from a provider sidecar: drop the instance at once."""
         if not self.allowed(request):
             return self.forbidden()
-        payload = await read_json(request, "expected a JSON object with service, instance_id and event")
-        if not isinstance(payload, dict):
-            return json_error(400, "expected a JSON object with service, instance_id and event")
-        for key in ("service", "instance_id", "event"):
-            if not isinstance(payload.get(key), str) or not payload[key]:
-                return json_error(400, f"{key} must be a non-empty string")
-        if not isinstance(payload.get("address", ""), str):
-            return json_error(400, "address must be a string host:port when given")
-        if payload["event"] != "offline":
-            return json_error(400, f"unknown event {payload['event']!r}: only 'offline' is known")
+        try:
+            notice = OfflineNotice.from_body(await read_json(request, notice_format.EXPECTED))
+        except ValueError as exc:
+            return json_error(400, str(exc))
         self.lifecycle.metrics.notify_received.inc()
-        dropped = self.on_offline(payload["service"], payload["instance_id"])
-        log.info("notified: %s %s offline (dropped: %s)", payload["service"], payload["instance_id"], dropped)
+        dropped = self.on_offline(notice.service, notice.instance_id)
+        log.info("notified: %s %s offline (dropped: %s)", notice.service, notice.instance_id, dropped)
         return web.Response(status=204)
 
     async def openapi(self, request: web.Request) -> web.Response:

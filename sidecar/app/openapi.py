@@ -11,8 +11,9 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from sidecar.app.admin import MAX_BODY_BYTES, MAX_WEIGHT
+from sidecar.app.admin import MAX_BODY_BYTES
 from sidecar.metrics import PHASES
+from sidecar.protocol.metadata import MAX_WEIGHT
 
 
 def _object(

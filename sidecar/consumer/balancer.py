@@ -1,4 +1,5 @@
-"""Pure policy for the consumer side: effective weights, instance picking, the retry budget.
+"""Pure policy for the consumer side: instance picking and the retry budget (the weights they
+use are read from the registry metadata by `sidecar.protocol.metadata`).
 
 Nothing here does I/O or reads a clock by itself: times and random sources are arguments, so
 the behaviour is a function of its inputs and is tested with properties (hypothesis).
@@ -13,98 +14,9 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import math
 import random
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from registry_adapters import base as meta
-from sidecar.protocol.warmup import Warmup
-
-
-@dataclass(frozen=True, slots=True)
-class WeightSpec:
-    """An instance's weight rule, parsed once from its metadata; `at(now_ms)` is all that is
-    left to compute per request."""
-
-    base: float
-    start_ms: int = 0
-    warmup: Warmup | None = None  # None: no warmup, or an override, or no sidecar metadata
-    invalid: str | None = None  # why the sidecar metadata was rejected (the registry weight is used)
-
-    def at(self, now_ms: int) -> float:
-        if self.warmup is None:
-            return self.base
-        return self.base * self.warmup.factor((now_ms - self.start_ms) / 1000.0)
-
-    @property
-    def settled_ms(self) -> int:
-        """From this time on, `at` is constant: the end of the warmup (0 without one)."""
-        return 0 if self.warmup is None else self.start_ms + math.ceil(self.warmup.window * 1000)
-
-
-# Metadata is whatever the registry returns, written by anyone: every value is checked against
-# the range a provider sidecar can publish (its own options' ranges), in the form it publishes
-# (ASCII; `str(int)` or `f"{float:g}"`), so that no number is huge, NaN or infinite.
-_WEIGHT_KEYS = (
-    meta.META_WEIGHT_OVERRIDE,
-    meta.META_WEIGHT,
-    meta.META_WARMUP_S,
-    meta.META_WARMUP_CURVE,
-    meta.META_WARMUP_MIN_PERCENT,
-    meta.META_START_MS,
-)
-_INTEGER = re.compile(r"[0-9]{1,16}")  # 16 digits: start_ms is below 2**53 (year 287396)
-_DECIMAL = re.compile(r"[0-9]{1,16}(\.[0-9]{1,16})?(e[+-]?[0-9]{1,3})?", re.IGNORECASE)
-MAX_WEIGHT = 65535
-MAX_START_MS = 2**53
-MAX_WARMUP_S = 86400.0
-
-
-def _integer(fields: Mapping[str, str], key: str, low: int, high: int, default: str | None = None) -> int:
-    text = fields.get(key, default)
-    if text is None:
-        raise ValueError(f"{key} is missing")
-    if not _INTEGER.fullmatch(text) or not low <= int(text) <= high:
-        raise ValueError(f"{key} is not an integer in {low}..{high}: {text[:40]!r}")
-    return int(text)
-
-
-def _decimal(fields: Mapping[str, str], key: str, low: float, high: float, default: str) -> float:
-    text = fields.get(key, default)
-    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
-    if not low <= value <= high:  # also rejects NaN, and inf from a huge exponent
-        raise ValueError(f"{key} is not a number in {low:g}..{high:g}: {text[:40]!r}")
-    return value
-
-
-def weight_spec(instance_weight: int, fields: Mapping[str, str]) -> WeightSpec:
-    """The weight rule a provider sidecar published: an override wins; during warmup
-    `base x max(min%, (t/T)^curve)`; else the base. Instances without sidecar metadata, or
-    with metadata out of the range a sidecar publishes (`invalid` says why), keep their
-    registry weight."""
-    registry_weight = float(max(0, instance_weight))
-    if not any(key in fields for key in _WEIGHT_KEYS):
-        return WeightSpec(registry_weight)
-    try:
-        if meta.META_WEIGHT_OVERRIDE in fields:
-            return WeightSpec(float(_integer(fields, meta.META_WEIGHT_OVERRIDE, 0, MAX_WEIGHT)))
-        base = float(_integer(fields, meta.META_WEIGHT, 1, MAX_WEIGHT))
-        window = _decimal(fields, meta.META_WARMUP_S, 0.0, MAX_WARMUP_S, "0")
-        start_ms = _integer(fields, meta.META_START_MS, 0, MAX_START_MS, "0")
-        curve = _decimal(fields, meta.META_WARMUP_CURVE, 0.1, 10.0, "2")
-        floor = _decimal(fields, meta.META_WARMUP_MIN_PERCENT, 0.0, 100.0, "10")
-    except ValueError as exc:
-        return WeightSpec(registry_weight, invalid=str(exc))
-    if window <= 0:
-        return WeightSpec(base)
-    return WeightSpec(base, start_ms, Warmup(window, curve, floor))
-
-
-def effective_weight(instance_weight: int, fields: Mapping[str, str], now_ms: int) -> float:
-    """The weight a consumer gives an instance at `now_ms` (see `weight_spec`)."""
-    return weight_spec(instance_weight, fields).at(now_ms)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,10 @@ from types import TracebackType
 from typing import Any
 
 from registry_adapters import Instance, Registry, RegistryError
-from registry_adapters import base as meta
-from sidecar.consumer.balancer import Candidate, WeightSpec, draw_p2c, pick, weight_spec
+from sidecar.consumer.balancer import Candidate, draw_p2c, pick
 from sidecar.metrics import Metrics
+from sidecar.protocol import metadata as meta
+from sidecar.protocol.metadata import WeightSpec, weight_spec
 
 log = logging.getLogger("sidecar.instances")
 

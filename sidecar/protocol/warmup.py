@@ -16,13 +16,20 @@ from dataclasses import dataclass
 # and about twenty steps over a window, which is smooth enough for DNS-weighted clients.
 MIN_STEP_SECONDS = 1.0
 STEPS_PER_WINDOW = 20
+# The curve's parameters: their defaults (those of --warmup-curve and --warmup-min-percent, and
+# of metadata that leaves them out) and the ranges a sidecar accepts and publishes.
+DEFAULT_CURVE = 2.0
+DEFAULT_MIN_PERCENT = 10.0
+CURVE_RANGE = (0.1, 10.0)
+MIN_PERCENT_RANGE = (0.0, 100.0)
+MAX_WINDOW_SECONDS = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
 class Warmup:
     window: float  # seconds; 0 disables warmup
-    curve: float = 2.0
-    min_percent: float = 10.0
+    curve: float = DEFAULT_CURVE
+    min_percent: float = DEFAULT_MIN_PERCENT
 
     def factor(self, elapsed: float) -> float:
         """Share of the base weight `elapsed` seconds after registration, in (0, 1]."""

@@ -22,12 +22,13 @@ from typing import Any, TypeVar
 import httpx
 
 from registry_adapters import Instance, Registry, RegistryError
-from registry_adapters import base as meta
 from sidecar.config import Settings
 from sidecar.metrics import Metrics
+from sidecar.protocol import metadata
+from sidecar.protocol.notice import OfflineNotice
 from sidecar.protocol.warmup import Warmup
 from sidecar.provider.inflight import ConsumerBook, InflightTracker
-from sidecar.provider.notify import Notifier, OfflineNotice
+from sidecar.provider.notify import Notifier
 
 log = logging.getLogger("sidecar.lifecycle")
 T = TypeVar("T")
@@ -221,16 +222,9 @@ class Lifecycle:
     def _instance(self, start_ms: int) -> Instance:
         advertise = self.settings.advertise
         assert advertise is not None  # only providers register
-        fields = {
-            meta.META_START_MS: str(start_ms),
-            meta.META_WARMUP_S: f"{self.warmup.window:g}",
-            meta.META_WARMUP_CURVE: f"{self.warmup.curve:g}",
-            meta.META_WARMUP_MIN_PERCENT: f"{self.warmup.min_percent:g}",
-            meta.META_WEIGHT: str(self.settings.weight),
-            meta.META_ADMIN: self.settings.advertise_admin,
-        }
-        if self.override is not None:
-            fields[meta.META_WEIGHT_OVERRIDE] = str(self.override)
+        fields = metadata.published(
+            start_ms, self.warmup, self.settings.weight, self.settings.advertise_admin, self.override
+        )
         # Registries such as Consul cannot publish weight 0 at registration: set_weight(0) follows.
         if self.override is None and not self.registered:
             weight = self.warmup.weight(self.settings.weight, 0)  # registering now: t = 0

@@ -14,8 +14,9 @@ import logging
 import re
 import ssl
 from collections.abc import Iterable
-from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from sidecar.protocol.notice import OfflineNotice
 
 log = logging.getLogger("sidecar.notify")
 
@@ -33,21 +34,6 @@ RETRY_PAUSE_SECONDS = 0.2
 PARALLEL = 256
 # Visible ASCII and spaces only (no CR, LF or other controls) in what goes into the request head.
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
-
-
-@dataclass(frozen=True, slots=True)
-class OfflineNotice:
-    service: str
-    instance_id: str
-    address: str  # host:port as published in the registry
-
-    def body(self) -> dict[str, str]:
-        return {
-            "service": self.service,
-            "instance_id": self.instance_id,
-            "address": self.address,
-            "event": "offline",
-        }
 
 
 class Notifier:
