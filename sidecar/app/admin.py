@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from sidecar.app.status import StatusView
 from sidecar.config import HostPort, Settings
 from sidecar.errors import StartupError
 from sidecar.protocol import notice as notice_format
@@ -81,12 +82,12 @@ class AdminServer:
         settings: Settings,
         lifecycle: Lifecycle,
         on_offline: Callable[[str, str], bool],
-        status_extra: Callable[[], dict[str, Any]],
+        view: StatusView,
     ) -> None:
         self.settings = settings
-        self.lifecycle = lifecycle
-        self.on_offline = on_offline
-        self.status_extra = status_extra
+        self.lifecycle = lifecycle  # the sequences: /shutdown and PUT|DELETE /weight drive them
+        self.on_offline = on_offline  # POST /notify: the consumer side drops the instance
+        self.view = view  # everything the GET endpoints report
         self._runner: web.AppRunner | None = None
 
     def routes(self) -> web.Application:
@@ -154,30 +155,10 @@ class AdminServer:
         return web.json_response({"live": True, "phase": self.lifecycle.phase})
 
     async def status(self, request: web.Request) -> web.Response:
-        lifecycle = self.lifecycle
-        body: dict[str, Any] = {
-            "service": self.settings.service,
-            "instance_id": self.settings.instance_id,
-            "phase": lifecycle.phase,
-            "ready": lifecycle.ready,
-            "weight": {
-                "base": self.settings.weight,
-                "current": lifecycle.current_weight(),
-                "override": lifecycle.override,
-            },
-            "inflight": lifecycle.tracker.count,
-            "registry": {
-                "kind": lifecycle.registry.kind,
-                "registered": lifecycle.registered,
-                "last_error": lifecycle.registry_error,
-            },
-            "consumers": len(lifecycle.consumers),
-        }
-        body.update(self.status_extra())
-        return web.json_response(body)
+        return web.json_response(self.view.status())
 
     async def get_weight(self, request: web.Request) -> web.Response:
-        return web.json_response(self.lifecycle.weight_body())
+        return web.json_response(self.view.weight())
 
     async def put_weight(self, request: web.Request) -> web.Response:
         if not self.allowed(request):
@@ -196,7 +177,7 @@ class AdminServer:
         if not 0 <= weight <= MAX_WEIGHT:
             return json_error(400, f"weight must be an integer in 0..{MAX_WEIGHT}, got {weight}")
         published = await self.lifecycle.set_override(weight)
-        return web.json_response({**self.lifecycle.weight_body(), "published": published})
+        return web.json_response({**self.view.weight(), "published": published})
 
     async def delete_weight(self, request: web.Request) -> web.Response:
         if not self.allowed(request):
@@ -204,7 +185,7 @@ class AdminServer:
         if self.lifecycle.closing:
             return json_error(409, "the instance is going offline: its weight can no longer change")
         published = await self.lifecycle.set_override(None)
-        return web.json_response({**self.lifecycle.weight_body(), "published": published})
+        return web.json_response({**self.view.weight(), "published": published})
 
     async def notify(self, request: web.Request) -> web.Response:
         """An offline notification from a provider sidecar: drop the instance at once."""
@@ -214,7 +195,6 @@ class AdminServer:
             notice = OfflineNotice.from_body(await read_json(request, notice_format.EXPECTED))
         except ValueError as exc:
             return json_error(400, str(exc))
-        self.lifecycle.metrics.notify_received.inc()
         dropped = self.on_offline(notice.service, notice.instance_id)
         log.info("notified: %s %s offline (dropped: %s)", notice.service, notice.instance_id, dropped)
         return web.Response(status=204)
@@ -225,9 +205,7 @@ class AdminServer:
         return web.json_response(document())
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=self.lifecycle.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        return web.Response(body=self.view.metrics_text(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def start_server(app: web.Application, address: HostPort, option: str) -> web.AppRunner:

@@ -16,10 +16,10 @@ import logging
 import signal
 from collections.abc import Awaitable, Iterator
 from contextlib import AsyncExitStack, contextmanager
-from typing import Any
 
 from registry_adapters import open_registry
 from sidecar.app.admin import AdminServer
+from sidecar.app.status import StatusView
 from sidecar.config import Settings
 from sidecar.consumer.upstream import Upstreams
 from sidecar.exec.supervisor import Supervisor
@@ -104,10 +104,12 @@ async def serve(settings: Settings) -> int:
         upstreams = await stack.enter_async_context(Upstreams(settings, registry, metrics))
         child = await stack.enter_async_context(Supervisor(settings.command)) if settings.command else None
 
-        def status_extra() -> dict[str, Any]:
-            return {"upstreams": upstreams.status(), "child": child.status() if child else None}
+        def on_offline(service: str, instance_id: str) -> bool:
+            metrics.notify_received.inc()
+            return upstreams.on_offline(service, instance_id)
 
-        await stack.enter_async_context(AdminServer(settings, lifecycle, upstreams.on_offline, status_extra))
+        view = StatusView(settings, lifecycle, tracker, consumers, registry.kind, upstreams, child, metrics)
+        await stack.enter_async_context(AdminServer(settings, lifecycle, on_offline, view))
         await stack.enter_async_context(lifecycle)  # the online sequence starts
 
         # Running: until SIGTERM/SIGINT, or (exec mode) until the child exits on its own.

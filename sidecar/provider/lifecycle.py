@@ -19,28 +19,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-import httpx
-
 from registry_adapters import Instance, Registry, RegistryError
 from sidecar.config import Settings
 from sidecar.metrics import Metrics
 from sidecar.protocol import metadata
 from sidecar.protocol.notice import OfflineNotice
 from sidecar.protocol.warmup import Warmup
+from sidecar.provider.app_health import AppHealth
 from sidecar.provider.inflight import ConsumerBook, InflightTracker
 from sidecar.provider.notify import Notifier
 
 log = logging.getLogger("sidecar.lifecycle")
 T = TypeVar("T")
 
-# Health polling of an app that is starting: often enough that registration follows readiness
-# closely, rarely enough to be invisible in the app's logs and CPU.
-HEALTH_POLL_SECONDS = 0.2
-HEALTH_TIMEOUT_SECONDS = 2.0
-# Once up, the app's health is checked every few seconds; this many failures in a row turn
-# /ready to 503 (one blip is not worth taking an instance out), one success turns it back.
-HEALTH_WATCH_SECONDS = 2.0
-HEALTH_FAILURES_UNHEALTHY = 3
 # A weight the registry failed to take is tried again this often once serving.
 RESYNC_SECONDS = 5.0
 # A drain whose instance the registry cannot take out never gets quiet: its consumers' caches
@@ -76,11 +67,11 @@ class Lifecycle:
         metrics: Metrics,
     ) -> None:
         self.settings = settings
-        self.registry = registry
-        self.tracker = tracker
-        self.consumers = consumers
-        self.notifier = notifier
-        self.metrics = metrics
+        self._registry = registry
+        self._tracker = tracker
+        self._consumers = consumers
+        self._notifier = notifier
+        self._metrics = metrics
         self.warmup = Warmup(settings.warmup, settings.warmup_curve, settings.warmup_min_percent)
         self.phase = "starting"
         self.registered = False
@@ -90,7 +81,7 @@ class Lifecycle:
         self.draining = asyncio.Event()  # set at step 1 of the offline sequence
         self.ended = asyncio.Event()  # set when the offline sequence has its result
         self.notified = asyncio.Event()  # set once step 3's notifications were answered or failed
-        self.app_healthy = True  # as far as the last health checks tell
+        self.app = AppHealth(_health_url(settings))
         self._register_attempted = False  # a register call may have reached the registry
         self._registered_at = 0.0  # monotonic
         self._start_ms = 0
@@ -111,7 +102,7 @@ class Lifecycle:
     @property
     def ready(self) -> bool:
         serving = self.phase in ("warming", "serving") and (self.registered or not self.provider)
-        return serving and self.app_healthy
+        return serving and self.app.healthy
 
     @property
     def closing(self) -> bool:
@@ -124,20 +115,9 @@ class Lifecycle:
             return 0
         return self.warmup.weight(self.settings.weight, time.monotonic() - self._registered_at)
 
-    def weight_body(self) -> dict[str, Any]:
-        elapsed = time.monotonic() - self._registered_at if self.registered else 0.0
-        return {
-            "base": self.settings.weight,
-            "current": self.current_weight(),
-            "override": self.override,
-            "warmup": {
-                "window_s": self.warmup.window,
-                "curve": self.warmup.curve,
-                "min_percent": self.warmup.min_percent,
-                "elapsed_s": round(elapsed, 3),
-                "active": self.phase == "warming",
-            },
-        }
+    def since_registered(self) -> float:
+        """Seconds since the registration (the warmup's t), 0 while not registered."""
+        return time.monotonic() - self._registered_at if self.registered else 0.0
 
     # --- the online sequence
 
@@ -153,7 +133,9 @@ class Lifecycle:
     async def online(self) -> None:
         # 1. Phase starting: poll the app's health URL until it answers 2xx.
         self._set_phase("starting")
-        await self._wait_app_healthy()
+        await self.app.wait_healthy()
+        self._health_task = asyncio.create_task(self.app.watch(), name="app-health")
+        self._health_task.add_done_callback(_log_failure)
         # 2. Phase registering: wait --register-delay.
         self._set_phase("registering")
         await asyncio.sleep(self.settings.register_delay)
@@ -175,49 +157,18 @@ class Lifecycle:
             await self.publish_weight()
             await asyncio.sleep(RESYNC_SECONDS)
 
-    def _health_url(self) -> str | None:
-        if not self.settings.app or not self.settings.app_health:
-            return None
-        return self.settings.app + "/" + self.settings.app_health.lstrip("/")
-
-    async def _wait_app_healthy(self) -> None:
-        url = self._health_url()
-        if url is None:
-            return
-        async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_SECONDS, trust_env=False) as client:
-            while not await _healthy(client, url):  # noqa: ASYNC110 - another process: polling is all there is
-                await asyncio.sleep(HEALTH_POLL_SECONDS)
-        self._health_task = asyncio.create_task(self._watch_app_health(url), name="app-health")
-        self._health_task.add_done_callback(_log_failure)
-
-    async def _watch_app_health(self, url: str) -> None:
-        """After start-up, /ready follows the app's health too."""
-        failures = 0
-        async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_SECONDS, trust_env=False) as client:
-            while True:
-                await asyncio.sleep(HEALTH_WATCH_SECONDS)
-                failures = 0 if await _healthy(client, url) else failures + 1
-                healthy = failures < HEALTH_FAILURES_UNHEALTHY
-                if healthy != self.app_healthy:
-                    log.warning(
-                        "app %s: /ready now %s",
-                        "healthy again" if healthy else "unhealthy",
-                        200 if healthy else 503,
-                    )
-                self.app_healthy = healthy
-
     async def _register_now(self) -> None:
         start_ms = int(time.time() * 1000)
         self._register_attempted = True
         instance, override = self._instance(start_ms), self.override
-        await self.registry.register(instance)
+        await self._registry.register(instance)
         self._start_ms = start_ms
         self._registered_at = time.monotonic()
         self.registered = True
         # What was sent, not self.override: a PUT /weight during the call is not in the registry
         # yet, and publish_weight (called next) sends it only if this says so.
         self._published = (instance.weight, override)
-        self.metrics.weight.set(instance.weight)
+        self._metrics.weight.set(instance.weight)
 
     def _instance(self, start_ms: int) -> Instance:
         advertise = self.settings.advertise
@@ -249,15 +200,15 @@ class Lifecycle:
                 return True
             try:
                 if self._published is None or wanted[1] != self._published[1]:
-                    await self.registry.register(self._instance(self._start_ms))  # the metadata changed
-                await self.registry.set_weight(self.settings.instance_id, wanted[0])
+                    await self._registry.register(self._instance(self._start_ms))  # the metadata changed
+                await self._registry.set_weight(self.settings.instance_id, wanted[0])
             except RegistryError as exc:
                 self._registry_failed("set_weight", exc)
                 return False
             self._published = wanted
             self.registry_error = None
-            self.metrics.registry_ops.labels("set_weight").inc()
-            self.metrics.weight.set(wanted[0])
+            self._metrics.registry_ops.labels("set_weight").inc()
+            self._metrics.weight.set(wanted[0])
             return True
 
     # --- the offline sequence
@@ -279,13 +230,13 @@ class Lifecycle:
         # 1. Phase draining: /ready answers 503, responses are marked closing.
         self._set_phase("draining")
         self.draining.set()
-        log.info("offline: draining %s (%d in flight)", self.settings.instance_id, self.tracker.count)
+        log.info("offline: draining %s (%d in flight)", self.settings.instance_id, self._tracker.count)
         # 2. Registry: take the instance out, retried in the background until the drain deadline.
         #    (Nothing to take out if no register call was ever made.)
         deregistering = asyncio.create_task(self._deregister(deadline)) if self._register_attempted else None
         # 3. Notify every consumer that called recently, in parallel.
         notice = OfflineNotice(self.settings.service, self.settings.instance_id, str(self.settings.advertise))
-        notifying = asyncio.create_task(self.notifier.send_all(self.consumers.recent(), notice))
+        notifying = asyncio.create_task(self._notifier.send_all(self._consumers.recent(), notice))
         notifying.add_done_callback(lambda _: self.notified.set())
         # 4. Keep serving what arrives: the inbound proxy marks those responses closing.
         try:
@@ -293,13 +244,13 @@ class Lifecycle:
             #    no request arrived for --quiet-period; by `settle_by`, which leaves the end of
             #    the drain to finish what is in flight (see FINISHING_SHARE).
             if await _within(self._settle(notifying, deregistering, started), settle_by) is None:
-                log.warning("offline: not settled in time, %d requests in flight", self.tracker.count)
+                log.warning("offline: not settled in time, %d requests in flight", self._tracker.count)
             # 6. Phase drained: refuse whatever still arrives; answer /shutdown once what is in
             #    flight has finished, or at the drain deadline with what is left.
             self.refusing = True
             self._set_phase("drained")
-            await _within(self.tracker.wait_idle(), deadline)
-            inflight = self.tracker.count
+            await _within(self._tracker.wait_idle(), deadline)
+            inflight = self._tracker.count
         finally:  # also when a second signal cuts the sequence short
             for task in (notifying, deregistering):
                 if task is not None and not task.done():
@@ -312,9 +263,9 @@ class Lifecycle:
             notified=sum(sent),
             deregistered=deregistering is None or (_succeeded(deregistering) and deregistering.result()),
         )
-        self.metrics.drain_seconds.set(result.seconds)
-        self.metrics.notifications.labels("ok").inc(sum(sent))
-        self.metrics.notifications.labels("failed").inc(len(sent) - sum(sent))
+        self._metrics.drain_seconds.set(result.seconds)
+        self._metrics.notifications.labels("ok").inc(sum(sent))
+        self._metrics.notifications.labels("failed").inc(len(sent) - sum(sent))
         log.info("offline: %s", json.dumps(result.body()))
         self.ended.set()
         return result
@@ -326,18 +277,18 @@ class Lifecycle:
         requests that arrived meanwhile (consumers keep calling until the registry lets go)."""
         others = [asyncio.shield(task) for task in (notifying, deregistering) if task is not None]
         await asyncio.gather(*others, return_exceptions=True)
-        await self.tracker.wait_quiet(self.settings.quiet_period, since)
+        await self._tracker.wait_quiet(self.settings.quiet_period, since)
         return True
 
     async def _deregister(self, deadline: float) -> bool:
         async def take_out() -> None:
-            await self.registry.set_offline(self.settings.instance_id)
-            await self.registry.deregister(self.settings.instance_id)
+            await self._registry.set_offline(self.settings.instance_id)
+            await self._registry.deregister(self.settings.instance_id)
 
         if not await _within(self._retry("deregister", take_out), deadline):
             return False
         self.registered = False
-        self.metrics.weight.set(0)
+        self._metrics.weight.set(0)
         return True
 
     async def stop_tasks(self) -> None:
@@ -361,28 +312,27 @@ class Lifecycle:
                 self._registry_failed(op, exc)
             else:
                 self.registry_error = None
-                self.metrics.registry_ops.labels(op).inc()
+                self._metrics.registry_ops.labels(op).inc()
                 return True
             await asyncio.sleep(pause * random.uniform(0.8, 1.2))  # jitter spreads a fleet's retries
             pause = min(pause * 2, BACKOFF_MAX_SECONDS)
 
     def _registry_failed(self, op: str, exc: RegistryError) -> None:
         self.registry_error = f"{op}: {exc}"
-        self.metrics.registry_errors.labels(op).inc()
+        self._metrics.registry_errors.labels(op).inc()
         log.warning("registry %s failed: %s", op, exc)
 
     def _set_phase(self, phase: str) -> None:
         if phase != self.phase:
             log.info("phase %s -> %s", self.phase, phase)
         self.phase = phase
-        self.metrics.set_phase(phase)
+        self._metrics.set_phase(phase)
 
 
-async def _healthy(client: httpx.AsyncClient, url: str) -> bool:
-    try:
-        return (await client.get(url)).is_success
-    except httpx.HTTPError:
-        return False  # not up (yet), or not answering
+def _health_url(settings: Settings) -> str | None:
+    if not settings.app or not settings.app_health:
+        return None
+    return settings.app + "/" + settings.app_health.lstrip("/")
 
 
 async def _within(awaitable: Awaitable[T], deadline: float) -> T | None:

@@ -1,0 +1,68 @@
+"""What the admin API reports, read explicitly from the parts `runtime` composed: the bodies of
+/status and /weight, and the /metrics text. The parts only keep their state; this is the one
+place that turns it into the API's JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.config import Settings
+from sidecar.consumer.upstream import Upstreams
+from sidecar.exec.supervisor import Supervisor
+from sidecar.metrics import Metrics
+from sidecar.provider.inflight import ConsumerBook, InflightTracker
+from sidecar.provider.lifecycle import Lifecycle
+
+
+@dataclass(frozen=True, slots=True)
+class StatusView:
+    settings: Settings
+    lifecycle: Lifecycle
+    tracker: InflightTracker
+    consumers: ConsumerBook
+    registry_kind: str
+    upstreams: Upstreams
+    child: Supervisor | None
+    metrics: Metrics
+
+    def status(self) -> dict[str, Any]:
+        lifecycle = self.lifecycle
+        return {
+            "service": self.settings.service,
+            "instance_id": self.settings.instance_id,
+            "phase": lifecycle.phase,
+            "ready": lifecycle.ready,
+            "weight": {
+                "base": self.settings.weight,
+                "current": lifecycle.current_weight(),
+                "override": lifecycle.override,
+            },
+            "inflight": self.tracker.count,
+            "registry": {
+                "kind": self.registry_kind,
+                "registered": lifecycle.registered,
+                "last_error": lifecycle.registry_error,
+            },
+            "consumers": len(self.consumers),
+            "upstreams": self.upstreams.status(),
+            "child": self.child.status() if self.child else None,
+        }
+
+    def weight(self) -> dict[str, Any]:
+        lifecycle, warmup = self.lifecycle, self.lifecycle.warmup
+        return {
+            "base": self.settings.weight,
+            "current": lifecycle.current_weight(),
+            "override": lifecycle.override,
+            "warmup": {
+                "window_s": warmup.window,
+                "curve": warmup.curve,
+                "min_percent": warmup.min_percent,
+                "elapsed_s": round(lifecycle.since_registered(), 3),
+                "active": lifecycle.phase == "warming",
+            },
+        }
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.render()
