@@ -36,6 +36,10 @@ class RegistryRejected(RegistryError):
     """The registry answered, but refused the operation (bad request, permission)."""
 
 
+class RegistryClosed(RegistryError):
+    """The registry object was closed: it takes no more calls. Retrying will not help."""
+
+
 @dataclass(frozen=True, slots=True)
 class Instance:
     """One instance of a service as published in a registry."""
@@ -60,7 +64,8 @@ class Instance:
 class Registry(Protocol):
     """What the sidecar needs from a service registry.
 
-    Every method may raise `RegistryUnavailable` (retry later) or `RegistryRejected`.
+    Every method may raise `RegistryUnavailable` (retry later) or `RegistryRejected`, and
+    every method but `close` raises `RegistryClosed` once the registry is closed.
     """
 
     kind: str
@@ -98,10 +103,17 @@ class Registry(Protocol):
 
 
 class Backend:
-    """What every backend shares: `async with backend:` closes it on the way out."""
+    """What every backend shares: `async with backend:` closes it on the way out, and once
+    `close()` has set `_closed`, `_check_open()` refuses every call with `RegistryClosed`."""
+
+    _closed = False
 
     async def close(self) -> None:
         raise NotImplementedError
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RegistryClosed(f"{type(self).__name__} is closed")
 
     async def __aenter__(self) -> Self:
         return self

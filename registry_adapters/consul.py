@@ -30,22 +30,16 @@ import asyncio
 import logging
 import warnings
 from collections.abc import AsyncGenerator, Awaitable
-from dataclasses import dataclass
 from typing import Any, Self
-from urllib.parse import SplitResult, parse_qs
+from urllib.parse import SplitResult
 
 import aiohttp
 import consul.aio
 from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ClientError, ConsulException
 
-from registry_adapters.base import (
-    Backend,
-    Instance,
-    RegistryError,
-    RegistryRejected,
-    RegistryUnavailable,
-    RegistryURLError,
-)
+from registry_adapters.base import Instance, RegistryRejected, RegistryUnavailable, RegistryURLError
+from registry_adapters.keepalive import Beats, Published, Publisher
+from registry_adapters.urls import query_options
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +58,7 @@ _CHECK_GONE_MARKERS = ("does not have associated TTL", "Unknown check")
 _REJECTED = (ACLDisabled, ACLPermissionDenied, BadRequest, ClientError)
 
 
-@dataclass(slots=True)
-class _Published:
-    """What this process wants Consul to show for one instance."""
-
-    instance: Instance
-    offline: bool = False
-    synced: bool = True  # False after a change Consul may have missed: the beat publishes again
-
-    @property
-    def in_maintenance(self) -> bool:
-        return self.offline or self.instance.weight == 0
-
-
-class ConsulRegistry(Backend):
+class ConsulRegistry(Publisher[Published]):
     kind = "consul"
 
     def __init__(
@@ -91,20 +72,16 @@ class ConsulRegistry(Backend):
         watch_wait: float = DEFAULT_WATCH_WAIT_S,
         call_timeout: float = DEFAULT_CALL_TIMEOUT_S,
     ) -> None:
+        super().__init__()
         self._host = f"[{host}]" if ":" in host else host  # py-consul pastes it into a URL
         self._port = port
         self._token = token
         self._ttl = f"{ttl:g}s"
-        self._beat_interval = beat_interval
         self._watch_wait = watch_wait
         self._call_timeout = call_timeout
         self._blocking_timeout = watch_wait * 17 / 16 + call_timeout
         self._client: Any = None  # created on first use: aiohttp wants a running loop
-        self._closed = False
-        self._published: dict[str, _Published] = {}
-        self._beats: dict[str, asyncio.Task[None]] = {}
-        # Serialises changes, so a beat's re-registration can never follow a deregistration.
-        self._lock = asyncio.Lock()
+        self._beats = Beats("consul heartbeat", beat_interval, self._beat, log)
 
     @classmethod
     def from_url(cls, parts: SplitResult, **options: Any) -> Self:
@@ -115,50 +92,19 @@ class ConsulRegistry(Backend):
             raise RegistryURLError(f"bad port in registry URL {shown!r}: {exc}") from exc
         if port == 0 or not parts.hostname or parts.path not in ("", "/"):
             raise RegistryURLError(f"registry URL {shown!r}: expected consul://HOST[:PORT][?token=TOKEN]")
-        query = parse_qs(parts.query, keep_blank_values=True)
-        if unknown := sorted(set(query) - {"token"}):
-            raise RegistryURLError(f"registry URL {shown!r}: unknown parameter(s) {unknown}, only token=")
-        token = query["token"][-1] if "token" in query else None
+        token = query_options(parts, shown, ["token"]).get("token")
         return cls(parts.hostname, port or DEFAULT_PORT, token=token or None, **options)
 
     async def register(self, instance: Instance) -> None:
-        published = _Published(instance)
+        self._check_open()
+        published = Published(instance)
         async with self._lock:
             await self._publish(published)
             self._published[instance.instance_id] = published
-            if instance.instance_id not in self._beats:
-                self._beats[instance.instance_id] = asyncio.create_task(
-                    self._beat(instance.instance_id), name=f"consul-beat-{instance.instance_id}"
-                )
-
-    async def set_weight(self, instance_id: str, weight: int) -> None:
-        async with self._lock:
-            published = self._published.get(instance_id)
-            if published is None:
-                raise RegistryRejected(f"{instance_id!r} was not registered through this registry")
-            published.instance, published.synced = published.instance.with_weight(weight), False
-            if weight == 0:
-                await self._set_maintenance(published)
-            else:
-                await self._publish(published)
-            published.synced = True
-
-    async def set_offline(self, instance_id: str) -> None:
-        async with self._lock:
-            published = self._published.get(instance_id)
-            if published is not None:
-                published.offline, published.synced = True, False
-                await self._set_maintenance(published)
-                published.synced = True
-
-    async def deregister(self, instance_id: str) -> None:
-        async with self._lock:
-            self._published.pop(instance_id, None)
-            await self._stop_beats([instance_id])
-            # An unknown service is no error: 1.8.x answers 200, newer agents 404 (False here).
-            await self._call("deregister", self._api().agent.service.deregister(instance_id))
+            self._beats.start(instance.instance_id)
 
     async def watch(self, service: str) -> AsyncGenerator[list[Instance], None]:
+        self._check_open()
         index: int | None = None
         last: list[Instance] | None = None
         while True:
@@ -174,7 +120,7 @@ class ConsulRegistry(Backend):
 
     async def close(self) -> None:
         self._closed = True
-        await self._stop_beats(list(self._beats))
+        await self._beats.stop()
         client, self._client = self._client, None
         if client is not None:
             await client.close()
@@ -182,8 +128,7 @@ class ConsulRegistry(Backend):
     # -- internals ------------------------------------------------------------------------------
 
     def _api(self) -> Any:
-        if self._closed:
-            raise RuntimeError("ConsulRegistry is closed")
+        self._check_open()  # and so never a new client after close()
         if self._client is None:
             # py-consul builds its connector with SSL arguments aiohttp deprecates; harmless
             # for plain HTTP, but fatal wherever warnings are errors.
@@ -218,7 +163,22 @@ class ConsulRegistry(Backend):
         except (aiohttp.ClientError, OSError) as exc:
             raise RegistryUnavailable(f"consul {what}: {exc!r}") from exc
 
-    async def _publish(self, published: _Published) -> None:
+    async def _show(self, published: Published, *, weight_changed: bool) -> None:
+        # Maintenance alone takes it out; a weight > 0 is registered (maintenance kept if offline).
+        if weight_changed and published.instance.weight > 0:
+            await self._publish(published)
+        else:
+            await self._set_maintenance(published)
+        published.synced = True
+
+    async def _withdraw(self, instance_id: str, published: Published | None) -> None:
+        self._published.pop(instance_id, None)
+        await self._beats.stop([instance_id])
+        # Sent for an id not registered here too (an earlier process's, say). An unknown
+        # service is no error: 1.8.x answers 200, newer agents 404 (False here).
+        await self._call("deregister", self._api().agent.service.deregister(instance_id))
+
+    async def _publish(self, published: Published) -> None:
         """Register the instance as `published` wants it (registering again replaces)."""
         instance = published.instance
         check = {
@@ -226,7 +186,7 @@ class ConsulRegistry(Backend):
             "Name": "graceful-sidecar heartbeat",
             "TTL": self._ttl,
             # Critical until maintenance is on, so an instance kept out is never shown in between.
-            "Status": "critical" if published.in_maintenance else "passing",
+            "Status": "passing" if published.in_rotation else "critical",
             "DeregisterCriticalServiceAfter": DEREGISTER_CRITICAL_AFTER,
         }
         request = self._api().agent.service.register(
@@ -241,33 +201,27 @@ class ConsulRegistry(Backend):
         await self._call("register", request)
         await self._set_maintenance(published)
 
-    async def _set_maintenance(self, published: _Published) -> None:
+    async def _set_maintenance(self, published: Published) -> None:
         # Always sent, also to turn it off: a previous process with this id may have left it on.
-        enable = published.in_maintenance
+        enable = not published.in_rotation
         reason = ("offline" if published.offline else "weight 0") if enable else None
         request = self._api().agent.service.maintenance(published.instance.instance_id, enable, reason)
         # False (404) means the agent lost the service; the beat registers it again, maintenance too.
         await self._call("maintenance", request)
 
-    async def _beat(self, instance_id: str) -> None:
+    async def _beat(self, instance_id: str) -> bool:
         """Keep the TTL check passing; publish again what the agent forgot or missed."""
-        while True:
-            await asyncio.sleep(self._beat_interval)
-            try:
-                known = await self._check_known(instance_id)
-                async with self._lock:
-                    if (published := self._published.get(instance_id)) is None:
-                        return
-                    if known and published.synced:
-                        continue
-                    if not known:
-                        log.warning("consul forgot %s (agent restarted?); registering it again", instance_id)
-                    await self._publish(published)
-                    published.synced = True
-            except RegistryError as exc:
-                log.warning("consul heartbeat of %s failed: %s", instance_id, exc)
-            except Exception:  # the beat must outlive any surprise, or the instance expires
-                log.exception("consul heartbeat of %s failed", instance_id)
+        known = await self._check_known(instance_id)
+        async with self._lock:
+            if (published := self._published.get(instance_id)) is None:
+                return False
+            if known and published.synced:
+                return True
+            if not known:
+                log.warning("consul forgot %s (agent restarted?); registering it again", instance_id)
+            await self._publish(published)
+            published.synced = True
+            return True
 
     async def _check_known(self, instance_id: str) -> bool:
         """Pass the TTL check; False when the agent does not know it (any more)."""
@@ -278,12 +232,6 @@ class ConsulRegistry(Backend):
             if any(marker in str(exc.__cause__) for marker in _CHECK_GONE_MARKERS):
                 return False
             raise
-
-    async def _stop_beats(self, instance_ids: list[str]) -> None:
-        tasks = [task for i in instance_ids if (task := self._beats.pop(i, None)) is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _check_id(instance_id: str) -> str:

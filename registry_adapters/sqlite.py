@@ -37,19 +37,12 @@ import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, Self, TypeVar
 from urllib.parse import SplitResult, unquote
 
-from registry_adapters.base import (
-    Backend,
-    Instance,
-    RegistryError,
-    RegistryRejected,
-    RegistryUnavailable,
-    RegistryURLError,
-)
+from registry_adapters.base import Backend, Instance, RegistryRejected, RegistryUnavailable, RegistryURLError
+from registry_adapters.keepalive import Beats, Published, not_registered
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +73,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-@dataclass(slots=True)
-class _Published:
-    """What this process wants the table to show for one instance."""
-
-    instance: Instance
-    offline: bool = False
-
-
 class SQLiteRegistry(Backend):
     kind = "sqlite"
 
@@ -102,16 +87,15 @@ class SQLiteRegistry(Backend):
     ) -> None:
         self.path = Path(path)
         self._ttl = ttl
-        self._beat_interval = beat_interval
         self._poll_interval = poll_interval
         self._busy_timeout = busy_timeout
         self._schema_ready = False
-        self._closed = False
-        self._beats: dict[str, asyncio.Task[None]] = {}
+        # A beat rewrites the row with a new expiry (inserting it again if it vanished).
+        self._beats = Beats("sqlite heartbeat", beat_interval, self._beat, log)
         # Held (in worker threads) around every write and every change of `_published`, so that
         # a beat cannot insert again a row that deregister has just deleted.
         self._write_lock = threading.Lock()
-        self._published: dict[str, _Published] = {}
+        self._published: dict[str, Published] = {}
         self._watched: Counter[str] = Counter()  # service -> watches of it through this object
         self._round: asyncio.Future[dict[str, list[Instance]]] | None = None  # a read under way
         self._round_services: frozenset[str] = frozenset()  # what it reads
@@ -133,27 +117,22 @@ class SQLiteRegistry(Backend):
         return cls(path, **options)
 
     async def register(self, instance: Instance) -> None:
-        await self._run(self._write_register, _Published(instance))
-        if instance.instance_id not in self._beats:
-            self._beats[instance.instance_id] = asyncio.create_task(
-                self._beat(instance.instance_id), name=f"sqlite-beat-{instance.instance_id}"
-            )
+        await self._run(self._write_register, Published(instance))
+        self._beats.start(instance.instance_id)
 
     async def set_weight(self, instance_id: str, weight: int) -> None:
         if not await self._run(self._write_change, instance_id, weight=weight):
-            raise RegistryRejected(f"{instance_id!r} was not registered through this registry")
+            raise not_registered(instance_id)
 
     async def set_offline(self, instance_id: str) -> None:
         await self._run(self._write_change, instance_id, offline=True)
 
     async def deregister(self, instance_id: str) -> None:
         await self._run(self._write_deregister, instance_id)
-        task = self._beats.pop(instance_id, None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._beats.stop([instance_id])
 
     async def watch(self, service: str) -> AsyncGenerator[list[Instance], None]:
+        self._check_open()
         last: list[Instance] | None = None
         self._watched[service] += 1
         try:
@@ -182,18 +161,14 @@ class SQLiteRegistry(Backend):
 
     async def close(self) -> None:
         self._closed = True
-        tasks = list(self._beats.values())
-        self._beats.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._beats.stop()
 
     # -- internals ------------------------------------------------------------------------------
 
     async def _run(self, work: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run blocking sqlite3 work in a thread, translating its errors."""
-        if self._closed:
-            raise RuntimeError("SQLiteRegistry is closed")
+        """Run blocking sqlite3 work in a thread, translating its errors; every call goes
+        through here, and so does the closed registry's refusal."""
+        self._check_open()
         try:
             return await asyncio.to_thread(work, *args, **kwargs)
         except sqlite3.OperationalError as exc:  # locked, unreadable, disk full: may pass
@@ -203,16 +178,8 @@ class SQLiteRegistry(Backend):
         except sqlite3.Error as exc:  # not a database, constraint: retrying will not help
             raise RegistryRejected(f"sqlite {self.path}: {exc}") from exc
 
-    async def _beat(self, instance_id: str) -> None:
-        while True:
-            await asyncio.sleep(self._beat_interval)
-            try:
-                if not await self._run(self._write_change, instance_id):
-                    return
-            except RegistryError as exc:
-                log.warning("sqlite heartbeat of %s failed: %s", instance_id, exc)
-            except Exception:  # the beat must outlive any surprise, or the instance expires
-                log.exception("sqlite heartbeat of %s failed", instance_id)
+    async def _beat(self, instance_id: str) -> bool:
+        return await self._run(self._write_change, instance_id)
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: autocommit, each statement a transaction of its own.
@@ -224,7 +191,7 @@ class SQLiteRegistry(Backend):
             self._schema_ready = True
         return db
 
-    def _write_register(self, published: _Published) -> None:
+    def _write_register(self, published: Published) -> None:
         now = time.time()
         with self._write_lock, closing(self._connect()) as db:
             db.execute("DELETE FROM instances WHERE expires_at < ?", (now - PRUNE_AFTER_S,))
@@ -239,9 +206,7 @@ class SQLiteRegistry(Backend):
             published = self._published.get(instance_id)
             if published is None:
                 return False
-            if weight is not None:
-                published.instance = published.instance.with_weight(weight)
-            published.offline = published.offline or offline
+            published.change(weight=weight, offline=offline)
             updated = db.execute(
                 "UPDATE instances SET weight = ?, offline = ?, expires_at = ? WHERE instance_id = ?",
                 (published.instance.weight, published.offline, now + self._ttl, instance_id),
@@ -256,7 +221,7 @@ class SQLiteRegistry(Backend):
             self._published.pop(instance_id, None)
             db.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
 
-    def _insert(self, db: sqlite3.Connection, published: _Published, now: float) -> None:
+    def _insert(self, db: sqlite3.Connection, published: Published, now: float) -> None:
         i, meta = published.instance, json.dumps(dict(published.instance.meta))
         row = (i.instance_id, i.service, i.host, i.port, i.weight, meta, published.offline, now + self._ttl)
         db.execute("INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)  # schema order

@@ -25,8 +25,8 @@ Features
   with `RegistryUnavailable`. Watches use a session of their own, so that closing the
   publishing session never disturbs the consumer side.
 - kazoo is thread-based: its calls are issued asynchronously and their results bridged into the
-  loop (`rawlink` + `call_soon_threadsafe`); only starting and stopping a session, which block,
-  run in worker threads. Calls fail fast while a session is not connected.
+  loop (`kazoo_bridge`); only starting and stopping a session, which block, run in worker
+  threads. Calls fail fast while a session is not connected.
 
 Connection string
 -----------------
@@ -39,39 +39,24 @@ publishes `/services/{service}/{id}`; `layout=dubbo` publishes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Self
-from urllib.parse import SplitResult, parse_qs, unquote
+from urllib.parse import SplitResult, unquote
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import (
-    AuthFailedError,
-    BadArgumentsError,
-    BadVersionError,
-    InvalidACLError,
-    KazooException,
-    NoAuthError,
-    NoChildrenForEphemeralsError,
-    NodeExistsError,
-    NoNodeError,
-    RolledBackError,
-)
+from kazoo.exceptions import NoNodeError, RolledBackError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
-from registry_adapters.base import (
-    Backend,
-    Instance,
-    RegistryError,
-    RegistryRejected,
-    RegistryUnavailable,
-    RegistryURLError,
-)
+from registry_adapters import kazoo_bridge
+from registry_adapters.base import Instance, RegistryRejected, RegistryUnavailable, RegistryURLError
+from registry_adapters.kazoo_bridge import CONFLICTS, threadsafe, translated
+from registry_adapters.keepalive import Published, Publisher
+from registry_adapters.urls import BadHost, host_list, query_options
 from registry_adapters.zookeeper_layouts import LAYOUTS, Layout, make_layout
 
 log = logging.getLogger(__name__)
@@ -82,35 +67,21 @@ DEFAULT_PORT = 2181
 DEFAULT_SESSION_TIMEOUT_S = 10.0
 # A connected server answers in milliseconds; beyond this it is unwell. Also bounds a start.
 DEFAULT_CALL_TIMEOUT_S = 5.0
-_REJECTED = (
-    AuthFailedError,
-    BadArgumentsError,
-    InvalidACLError,
-    NoAuthError,
-    NoChildrenForEphemeralsError,
-    ValueError,  # kazoo's path validation
-)
-# What another writer may cause between our read of the children and our transaction.
-_CONFLICTS = (NodeExistsError, NoNodeError, BadVersionError)
 _USAGE = "expected zookeeper://HOST[:PORT][,HOST[:PORT]...][/CHROOT][?layout=curator|dubbo]"
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?$")
 
 
-@dataclass(slots=True)
-class _Published:
-    """What this process wants ZooKeeper to show for one instance."""
+@dataclass(slots=True, kw_only=True)
+class _Published(Published):
+    """What this process wants ZooKeeper to show for one instance: also since when."""
 
-    instance: Instance
     registered_ms: int
-    offline: bool = False
-    leaving: bool = False  # deregister began: publish nothing more, delete what is there
 
     @property
     def hidden(self) -> bool:
-        return self.offline or self.leaving or self.instance.weight == 0
+        return self.leaving or not self.in_rotation
 
 
-class ZooKeeperRegistry(Backend):
+class ZooKeeperRegistry(Publisher[_Published]):
     kind = "zookeeper"
 
     def __init__(
@@ -124,97 +95,65 @@ class ZooKeeperRegistry(Backend):
         call_timeout: float = DEFAULT_CALL_TIMEOUT_S,
         beat_interval: float | None = None,  # unused: kazoo pings within a third of `ttl` itself
     ) -> None:
+        super().__init__()  # its lock also serialises a publishing session's start
         self._hosts = hosts
         self._chroot = chroot
         self.layout: Layout = make_layout(layout, protocol)
         self._ttl = ttl
         self._call_timeout = call_timeout
-        self._closed = False
         self._publisher: KazooClient | None = None
         self._reader: KazooClient | None = None
-        self._published: dict[str, _Published] = {}
         self._wakers: set[asyncio.Event] = set()  # one per running watch, set on state changes
-        self._lock = asyncio.Lock()  # serialises publishing, and a publishing session's start
         self._reader_lock = asyncio.Lock()
         self._resyncs: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(cls, parts: SplitResult, **options: Any) -> Self:
         shown = parts.geturl()
-        hosts: list[str] = []
-        for entry in parts.netloc.split(","):
-            match = _HOST.match(entry.strip())
-            port = int(match[2]) if match and match[2] else DEFAULT_PORT
-            if not match or not 1 <= port <= 65535:
-                raise RegistryURLError(
-                    f"registry URL {shown!r}: bad host {entry!r} in the host list; {_USAGE}"
-                )
-            hosts.append(f"{match[1]}:{port}")
+        try:
+            hosts = host_list(parts.netloc, DEFAULT_PORT)
+        except BadHost as exc:
+            raise RegistryURLError(
+                f"registry URL {shown!r}: bad host {exc.entry!r} in the host list; {_USAGE}"
+            ) from None
         chroot = unquote(parts.path).rstrip("/") if parts.path not in ("", "/") else ""
         if chroot and any(segment in ("", ".", "..") for segment in chroot.split("/")[1:]):
             raise RegistryURLError(f"registry URL {shown!r}: bad chroot {parts.path!r}; {_USAGE}")
-        query = parse_qs(parts.query, keep_blank_values=True)
-        if unknown := sorted(set(query) - {"layout", "session_timeout", "protocol"}):
-            known = "layout=, session_timeout=, protocol="
-            raise RegistryURLError(f"registry URL {shown!r}: unknown option(s) {unknown}; known: {known}")
-        layout = query.get("layout", ["curator"])[-1]
+        known = ["layout", "session_timeout", "protocol"]
+        query = query_options(parts, shown, known, "unknown option(s) {names}; known: {known}")
+        layout = query.get("layout", "curator")
         if layout not in LAYOUTS:
             raise RegistryURLError(f"registry URL {shown!r}: layout must be curator or dubbo, not {layout!r}")
         if "session_timeout" in query:
             try:
-                options["ttl"] = float(query["session_timeout"][-1])
+                options["ttl"] = float(query["session_timeout"])
             except ValueError:
                 options["ttl"] = -1.0
             if not 1 <= options["ttl"] <= 600:
                 raise RegistryURLError(f"registry URL {shown!r}: session_timeout must be 1..600 seconds")
-        protocol = query.get("protocol", ["dubbo"])[-1]
+        protocol = query.get("protocol", "dubbo")
         if not re.fullmatch(r"[a-z][a-z0-9+.-]*", protocol):
             raise RegistryURLError(f"registry URL {shown!r}: protocol must be a URL scheme, not {protocol!r}")
         return cls(",".join(hosts), chroot=chroot, layout=layout, protocol=protocol, **options)
 
     async def register(self, instance: Instance) -> None:
+        self._check_open()
         async with self._lock:
             previous = self._published.get(instance.instance_id)
             registered_ms = previous.registered_ms if previous else int(time.time() * 1000)
-            published = _Published(instance, registered_ms)
+            published = _Published(instance, registered_ms=registered_ms)
             self._published[instance.instance_id] = published
             await self._reconcile(published)
 
-    async def set_weight(self, instance_id: str, weight: int) -> None:
-        async with self._lock:
-            published = self._published.get(instance_id)
-            if published is None or published.leaving:
-                raise RegistryRejected(f"{instance_id!r} was not registered through this registry")
-            published.instance = published.instance.with_weight(weight)
-            await self._reconcile(published)
-
-    async def set_offline(self, instance_id: str) -> None:
-        async with self._lock:
-            published = self._published.get(instance_id)
-            if published is not None:
-                published.offline = True
-                await self._reconcile(published)
-
-    async def deregister(self, instance_id: str) -> None:
-        async with self._lock:
-            published = self._published.get(instance_id)
-            if published is None:
-                return
-            published.leaving = True
-            await self._reconcile(published)  # kept (hidden) until this succeeds: retried then
-            del self._published[instance_id]
-            if not self._published:
-                client, self._publisher = self._publisher, None
-                await _stop(client)
-
     async def watch(self, service: str) -> AsyncGenerator[list[Instance], None]:
+        self._check_open()
         parent = self.layout.parent(service)
         client = await self._session("reader")
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
         # One callable for the whole watch: kazoo keeps a set of watchers per path, so watching
         # a node again with it does not pile up callbacks.
-        wake = _threadsafe(loop, lambda *_: changed.set())
+        wake = threadsafe(loop, lambda *_: changed.set())
         self._wakers.add(changed)
         try:
             last: list[Instance] | None = None
@@ -237,15 +176,14 @@ class ZooKeeperRegistry(Backend):
         self._publisher = self._reader = None
         for changed in self._wakers:
             changed.set()
-        await asyncio.gather(*(_stop(client) for client in clients))
+        await asyncio.gather(*(kazoo_bridge.stop(client) for client in clients))
 
     # -- sessions ---------------------------------------------------------------------------------
 
     async def _session(self, role: str) -> KazooClient:
         """The connected client of `role`, started on first use: "reader" for watches,
         "publisher" for our nodes (called with `_lock` held, which serialises its start)."""
-        if self._closed:
-            raise RuntimeError("ZooKeeperRegistry is closed")
+        self._check_open()  # and so never a new session after close()
         if role == "reader":
             async with self._reader_lock:
                 if self._reader is None:
@@ -270,7 +208,7 @@ class ZooKeeperRegistry(Backend):
             logger=_kazoo_log,
         )
         loop = asyncio.get_running_loop()
-        client.add_listener(_threadsafe(loop, lambda state: self._on_state(role, client, state)))
+        client.add_listener(threadsafe(loop, lambda state: self._on_state(role, client, state)))
         try:
             await asyncio.to_thread(client.start, self._call_timeout)
             if self._chroot:
@@ -282,7 +220,7 @@ class ZooKeeperRegistry(Backend):
                 f"zookeeper {self._hosts}: no session in {self._call_timeout} s"
             ) from exc
         except BaseException:
-            await _stop(client)
+            await kazoo_bridge.stop(client)
             raise
         return client
 
@@ -315,6 +253,19 @@ class ZooKeeperRegistry(Backend):
 
     # -- publishing -------------------------------------------------------------------------------
 
+    async def _show(self, published: _Published, *, weight_changed: bool) -> None:
+        await self._reconcile(published)
+
+    async def _withdraw(self, instance_id: str, published: _Published | None) -> None:
+        if published is None:
+            return
+        published.leaving = True
+        await self._reconcile(published)  # kept (hidden) until this succeeds: retried then
+        del self._published[instance_id]
+        if not self._published:
+            client, self._publisher = self._publisher, None
+            await kazoo_bridge.stop(client)
+
     async def _reconcile(self, published: _Published) -> None:
         """Make the service's children show `published`: one transaction, retried once if the
         children changed in between (another process's node of the same id came or went)."""
@@ -322,7 +273,7 @@ class ZooKeeperRegistry(Backend):
             try:
                 await self._reconcile_once(published)
                 return
-            except _CONFLICTS as exc:
+            except CONFLICTS as exc:
                 if attempt == 2:
                     raise RegistryUnavailable(f"zookeeper publish: nodes kept changing: {exc!r}") from exc
 
@@ -358,10 +309,10 @@ class ZooKeeperRegistry(Backend):
         if changes:
             results = await self._call("publish", transaction.commit_async)
             failures = [r for r in results if isinstance(r, Exception) and not isinstance(r, RolledBackError)]
-            if failures and isinstance(failures[0], _CONFLICTS):
+            if failures and isinstance(failures[0], CONFLICTS):
                 raise failures[0]
             if failures:
-                raise _translated("publish", failures[0]) from failures[0]
+                raise translated("publish", failures[0]) from failures[0]
 
     async def _children(self, client: KazooClient, parent: str, watch: Any = None) -> list[str]:
         try:
@@ -395,52 +346,4 @@ class ZooKeeperRegistry(Backend):
         return sorted(unique.values(), key=lambda i: i.instance_id)
 
     async def _call(self, what: str, start: Callable[..., Any], *args: Any) -> Any:
-        """Issue a kazoo `*_async` call and await its result without blocking the loop;
-        translate its failures. Conflicts (NoNode, NodeExists, BadVersion) pass through."""
-        loop = asyncio.get_running_loop()
-        settled: asyncio.Future[Any] = loop.create_future()
-
-        def settle(result: Any) -> None:
-            if not settled.done():
-                settled.set_result(result)
-
-        try:
-            result = start(*args)
-            result.rawlink(_threadsafe(loop, settle))
-            async with asyncio.timeout(self._call_timeout):
-                await settled
-            return result.get(block=False)
-        except _CONFLICTS:
-            raise
-        except (KazooException, TimeoutError, *_REJECTED) as exc:
-            raise _translated(what, exc) from exc
-
-
-def _translated(what: str, exc: BaseException) -> RegistryError:
-    if isinstance(exc, _REJECTED):
-        return RegistryRejected(f"zookeeper {what}: {exc!r}")
-    if isinstance(exc, TimeoutError):
-        return RegistryUnavailable(f"zookeeper {what}: no answer in time")
-    return RegistryUnavailable(f"zookeeper {what}: {exc!r}")
-
-
-def _threadsafe(loop: asyncio.AbstractEventLoop, callback: Callable[..., None]) -> Callable[..., None]:
-    """A callable for kazoo's threads that runs `callback` in `loop` (dropped once it closed)."""
-
-    def call(*args: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
-            loop.call_soon_threadsafe(callback, *args)
-
-    return call
-
-
-async def _stop(client: KazooClient | None) -> None:
-    """End a session (its ephemeral nodes go at once if the server hears it) and free it."""
-    if client is None:
-        return
-
-    def stop() -> None:
-        client.stop()
-        client.close()
-
-    await asyncio.to_thread(stop)
+        return await kazoo_bridge.call(what, self._call_timeout, start, *args)

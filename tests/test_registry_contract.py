@@ -23,13 +23,21 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from registry_adapters import Instance, Registry, RegistryRejected, RegistryUnavailable, RegistryURLError
+from registry_adapters import (
+    Instance,
+    Registry,
+    RegistryClosed,
+    RegistryError,
+    RegistryRejected,
+    RegistryUnavailable,
+    RegistryURLError,
+)
 from registry_adapters.base import open_registry
 from registry_adapters.consul import ConsulRegistry
 from registry_adapters.etcd import EtcdRegistry
 from registry_adapters.sqlite import SQLiteRegistry
 from registry_adapters.zookeeper import ZooKeeperRegistry
-from sidecar.protocol.metadata import META_ADMIN, META_WEIGHT
+from sidecar.protocol.metadata import META_ADMIN, META_WEIGHT, META_WEIGHT_OVERRIDE
 from tests.support.consul_agent import REPO_ROOT, ConsulAgent
 from tests.support.registry_server import RegistryServer
 
@@ -184,6 +192,23 @@ async def test_deregister_leaves_the_watch(
         await watch_until(watch, lambda instances: instances == [])
 
 
+async def test_register_again_replaces_metadata(
+    registry: Registry, service: str, make: Callable[..., Instance]
+) -> None:
+    """Registering an instance id again, with other metadata and weight (as the provider does
+    when a weight override comes or goes), replaces them: a watcher sees the new keys and
+    values and none of the old keys."""
+    await registry.register(make(weight=70))
+    meta = {META_WEIGHT: "30", META_WEIGHT_OVERRIDE: "30"}  # no META_ADMIN any more
+    again = Instance(service, make().instance_id, make().host, make().port, 30, meta)
+    async with watching(registry, service) as watch:
+        await watch_until(watch, lambda instances: instances == [make(weight=70)])
+        await registry.register(again)
+        [seen] = await watch_until(watch, lambda instances: [i.weight for i in instances] == [30])
+    assert dict(seen.meta) == meta
+    assert seen == again
+
+
 async def test_unknown_instances(registry: Registry, service: str) -> None:
     """deregister and set_offline of an unknown id are no error; set_weight of one is rejected."""
     await registry.deregister(f"{service}-nobody")
@@ -229,6 +254,28 @@ async def test_closed_without_deregister_expires(
         await watch_until(watch, lambda instances: instances == [make()])
         await registry.close()
         await watch_until(watch, lambda instances: instances == [], bound_s=SHORT_TTL_S + STEP_S)
+
+
+async def test_closed_registry_refuses_every_call(
+    registry_url: str, service: str, make: Callable[..., Instance]
+) -> None:
+    """After close(), register, set_weight, set_offline, deregister and watch raise
+    RegistryClosed (a RegistryError), for a registered instance as for an unknown one."""
+    registry = open_registry(registry_url)
+    await registry.register(make(1))
+    await registry.close()
+    with pytest.raises(RegistryClosed) as refused:
+        await registry.register(make(2))
+    assert isinstance(refused.value, RegistryError)
+    for instance_id in (make(1).instance_id, f"{service}-nobody"):
+        with pytest.raises(RegistryClosed):
+            await registry.set_weight(instance_id, 10)
+        with pytest.raises(RegistryClosed):
+            await registry.set_offline(instance_id)
+        with pytest.raises(RegistryClosed):
+            await registry.deregister(instance_id)
+    with pytest.raises(RegistryClosed):
+        await anext(registry.watch(service))
 
 
 @pytest.mark.parametrize(
