@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-from registry_adapters import Instance, Registry, RegistryError
+from registry_adapters import Instance, Registry, RegistryClosed, RegistryError
 from sidecar.config import Settings
 from sidecar.metrics import Metrics
 from sidecar.protocol import metadata
@@ -303,11 +303,14 @@ class Lifecycle:
     # --- shared helpers
 
     async def _retry(self, op: str, call: Callable[[], Awaitable[None]]) -> bool:
-        """Call until it succeeds (then True); registry errors are recorded and retried."""
+        """Call until it succeeds (then True); registry errors are recorded and retried, but for
+        a closed registry, which no retry can help (a bug in the order of shutdown: raised)."""
         pause = BACKOFF_FIRST_SECONDS
         while True:
             try:
                 await call()
+            except RegistryClosed:
+                raise
             except RegistryError as exc:
                 self._registry_failed(op, exc)
             else:
