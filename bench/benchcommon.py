@@ -1,5 +1,7 @@
 """What the benchmark scripts share: the header that says on what machine and when they ran,
-and signal handling that lets their `finally` blocks stop every process they started."""
+their work dir and what a failed run prints, and signal handling that lets their `finally`
+blocks stop every process they started. Processes themselves are the demo's tooling
+(sidecar/demo/)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,16 @@ import os
 import platform
 import signal
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+import httpx
+
+from sidecar.demo.processes import print_log_tails
 
 
 def header(title: str) -> dict[str, Any]:
@@ -24,6 +32,28 @@ def header(title: str) -> dict[str, Any]:
     print(f"{title} -- {info['date']}")
     print(f"machine: {info['cores']} cores, load average {info['loadavg']} at start, Python {info['python']}")
     return info
+
+
+@contextmanager
+def workdir(prefix: str, keep: str | None = None) -> Iterator[Path]:
+    """Where the run's processes write their logs (and the SQLite registry): `keep` if given,
+    kept afterwards; otherwise a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        path = Path(keep or tmp)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+
+
+@contextmanager
+def logs_on_failure(workdir: Path, last: int | None = None) -> Iterator[None]:
+    """A run that fails ends with status 1 after printing the end of its processes' logs (only
+    the `last` ones by name, if given)."""
+    try:
+        yield
+    except (RuntimeError, OSError, httpx.HTTPError) as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        print_log_tails(workdir, last=last)
+        raise SystemExit(1) from exc
 
 
 def cpu_seconds(pid: int) -> float:

@@ -41,18 +41,18 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from benchcommon import header, run
+from benchcommon import header, logs_on_failure, run
+from benchcommon import workdir as workdir_for
 
-from sidecar.demo.fleet import free_port, stop, wait_http_ok
+from sidecar.demo.fleet import demo_app_argv, sidecar_argv
+from sidecar.demo.ports import free_port
+from sidecar.demo.processes import await_for, spawn, stop_process, wait_http_ok
 
 REPS = 5
 QUIET_PERIODS = (0.5, 1.0)
@@ -101,11 +101,11 @@ async def measure(listen_port: int, admin_port: int, durations_ms: list[int], qu
     status_url = f"http://127.0.0.1:{admin_port}/status"
     requests = [asyncio.create_task(timed_get(listen_port, f"/work?ms={ms}")) for ms in durations_ms]
     async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
-        deadline = time.monotonic() + 10
-        while (await client.get(status_url)).json()["inflight"] < len(durations_ms):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the in-flight requests did not reach the sidecar within 10 s")
-            await asyncio.sleep(0.005)
+
+        async def all_in_flight() -> bool:
+            return bool((await client.get(status_url)).json()["inflight"] >= len(durations_ms))
+
+        await await_for(all_in_flight, 10, "the in-flight requests to reach the sidecar", interval=0.005)
     shutdown = await timed_get(admin_port, "/shutdown")
     answers = await asyncio.gather(*requests)
     last_done = max(answer.answered for answer in answers)
@@ -117,11 +117,6 @@ async def measure(listen_port: int, admin_port: int, durations_ms: list[int], qu
     )
 
 
-def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
 def run_case(workdir: Path, registry: str, app_port: int, quiet: float, factors: tuple[float, ...],
              reps: int, case: str) -> list[Rep]:  # fmt: skip
     durations_ms = [round(f * quiet * 1000) for f in factors]
@@ -129,18 +124,17 @@ def run_case(workdir: Path, registry: str, app_port: int, quiet: float, factors:
     for number in range(1, reps + 1):
         name = f"drain-{case}-{quiet:g}-{number}"
         listen_port, admin_port = free_port(), free_port()
-        car = start(
-            [sys.executable, "-m", "sidecar", "run", "--service", "drain-bench", "--instance-id", name,
-             "--listen", f"127.0.0.1:{listen_port}", "--app", f"http://127.0.0.1:{app_port}",
-             "--admin", f"127.0.0.1:{admin_port}", "--registry", registry, "--log-format", "json",
-             "--quiet-period", str(quiet), "--drain-timeout", "10"],
+        car = spawn(
+            sidecar_argv(registry, admin_port, "--service", "drain-bench", "--instance-id", name,
+                         "--listen", f"127.0.0.1:{listen_port}", "--app", f"http://127.0.0.1:{app_port}",
+                         "--quiet-period", str(quiet), "--drain-timeout", "10"),
             workdir / f"sidecar-{name}.log",
         )  # fmt: skip
         try:
             wait_http_ok(f"http://127.0.0.1:{admin_port}/ready")
             results.append(asyncio.run(measure(listen_port, admin_port, durations_ms, quiet)))
         finally:
-            stop(car)
+            stop_process(car)
     return results
 
 
@@ -157,31 +151,22 @@ def main() -> None:
     info = header("drain tightness: /shutdown answer - last in-flight response")
     print(f"{args.reps} repetitions per case, a fresh provider sidecar each, SQLite registry\n")
     cases: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-drain-") as tmp:
-        workdir = Path(args.keep_logs or tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_for("bench-drain-", args.keep_logs) as workdir:
         registry = f"sqlite://{workdir / 'registry.db'}"
         app_port = free_port()
-        app = start(
-            [sys.executable, "-m", "sidecar.demo.app", "--port", str(app_port), "--name", "drain"],
-            workdir / "app.log",
-        )
+        app = spawn(demo_app_argv(app_port, "drain"), workdir / "app.log")
         try:
-            wait_http_ok(f"http://127.0.0.1:{app_port}/health")
-            for quiet in args.quiet_periods:
-                for case, factors in DURATION_SETS.items():
-                    reps = run_case(workdir, registry, app_port, quiet, factors, args.reps, case)
-                    durations = [round(f * quiet * 1000) for f in factors]
-                    cases.append(
-                        {"quiet_period_s": quiet, "case": case, "in_flight_ms": durations, "reps": reps}
-                    )
-        except (RuntimeError, OSError, httpx.HTTPError) as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            for log in sorted(workdir.glob("*.log"))[-3:]:
-                print(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}", file=sys.stderr)
-            raise SystemExit(1) from exc
+            with logs_on_failure(workdir, last=3):
+                wait_http_ok(f"http://127.0.0.1:{app_port}/health")
+                for quiet in args.quiet_periods:
+                    for case, factors in DURATION_SETS.items():
+                        reps = run_case(workdir, registry, app_port, quiet, factors, args.reps, case)
+                        durations = [round(f * quiet * 1000) for f in factors]
+                        cases.append(
+                            {"quiet_period_s": quiet, "case": case, "in_flight_ms": durations, "reps": reps}
+                        )
         finally:
-            stop(app)
+            stop_process(app)
 
     titles = f"{'after last ms':>18} {'excess ms':>18} {'late ms':>16}"
     print(f"{'quiet':>5}  {'in flight (ms)':<16} {titles}  all ok")

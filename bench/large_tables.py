@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, f
 
 from registry_adapters import Instance, open_registry
 from sidecar.consumer.instances import InstanceTable
-from sidecar.demo.fleet import Fleet, stop
+from sidecar.demo.fleet import Fleet
+from sidecar.demo.processes import stop_process, wait_for
 from sidecar.protocol import metadata as meta
 
 PICK_SECONDS = 0.5
@@ -113,11 +114,9 @@ def table_size(client: httpx.Client, admin: str) -> int:
 
 
 def wait_size(client: httpx.Client, admin: str, size: int) -> float:
+    """Seconds until the consumer's table holds `size` instances, to 5 ms."""
     started = time.monotonic()
-    while table_size(client, admin) != size:
-        if time.monotonic() - started > TABLE_TIMEOUT_S:
-            raise RuntimeError(f"the consumer's table did not reach {size} in {TABLE_TIMEOUT_S:.0f} s")
-        time.sleep(0.005)
+    wait_for(lambda: table_size(client, admin) == size, TABLE_TIMEOUT_S, f"a table of {size}", interval=0.005)
     return time.monotonic() - started
 
 
@@ -143,8 +142,8 @@ def registry_case(kind: str, count: int, workdir: Path) -> dict[str, Any]:
         written = time.monotonic() - started
         with Fleet(workdir, url, service="big") as fleet, httpx.Client(timeout=30, trust_env=False) as client:
             started = time.monotonic()
-            admin = fleet.start_consumer()
-            consumer = fleet._procs[-1]
+            consumer = fleet.start_consumer()
+            admin = consumer.admin
             wait_size(client, admin, count)
             loaded = time.monotonic() - started
             changes = []
@@ -163,11 +162,12 @@ def registry_case(kind: str, count: int, workdir: Path) -> dict[str, Any]:
                     changes.append(wait_size(client, admin, count + 1))
                     delete_sqlite(db, extra.instance_id)
                     changes.append(wait_size(client, admin, count))
-            cpu_before = cpu_seconds(consumer.pid)
+            pid = consumer.sidecar.pid
+            cpu_before = cpu_seconds(pid)
             time.sleep(IDLE_SECONDS)
-            idle_cpu = (cpu_seconds(consumer.pid) - cpu_before) / IDLE_SECONDS
-            rss = rss_mib(consumer.pid)
-            stop(consumer)
+            idle_cpu = (cpu_seconds(pid) - cpu_before) / IDLE_SECONDS
+            rss = rss_mib(pid)
+            stop_process(consumer.sidecar)
     finally:
         if agent is not None:
             agent.stop()

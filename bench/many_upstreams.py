@@ -28,42 +28,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, f
 
 from large_tables import consul_register, instances, write_sqlite
 
-from sidecar.demo.fleet import free_port, stop
+from sidecar.demo.fleet import sidecar_argv
+from sidecar.demo.ports import free_port
+from sidecar.demo.processes import spawn, stop_process, wait_for
 
 IDLE_SECONDS = 10.0
 READY_TIMEOUT_S = 120.0
+POLL_S = 0.02  # the resolution of the start times measured
 
 
 def start(workdir: Path, registry: str, count: int) -> tuple[Any, float, float]:
-    import subprocess
-
+    """The consumer sidecar, and the seconds from its start to /ready and to every table full."""
     admin = free_port()
-    argv = [sys.executable, "-m", "sidecar", "run", "--service", "consumer", "--registry", registry,
-            "--admin", f"127.0.0.1:{admin}", "--log-format", "json"]  # fmt: skip
-    for n in range(count):
-        argv += ["--upstream", f"svc{n}=127.0.0.1:{free_port()}"]
+    upstreams = [arg for n in range(count) for arg in ("--upstream", f"svc{n}=127.0.0.1:{free_port()}")]
+    argv = sidecar_argv(registry, admin, "--service", "consumer", *upstreams)
     started = time.monotonic()
-    with open(workdir / f"consumer-{count}.log", "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    proc = spawn(argv, workdir / f"consumer-{count}.log")
     url = f"http://127.0.0.1:{admin}"
-    ready = tables = 0.0
+
+    def tables_full() -> bool:
+        text = client.get(f"{url}/metrics").text
+        return len(re.findall(r'^sidecar_upstream_instances\{service="svc\d+"\} 1\.0$', text, re.M)) == count
+
     with httpx.Client(timeout=5, trust_env=False) as client:
-        while time.monotonic() - started < READY_TIMEOUT_S:
-            try:
-                if not ready and client.get(f"{url}/ready").status_code == 200:
-                    ready = time.monotonic() - started
-                if ready:
-                    text = client.get(f"{url}/metrics").text
-                    full = re.findall(r'^sidecar_upstream_instances\{service="svc\d+"\} 1\.0$', text, re.M)
-                    if len(full) == count:
-                        tables = time.monotonic() - started
-                        break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.02)
-    if not tables:
-        stop(proc)
-        raise RuntimeError(f"{count} upstreams: not ready within {READY_TIMEOUT_S:.0f} s")
+        try:
+            wait_for(lambda: client.get(f"{url}/ready").status_code == 200, READY_TIMEOUT_S, "/ready",
+                     interval=POLL_S)  # fmt: skip
+            ready = time.monotonic() - started
+            wait_for(tables_full, READY_TIMEOUT_S - ready, "every table", interval=POLL_S)
+            tables = time.monotonic() - started
+        except TimeoutError as exc:
+            stop_process(proc)
+            raise RuntimeError(f"{count} upstreams: not ready within {READY_TIMEOUT_S:.0f} s") from exc
     return proc, ready, tables
 
 
@@ -90,7 +86,7 @@ def case(kind: str, count: int, workdir: Path) -> dict[str, Any]:
             idle = (cpu_seconds(proc.pid) - before) / IDLE_SECONDS
             rss, fds = rss_mib(proc.pid), open_fds(proc.pid)
         finally:
-            stop(proc)
+            stop_process(proc)
     finally:
         if agent is not None:
             agent.stop()

@@ -131,8 +131,7 @@ def main() -> None:
         Fleet(Path(tmp), f"sqlite://{tmp}/r.db") as fleet,
     ):
         provider = fleet.start_provider("p1", "--quiet-period", str(QUIET_S))
-        argv = list(provider.sidecar.args)  # type: ignore[arg-type]
-        url = f"http://{argv[argv.index('--listen') + 1]}"
+        url = f"http://{provider.listen}"
         with (
             Consumers(args.consumers, args.silent, args.seed) as consumers,
             httpx.Client(timeout=10) as client,

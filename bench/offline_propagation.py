@@ -53,26 +53,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import functools
+import itertools
 import json
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
-from benchcommon import header, run
+from benchcommon import header, logs_on_failure, run
+from benchcommon import workdir as workdir_for
 
-from sidecar.demo.fleet import free_port, stop_all, wait_http_ok
+from sidecar.demo.fleet import Consumer, Fleet, Provider
 from sidecar.demo.loadgen import LoadGenerator
+from sidecar.demo.processes import stop_processes, wait_for
 
 REPS = 5
 PROVIDERS = 3
@@ -84,6 +84,8 @@ AIM_MS = 50.0
 WARM_REQUESTS = 20
 TOKEN = "bench-token"
 NOBODY = "192.0.2.0/24"  # TEST-NET-1: no caller is ever in it
+APP = (sys.executable, __file__, "_app")  # the provider apps: this script's `_app`
+WAIT_S = 30.0  # for a replacement to serve its first requests
 
 
 # --- the provider app: records when each request arrived
@@ -128,91 +130,19 @@ def app_main(argv: list[str]) -> None:
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, handle_signals=False)
 
 
-# --- processes
+# --- the provider app's record
 
 
-@dataclass
-class Provider:
-    name: str
-    app: subprocess.Popen[bytes]
-    sidecar: subprocess.Popen[bytes]
-    app_url: str
-    admin: str
-
-    def served(self) -> bool:
-        """Whether the app has served the consumer enough to know it (whom to notify)."""
-        return int(self.arrivals()["total"]) >= WARM_REQUESTS
-
-    def arrivals(self, since: float = 0.0) -> dict[str, Any]:
-        body: dict[str, Any] = httpx.get(
-            f"{self.app_url}/arrivals", params={"since": repr(since)}, timeout=5, trust_env=False
-        ).json()
-        return body
+def arrivals(provider: Provider, since: float = 0.0) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(
+        f"{provider.app_url}/arrivals", params={"since": repr(since)}, timeout=5, trust_env=False
+    ).json()
+    return body
 
 
-@dataclass
-class Setup:
-    """The processes of one mode; every one is stopped by pid on exit."""
-
-    workdir: Path
-    registry: str
-    service: str
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    generation: int = 0
-    upstream_port: int = 0
-    consumer_admin: str = ""
-    consumer_log: Path = Path()
-
-    def __enter__(self) -> Setup:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        stop_all(self.procs)
-
-    def spawn(self, argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
-        with open(self.workdir / f"{log_name}.log", "ab") as log:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.procs.append(proc)
-        return proc
-
-    def sidecar_argv(self, admin_port: int, *args: str) -> list[str]:
-        return [sys.executable, "-m", "sidecar", "run", "--registry", self.registry, "--log-format", "json",
-                "--admin", f"127.0.0.1:{admin_port}", *args]  # fmt: skip
-
-    def start_provider(self) -> Provider:
-        self.generation += 1
-        name = f"{self.service}-{self.generation}"
-        app_port, listen_port, admin_port = free_port(), free_port(), free_port()
-        app = self.spawn(
-            [sys.executable, __file__, "_app", "--port", str(app_port), "--name", name], f"app-{name}"
-        )
-        car = self.spawn(
-            self.sidecar_argv(
-                admin_port, "--service", self.service, "--instance-id", name,
-                "--listen", f"127.0.0.1:{listen_port}", "--app", f"http://127.0.0.1:{app_port}",
-                "--quiet-period", str(QUIET_PERIOD_S),
-            ),
-            f"sidecar-{name}",
-        )  # fmt: skip
-        provider = Provider(name, app, car, f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{admin_port}")
-        wait_http_ok(f"{provider.admin}/ready")
-        return provider
-
-    def start_consumer(self, notifications: bool) -> None:
-        admin_port, self.upstream_port = free_port(), free_port()
-        refuse = () if notifications else ("--token", TOKEN, "--allow", NOBODY)
-        upstream = f"{self.service}=127.0.0.1:{self.upstream_port}"
-        self.spawn(
-            self.sidecar_argv(
-                admin_port, "--service", f"{self.service}-consumer", "--upstream", upstream, *refuse
-            ),
-            f"consumer-{self.service}",
-        )
-        self.consumer_log = self.workdir / f"consumer-{self.service}.log"
-        self.consumer_admin = f"http://127.0.0.1:{admin_port}"
-        wait_http_ok(f"{self.consumer_admin}/ready")
+def served(provider: Provider) -> bool:
+    """Whether the app has served the consumer enough to know it (whom to notify)."""
+    return int(arrivals(provider)["total"]) >= WARM_REQUESTS
 
 
 def timed_get(url: str, timeout: float = 60.0) -> tuple[float, float, int, dict[str, Any]]:
@@ -232,14 +162,6 @@ def timed_get(url: str, timeout: float = 60.0) -> tuple[float, float, int, dict[
             chunks.append(chunk)
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
     return sent, answered, int(head.split(b" ", 2)[1]), json.loads(body)
-
-
-def wait_until(what: str, condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 # --- the measurement
@@ -271,18 +193,18 @@ def log_times(path: Path) -> list[tuple[float, str]]:
     return entries
 
 
-def learned_from(setup: Setup, instance_id: str) -> tuple[str, float | None]:
+def learned_from(fleet: Fleet, consumer: Consumer, instance_id: str) -> tuple[str, float | None]:
     """Which signal made the consumer drop the instance first, from the sidecars' own logs, and
     when (ms after the provider logged the start of its drain; None for the registry watch, which
     removes an instance without a log line). Log times are wall-clock, to the millisecond."""
-    consumer = log_times(setup.consumer_log)
-    provider = log_times(setup.workdir / f"sidecar-{instance_id}.log")
-    drain = next((t for t, msg in provider if msg.startswith(f"offline: draining {instance_id} ")), None)
-    dropped = next((t for t, msg in consumer if msg == f"{setup.service}: dropped {instance_id}"), None)
-    by_notice = f"notified: {setup.service} {instance_id} offline (dropped: True)"
+    consumer_log = log_times(fleet.workdir / f"{consumer.name}.log")
+    provider_log = log_times(fleet.workdir / f"sidecar-{instance_id}.log")
+    drain = next((t for t, msg in provider_log if msg.startswith(f"offline: draining {instance_id} ")), None)
+    dropped = next((t for t, msg in consumer_log if msg == f"{fleet.service}: dropped {instance_id}"), None)
+    by_notice = f"notified: {fleet.service} {instance_id} offline (dropped: True)"
     if dropped is None:
         return "registry watch", None
-    how = "notification" if any(msg == by_notice for _, msg in consumer) else "closing response"
+    how = "notification" if any(msg == by_notice for _, msg in consumer_log) else "closing response"
     return how, None if drain is None else (dropped - drain) * 1000
 
 
@@ -291,21 +213,23 @@ def run_mode(
 ) -> tuple[list[Rep], int, int]:
     """One mode: returns the repetitions, the load's request count and its failures."""
     service = f"prop-{uuid.uuid4().hex[:6]}"
+    names = (f"{service}-{n}" for n in itertools.count(1))
     reps: list[Rep] = []
-    with Setup(workdir, registry, service) as setup:
-        providers = [setup.start_provider() for _ in range(args.providers)]
-        setup.start_consumer(notifications)
-        url = f"http://127.0.0.1:{setup.upstream_port}"
-        with LoadGenerator(url, args.concurrency, (args.work_ms[0], args.work_ms[1])) as load:
+    with Fleet(workdir, registry, service, app_command=APP) as fleet:
+        quiet = ("--quiet-period", str(QUIET_PERIOD_S))
+        providers = [fleet.start_provider(next(names), *quiet) for _ in range(args.providers)]
+        refuse = () if notifications else ("--token", TOKEN, "--allow", NOBODY)
+        consumer = fleet.start_consumer(f"consumer-{service}", *refuse)
+        with LoadGenerator(consumer.url, args.concurrency, (args.work_ms[0], args.work_ms[1])) as load:
             for provider in providers:
-                wait_until(f"{provider.name} to serve", provider.served)
+                wait_for(functools.partial(served, provider), WAIT_S, f"{provider.name} to serve")
             for _ in range(args.reps):
                 victim = providers.pop(0)
                 sent, answered, _, body = timed_get(f"{victim.admin}/shutdown")
-                after = victim.arrivals(since=sent)
-                before = int(victim.arrivals(since=sent - 1.0)["count"]) - int(after["count"])
-                stop_all([victim.app, victim.sidecar])
-                how, drop_ms = learned_from(setup, victim.name)
+                after = arrivals(victim, since=sent)
+                before = int(arrivals(victim, since=sent - 1.0)["count"]) - int(after["count"])
+                stop_processes([victim.app, victim.sidecar])
+                how, drop_ms = learned_from(fleet, consumer, victim.name)
                 last = after["last"]
                 drain_s = float(body.get("seconds", 0.0))
                 reps.append(
@@ -321,9 +245,9 @@ def run_mode(
                         outside_ms=max(0.0, (answered - sent - drain_s) * 1000),
                     )
                 )
-                new = setup.start_provider()
+                new = fleet.start_provider(next(names), *quiet)
                 providers.append(new)
-                wait_until(f"{new.name} to serve", new.served)
+                wait_for(functools.partial(served, new), WAIT_S, f"{new.name} to serve")
         failed = len(load.failures())
         total = len(load.samples)
     return reps, total, failed
@@ -378,9 +302,7 @@ def main() -> None:
     args = parser.parse_args()
 
     info = header("offline propagation: /shutdown -> last request the instance receives")
-    with tempfile.TemporaryDirectory(prefix="bench-propagation-") as tmp:
-        workdir = Path(args.keep_logs or tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_for("bench-propagation-", args.keep_logs) as workdir:
         registry = args.registry or f"sqlite://{workdir / 'registry.db'}"
         kind = registry.split(":", 1)[0]
         print(
@@ -391,16 +313,11 @@ def main() -> None:
         results: dict[str, dict[str, Any]] = {}
         print(f"{'mode':<17} {'rep':>3} {'last ms':>9} {'after':>6} {'gap ms':>7} {'drop ms':>8}  "
               f"{'learned from':<17} {'notified':>8} {'drain s':>7} {'outside':>8}")  # fmt: skip
-        try:
+        with logs_on_failure(workdir):
             for mode, notifications in (("notifications", True), ("no notifications", False)):
                 reps, total, failed = run_mode(workdir, registry, notifications, args)
                 print_reps(mode, reps)
                 results[mode] = summary(reps, total, failed)
-        except (RuntimeError, OSError, httpx.HTTPError) as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            for log in sorted(workdir.glob("*.log")):
-                print(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}", file=sys.stderr)
-            raise SystemExit(1) from exc
     print(
         "last ms: last arrival at the app after /shutdown was sent (0.0: none arrived); after: requests\n"
         "  the app received after /shutdown was sent; gap ms: mean gap between arrivals at that app in\n"

@@ -41,7 +41,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -50,7 +49,10 @@ from typing import Any
 
 from benchcommon import header, run
 
-from sidecar.demo.fleet import free_port, stop, wait_http_ok
+from sidecar.demo import processes
+from sidecar.demo.fleet import demo_app_argv, sidecar_argv
+from sidecar.demo.ports import free_port
+from sidecar.demo.processes import print_log_tails, stop_process, wait_http_ok
 
 MIB = 1 << 20
 WARMUP_SECONDS = 1
@@ -148,9 +150,8 @@ def nginx_binary() -> str:
 
 def spawn(stack: contextlib.ExitStack, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
     """Start a process that the stack stops by pid (SIGTERM, then SIGKILL) when the run ends."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    stack.callback(stop, proc)
+    proc = processes.spawn(argv, log)
+    stack.callback(stop_process, proc)
     return proc
 
 
@@ -312,17 +313,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         app_port, listen_port, upstream_port, nginx_port = (free_port() for _ in range(4))
-        spawn(stack, [sys.executable, "-m", "sidecar.demo.app", "--port", str(app_port)], work / "app.log")
-        sidecar = [sys.executable, "-m", "sidecar", "run", "--log-format", "json", "--service"]
-        registry = ("--registry", f"sqlite://{work / 'registry.db'}")
-        provider = spawn(stack, [
-            *sidecar, "bench", *registry, "--admin", f"127.0.0.1:{free_port()}",
+        spawn(stack, demo_app_argv(app_port, "demo"), work / "app.log")
+        registry = f"sqlite://{work / 'registry.db'}"
+        provider = spawn(stack, sidecar_argv(
+            registry, free_port(), "--service", "bench",
             "--listen", f"127.0.0.1:{listen_port}", "--app", f"http://127.0.0.1:{app_port}",
-        ], work / "provider.log")  # fmt: skip
-        consumer = spawn(stack, [
-            *sidecar, "bench-consumer", *registry, "--admin", f"127.0.0.1:{free_port()}",
+        ), work / "provider.log")  # fmt: skip
+        consumer = spawn(stack, sidecar_argv(
+            registry, free_port(), "--service", "bench-consumer",
             "--upstream", f"bench=127.0.0.1:{upstream_port}",
-        ], work / "consumer.log")  # fmt: skip
+        ), work / "consumer.log")  # fmt: skip
         nginx = start_nginx(stack, work / "nginx", nginx_port, app_port)
         paths = {
             "direct": (f"http://127.0.0.1:{app_port}", []),
@@ -333,9 +333,8 @@ def main() -> None:
         for url, _ in paths.values():  # two-hop answers 200 once the consumer knows the provider
             try:
                 wait_http_ok(f"{url}/health")
-            except RuntimeError:
-                for log in sorted(work.glob("**/*.log")):
-                    print(f"--- {log.name}:", *log.read_text().splitlines()[-10:], sep="\n", file=sys.stderr)
+            except TimeoutError:
+                print_log_tails(work)
                 raise
         paths["nginx"][1].extend(children(nginx.pid))  # the worker
         for url, _ in paths.values():

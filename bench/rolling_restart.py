@@ -5,9 +5,10 @@ the same run on the same machine.
 
 Each roll gets fresh processes (sidecar/demo/fleet.py): three demo apps (sidecar/demo/app.py), each
 behind a provider sidecar, and one consumer-only sidecar whose upstream listener balances over
-them. A LoadGenerator (sidecar/demo/loadgen.py) keeps 32 POSTs of 20-300 ms in flight through the
-consumer sidecar for 2 s before the roll, during it and 1 s after it. POST is not idempotent:
-no sidecar retries one that was sent, so a lossless roll has to come from draining.
+them; the roll is the demo's (sidecar/demo/roll.py). A LoadGenerator (sidecar/demo/loadgen.py)
+keeps 32 POSTs of 20-300 ms in flight through the consumer sidecar for 2 s before the roll,
+during it and 1 s after it. POST is not idempotent: no sidecar retries one that was sent, so a
+lossless roll has to come from draining.
 
 - sidecar roll: for each old instance, preStop `GET /shutdown` on its sidecar (deregister,
   notify the consumer, drain with the default --quiet-period 1 s), then SIGTERM to app and
@@ -39,21 +40,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-from benchcommon import header, run
+from benchcommon import header, logs_on_failure, run
+from benchcommon import workdir as workdir_for
 
-from sidecar.demo.fleet import Fleet, Provider, stop_all
+from sidecar.demo.fleet import Fleet
 from sidecar.demo.loadgen import LoadGenerator, Sample
+from sidecar.demo.roll import MinReady, Mode, Roll, roll
+from sidecar.demo.stats import percentile
 
 CONCURRENCY = 32
 WORK_MS = (20, 300)
@@ -61,90 +61,60 @@ WARMUP_S = 2.0
 PACE_S = 2.0  # after /ready, before the next step (minReadySeconds)
 STEADY_S = 2.0
 TAIL_S = 1.0
+REPLACEMENT_ARGS: dict[Mode, tuple[str, ...]] = {
+    "sidecar": ("--warmup", f"{WARMUP_S:g}"),
+    "plain": ("--warmup", "0"),
+}
 
 
 @dataclass
-class Roll:
-    mode: str
-    started: float = 0.0
-    ended: float = 0.0
-    drains: list[float] = field(default_factory=list)
-    inflight_at_sigterm: list[int | None] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)  # requests in flight at any time of the roll
-    steady: list[Sample] = field(default_factory=list)  # requests done before the roll began
-    outside_failed: int = 0  # failures of requests outside the roll window
+class Measured:
+    roll: Roll
+    samples: list[Sample]  # requests in flight at any time of the roll
+    steady: list[Sample]  # requests done before the roll began
+    outside_failed: int  # failures of requests outside the roll window
 
     def summary(self) -> dict[str, Any]:
         failed = [s for s in self.samples if not s.ok]
 
-        def percentile(samples: list[Sample], fraction: float) -> float:
-            durations = sorted(s.seconds for s in samples) or [0.0]
-            return round(durations[min(len(durations) - 1, int(len(durations) * fraction))] * 1000, 1)
+        def ms(samples: list[Sample], fraction: float) -> float:
+            return round(percentile((s.seconds for s in samples), fraction) * 1000, 1)
 
         kinds = Counter(s.error or f"HTTP {s.status}" for s in failed)
         return {
-            "roll": self.mode,
+            "roll": self.roll.mode,
             "requests": len(self.samples),
             "failed": len(failed),
             "error_rate": round(len(failed) / len(self.samples), 5) if self.samples else 0.0,
-            "p50_ms": percentile(self.samples, 0.5),
-            "p99_ms": percentile(self.samples, 0.99),
+            "p50_ms": ms(self.samples, 0.5),
+            "p99_ms": ms(self.samples, 0.99),
             "steady_requests": len(self.steady),
-            "steady_p50_ms": percentile(self.steady, 0.5),
-            "steady_p99_ms": percentile(self.steady, 0.99),
-            "roll_s": round(self.ended - self.started, 2),
-            "drains_s": self.drains,
-            "inflight_at_sigterm": self.inflight_at_sigterm,
+            "steady_p50_ms": ms(self.steady, 0.5),
+            "steady_p99_ms": ms(self.steady, 0.99),
+            "roll_s": round(self.roll.ended - self.roll.started, 2),
+            "drains_s": self.roll.drains,
+            "inflight_at_sigterm": self.roll.inflight_at_sigterm,
             "failures_by_kind": dict(kinds.most_common()),
             "failed_outside_roll": self.outside_failed,
         }
 
 
-def roll(fleet: Fleet, mode: str, providers: list[Provider]) -> tuple[Roll, list[Provider]]:
-    result = Roll(mode, started=time.monotonic())
-    replacements = []
-    for number, old in enumerate(providers, 1):
-        if mode == "sidecar":
-            # preStop GET /shutdown (blocks until drained), then SIGTERM to app and sidecar.
-            answer = httpx.get(f"{old.admin}/shutdown", timeout=60, trust_env=False)
-            result.drains.append(float(answer.json()["seconds"]))
-            stop_all([old.app, old.sidecar])
-            args: tuple[str, ...] = ("--warmup", f"{WARMUP_S:g}")
-        else:
-            # No drain: SIGKILL the sidecar (it is "not there") and SIGTERM the app, together.
-            stop_all([old.sidecar, old.app], [signal.SIGKILL, signal.SIGTERM])
-            args = ("--warmup", "0")
-        result.inflight_at_sigterm.append(old.inflight_at_sigterm())
-        new = fleet.start_provider(f"{fleet.service}-new{number}", *args)
-        replacements.append(new)
-        time.sleep(max(0.0, new.ready_at + PACE_S - time.monotonic()))
-    result.ended = time.monotonic()
-    return result, replacements
-
-
-def run_roll(workdir: Path, registry: str, mode: str) -> Roll:
-    service = f"roll-{mode}-{uuid.uuid4().hex[:6]}"
+def run_roll(workdir: Path, registry: str, mode: Mode) -> Measured:
+    service = f"roll-{uuid.uuid4().hex[:6]}"
+    # On exit the fleet stops all providers at once, then the consumer, by pid.
     with Fleet(workdir, registry, service) as fleet:
-        providers: list[Provider] = []
-        try:
-            providers = [fleet.start_provider(f"{service}-old{n}") for n in (1, 2, 3)]
-            fleet.start_consumer()
-            fleet.wait_consumer_knows(3)
-            with LoadGenerator(fleet.upstream_url, CONCURRENCY, WORK_MS) as load:
-                time.sleep(STEADY_S)
-                result, providers = roll(fleet, mode, providers)
-                time.sleep(TAIL_S)
-        finally:
-            # All providers at once; the fleet then stops the consumer (and what is left) by pid.
-            procs = [proc for p in providers for proc in (p.sidecar, p.app)]
-            stop_all(procs)
+        providers = [fleet.start_provider(f"{service}-old{n}") for n in (1, 2, 3)]
+        consumer = fleet.start_consumer()
+        fleet.wait_consumer_knows(consumer, 3)
+        with LoadGenerator(consumer.url, CONCURRENCY, WORK_MS) as load:
+            time.sleep(STEADY_S)  # the steady state before the roll, to compare against
+            result = roll(fleet, mode, providers, REPLACEMENT_ARGS[mode], f"{service}-new", MinReady(PACE_S))
+            time.sleep(TAIL_S)  # requests started during the roll finish
     samples = list(load.samples)
-    result.samples = [
-        s for s in samples if s.started <= result.ended and s.started + s.seconds >= result.started
-    ]
-    result.steady = [s for s in samples if s.started + s.seconds < result.started]
-    result.outside_failed = sum(not s.ok for s in samples) - sum(not s.ok for s in result.samples)
-    return result
+    during = [s for s in samples if s.started <= result.ended and s.started + s.seconds >= result.started]
+    steady = [s for s in samples if s.started + s.seconds < result.started]
+    outside_failed = sum(not s.ok for s in samples) - sum(not s.ok for s in during)
+    return Measured(result, during, steady, outside_failed)
 
 
 def main() -> None:
@@ -161,25 +131,20 @@ def main() -> None:
 
     info = header("rolling restart of 3 providers under load: with the sidecar vs plain")
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-roll-") as tmp:
-        workdir = Path(args.keep_logs or tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_for("bench-roll-", args.keep_logs) as workdir:
         registry = args.registry or f"sqlite://{workdir / 'registry.db'}"
         kind = registry.split(":", 1)[0]
         print(f"registry: {kind}; load: {CONCURRENCY} POSTs in flight, {WORK_MS[0]}-{WORK_MS[1]} ms each")
         print(f"sidecar roll: /shutdown, SIGTERM, replacement --warmup {WARMUP_S:g}; plain roll: SIGTERM")
         print(f"to the app + SIGKILL to its sidecar, replacement --warmup 0; both paced {PACE_S:g} s after")
         print("/ready. Roll windows count every request in flight during the roll.\n")
-        try:
+        with logs_on_failure(workdir):
             for round_number in range(args.rounds):
-                order = ("sidecar", "plain") if round_number % 2 == 0 else ("plain", "sidecar")
+                order: tuple[Mode, Mode] = (
+                    ("sidecar", "plain") if round_number % 2 == 0 else ("plain", "sidecar")
+                )
                 for mode in order:
                     results.append({"round": round_number + 1, **run_roll(workdir, registry, mode).summary()})
-        except (RuntimeError, OSError, httpx.HTTPError) as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            for log in sorted(workdir.glob("*.log")):
-                print(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}", file=sys.stderr)
-            raise SystemExit(1) from exc
 
     print(f"{'roll':<8} {'requests':>8} {'failed':>6} {'error rate':>10} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'roll time':>9}  {'steady p50/p99':>14}  {'drains (s)':<16}  in flight at SIGTERM")  # fmt: skip

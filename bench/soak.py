@@ -37,29 +37,30 @@ instance (or app) that the consumer had not yet seen close.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 from benchcommon import header, open_fds, rss_mib, run
+from benchcommon import workdir as workdir_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, for Consul
 
-from sidecar.demo.fleet import free_port, stop, wait_http_ok
+from sidecar.demo.fleet import Consumer, Fleet, Provider
 from sidecar.demo.loadgen import LoadGenerator, Sample
+from sidecar.demo.processes import stop_process, stop_processes, wait_for
+from sidecar.demo.roll import stop_with_sidecar
+from sidecar.demo.stats import percentile
 from tests.support.consul_agent import ConsulAgent
 
 SERVICE = "demo"
@@ -75,6 +76,7 @@ MIN_AGE_S = 10.0  # a sidecar younger than this at the baseline is still filling
 ACTIONS = ["roll", "consul", "crash", "roll", "app-kill", "consumer-restart", "roll", "slow", "frozen"]
 LEAK_TOLERANCE = 0.10
 KILL_WINDOW_S = 1.0
+READY_TIMEOUT_S = 60.0  # starting a process under the soak's load and faults takes longer
 SETTLE_S = 30.0  # registry TTLs (Consul 10 s) and consumers' tables, after the load stopped
 
 
@@ -90,45 +92,6 @@ class Event:
     note: str = ""
 
 
-class SoakLoad(LoadGenerator):
-    """A LoadGenerator that also records what a failed response said."""
-
-    def __init__(self, url: str, method: str, name: str) -> None:
-        super().__init__(url, PER_LOAD, WORK_MS, method)
-        self.name = name
-
-    async def _client(self, client: httpx.AsyncClient, stop: Any) -> None:
-        rng = random.Random()
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                response = await client.request(
-                    self.method, self.url, params={"ms": rng.randint(*self.work_ms)}, content=b'{"order": 42}'
-                )
-                ok = response.status_code == 200
-                instance = str(response.json().get("instance", "")) if ok else ""
-                said = "" if ok else f"{response.text[:160]}"
-                self.samples.append(
-                    Sample(started, time.monotonic() - started, response.status_code, instance, said)
-                )
-            except (httpx.HTTPError, ValueError) as exc:
-                self.samples.append(
-                    Sample(started, time.monotonic() - started, 0, "", exc.__class__.__name__)
-                )
-                if isinstance(exc, httpx.ConnectError):
-                    await asyncio.sleep(0.05)  # an app does not spin on a refused port
-
-
-@dataclass
-class Provider:
-    name: str
-    app: subprocess.Popen[bytes]
-    sidecar: subprocess.Popen[bytes]
-    admin: str
-    address: str
-    born: float = field(default_factory=time.monotonic)
-
-
 class Soak:
     def __init__(self, workdir: Path, seed: int, minutes: float) -> None:
         self.workdir = workdir
@@ -136,60 +99,42 @@ class Soak:
         self.minutes = minutes
         self.short = minutes < 3
         self.agent = ConsulAgent(workdir / "consul", persistent=True)
-        self.providers: list[Provider] = []
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.fleet = Fleet(workdir, self.agent.url, SERVICE, sidecar_args=IDLE_ARGS, app_startup_delay=0.0,
+                           ready_timeout=READY_TIMEOUT_S)  # fmt: skip
+        self.providers: list[Provider] = []  # the live ones
         self.events: list[Event] = []
-        self.consumers: dict[str, dict[str, Any]] = {}
+        self.consumers: dict[str, Consumer] = {}
         self.serial = 0
         self.wiped = False
 
     # -- processes
 
-    def spawn(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
-        with open(self.workdir / f"{log}.log", "ab") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        return proc
-
-    def sidecar_argv(self, admin: int, *args: str) -> list[str]:
-        return [sys.executable, "-m", "sidecar", "run", "--registry", self.agent.url, "--log-format", "json",
-                "--admin", f"127.0.0.1:{admin}", *IDLE_ARGS, *args]  # fmt: skip
-
     def start_provider(self) -> Provider:
         self.serial += 1
-        name = f"p{self.serial}"
-        app_port, listen, admin = free_port(), free_port(), free_port()
-        app = self.spawn([sys.executable, "-m", "sidecar.demo.app", "--port", str(app_port), "--name", name],
-                         f"app-{name}")  # fmt: skip
-        args = ("--service", SERVICE, "--instance-id", name, "--listen", f"127.0.0.1:{listen}",
-                "--app", f"http://127.0.0.1:{app_port}", *PROVIDER_ARGS)  # fmt: skip
-        car = self.spawn(self.sidecar_argv(admin, *args), f"sidecar-{name}")
-        provider = Provider(name, app, car, f"http://127.0.0.1:{admin}", f"127.0.0.1:{listen}")
-        wait_http_ok(f"{provider.admin}/ready", 60)
+        provider = self.fleet.start_provider(f"p{self.serial}", *PROVIDER_ARGS)
         self.providers.append(provider)
         return provider
 
     def start_consumer(self, name: str) -> None:
-        known = self.consumers.get(name)
-        admin, upstream = (known["admin_port"], known["port"]) if known else (free_port(), free_port())
-        args = ("--service", f"consumer-{name}", "--upstream", f"{SERVICE}=127.0.0.1:{upstream}")
-        proc = self.spawn(self.sidecar_argv(admin, *args), f"consumer-{name}")
-        self.consumers[name] = {"proc": proc, "admin_port": admin, "port": upstream,
-                                "admin": f"http://127.0.0.1:{admin}",
-                                "url": f"http://127.0.0.1:{upstream}"}  # fmt: skip
-        wait_http_ok(f"http://127.0.0.1:{admin}/ready", 60)
-
-    def table(self, consumer: str) -> set[str]:
-        status = httpx.get(f"{self.consumers[consumer]['admin']}/status", timeout=5, trust_env=False).json()
-        return {row["instance_id"] for row in status["upstreams"][SERVICE]["instances"] if not row["dropped"]}
+        """Consumer `name` (A or B); started again on the same ports if it ran before."""
+        self.consumers[name] = self.fleet.start_consumer(
+            f"consumer-{name}", ports_of=self.consumers.get(name)
+        )
 
     def wait_tables(self, timeout: float = 30.0) -> None:
         live = {p.name for p in self.providers}
-        deadline = time.monotonic() + timeout
-        while any(self.table(name) != live for name in self.consumers):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"consumers' tables {[self.table(n) for n in self.consumers]} != {live}")
-            time.sleep(0.05)
+        try:
+            wait_for(lambda: all(c.knows(SERVICE) == live for c in self.consumers.values()), timeout,
+                     "the consumers' tables to hold the live providers")  # fmt: skip
+        except TimeoutError as exc:
+            tables = [c.knows(SERVICE) for c in self.consumers.values()]
+            raise RuntimeError(f"consumers' tables {tables} != {live}") from exc
+
+    def thaw(self) -> None:
+        """A frozen (SIGSTOPped) app cannot act on SIGTERM: let every live one run again."""
+        for provider in self.providers:
+            if provider.app.poll() is None:
+                provider.app.send_signal(signal.SIGCONT)
 
     # -- actions
 
@@ -205,9 +150,7 @@ class Soak:
     def roll(self) -> None:
         old = self.pick()
         event = self.event("roll", old.name)
-        httpx.get(f"{old.admin}/shutdown", timeout=60, trust_env=False)
-        stop(old.app)
-        stop(old.sidecar)
+        stop_with_sidecar(old)
         self.providers.remove(old)
         self.start_provider()
         event.ended = time.monotonic()
@@ -226,36 +169,28 @@ class Soak:
 
     def crash(self) -> None:
         victim = self.pick()
-        event = self.event("crash", victim.name, victim.address)
-        victim.sidecar.send_signal(signal.SIGKILL)
-        victim.app.send_signal(signal.SIGKILL)
-        victim.sidecar.wait()
-        victim.app.wait()
+        event = self.event("crash", victim.name, victim.listen)
+        stop_processes([victim.sidecar, victim.app], [signal.SIGKILL, signal.SIGKILL])
         self.providers.remove(victim)
         event.ended = time.monotonic()
         self.start_provider()
 
     def app_kill(self) -> None:
         victim = self.pick()
-        event = self.event("app-kill", victim.name, victim.address)
-        victim.app.send_signal(signal.SIGKILL)
-        victim.app.wait()
+        event = self.event("app-kill", victim.name, victim.listen)
+        stop_process(victim.app, signal.SIGKILL)
         event.ended = time.monotonic()
         # Its sidecar refuses (503 + X-Sidecar-Refused) and fails /ready after three checks.
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{victim.admin}/ready", timeout=5, trust_env=False).status_code == 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{victim.name}'s sidecar still ready 30 s after its app died")
-            time.sleep(0.1)
+        wait_for(lambda: httpx.get(f"{victim.admin}/ready", timeout=5, trust_env=False).status_code != 200,
+                 30, f"{victim.name}'s sidecar to fail /ready after its app died", interval=0.1)  # fmt: skip
         self.event("app-kill-detected", victim.name)
-        httpx.get(f"{victim.admin}/shutdown", timeout=60, trust_env=False)
-        stop(victim.sidecar)
+        stop_with_sidecar(victim)  # its app is gone already
         self.providers.remove(victim)
         self.start_provider()
 
     def consumer_restart(self) -> None:
         event = self.event("consumer-restart", "B")
-        stop(self.consumers["B"]["proc"])
+        stop_process(self.consumers["B"].sidecar)
         event.ended = time.monotonic()
         self.start_consumer("B")
         self.event("consumer-back", "B").ended = time.monotonic()
@@ -284,19 +219,24 @@ class Soak:
     def usage(self, min_age: float = 0.0) -> Usage:
         """RSS and open fds of consumer A and of the providers' sidecars at least `min_age` old."""
         now = time.monotonic()
-        cars = {"consumer-A": self.consumers["A"]["proc"]}
-        cars |= {p.name: p.sidecar for p in self.providers if now - p.born >= min_age}
+        cars = {"consumer-A": self.consumers["A"].sidecar}
+        cars |= {p.name: p.sidecar for p in self.providers if now - p.started >= min_age}
         return {
             name: (rss_mib(proc.pid), open_fds(proc.pid), sockets(proc.pid)) for name, proc in cars.items()
         }
 
-    def start_loads(self) -> list[SoakLoad]:
-        loads = [SoakLoad(self.consumers[c]["url"], m, f"{c}-{m}") for c in "AB" for m in ("POST", "GET")]
+    def start_loads(self) -> list[LoadGenerator]:
+        # The soak classifies failures by what they said; its clients pause on a refused port.
+        loads = [
+            LoadGenerator(self.consumers[c].url, PER_LOAD, WORK_MS, m, name=f"{c}-{m}", failure_text=160,
+                          refused_pause=0.05)
+            for c in "AB" for m in ("POST", "GET")
+        ]  # fmt: skip
         for load in loads:
             load.__enter__()
         return loads
 
-    def quiet_usage(self, loads: list[SoakLoad]) -> Usage:
+    def quiet_usage(self, loads: list[LoadGenerator]) -> Usage:
         """The baseline, taken as the end is: the load paused until idle connections closed
         (pools are sized by the last burst, not by leaks), sidecars that had time to warm."""
         for load in loads:
@@ -347,18 +287,21 @@ class Soak:
         return self.report(loads, ended, stale, baseline, final)
 
     def stale_entries(self) -> list[str]:
+        """Consul's passing instances that are not live providers, or live ones missing, once the
+        registry settled (or SETTLE_S passed: then what is left is the finding)."""
         live = {p.name for p in self.providers}
-        deadline = time.monotonic() + SETTLE_S
-        while True:
-            url = f"http://127.0.0.1:{self.agent.http_port}/v1/health/service/{SERVICE}?passing=1"
-            found = {entry["Service"]["ID"] for entry in httpx.get(url, timeout=5).json()}
-            if found == live or time.monotonic() > deadline:
-                return sorted(found ^ live)
-            time.sleep(0.2)
+        url = f"http://127.0.0.1:{self.agent.http_port}/v1/health/service/{SERVICE}?passing=1"
+
+        def passing() -> set[str]:
+            return {entry["Service"]["ID"] for entry in httpx.get(url, timeout=5).json()}
+
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: passing() == live, SETTLE_S, "Consul to list the live providers", interval=0.2)
+        return sorted(passing() ^ live)
 
     # -- classification
 
-    def classify(self, sample: Sample, load: SoakLoad) -> tuple[bool, str]:
+    def classify(self, sample: Sample, load: LoadGenerator) -> tuple[bool, str]:
         """(accepted by the design?, cause) of one failed request."""
         ended = sample.started + sample.seconds
         for event in self.events:
@@ -384,7 +327,7 @@ class Soak:
         )
 
     def report(
-        self, loads: list[SoakLoad], ended: float, stale: list[str], baseline: Usage, final: Usage
+        self, loads: list[LoadGenerator], ended: float, stale: list[str], baseline: Usage, final: Usage
     ) -> dict[str, Any]:
         samples = [
             (s, load) for load in loads for s in load.samples if s.started >= self.t0 and s.started < ended
@@ -423,8 +366,8 @@ class Soak:
             "events": dict(Counter(e.kind for e in self.events)),
             "stale_entries": stale,
             "usage": leaks,
-            "p50_ms": round(percentile([s for s, _ in samples], 0.5) * 1000),
-            "p99_ms": round(percentile([s for s, _ in samples], 0.99) * 1000),
+            "p50_ms": round(percentile([s.seconds for s, _ in samples], 0.5) * 1000),
+            "p99_ms": round(percentile([s.seconds for s, _ in samples], 0.99) * 1000),
         }
 
 
@@ -437,11 +380,6 @@ def sockets(pid: int) -> int:
     return count
 
 
-def percentile(samples: list[Sample], fraction: float) -> float:
-    durations = sorted(s.seconds for s in samples)
-    return durations[min(len(durations) - 1, int(len(durations) * fraction))] if durations else 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -450,17 +388,15 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     info = header(f"Chaos soak: {args.minutes:g} min, seed {args.seed}")
-    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        workdir = Path(args.workdir or tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_for("soak-", args.workdir) as workdir:
         soak = Soak(workdir, args.seed, args.minutes)
         try:
-            result = soak.main()
+            with soak.fleet:  # stops every process it started, by pid
+                try:
+                    result = soak.main()
+                finally:
+                    soak.thaw()
         finally:
-            for proc in reversed(soak.procs):
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGCONT)  # a frozen app must be able to stop
-                    stop(proc)
             soak.agent.stop()
     result["machine"] = {**info, "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
     print(f"requests {result['requests']} {result['by_method']}, failed {result['failed']}: unexplained "

@@ -38,18 +38,33 @@ class Sample:
 
 
 class LoadGenerator:
+    """`failure_text`: how much of a failed response's body to keep in `Sample.error` (the soak
+    classifies failures by what they said). `refused_pause`: how long a client waits after a
+    refused connection before its next request (0: at once)."""
+
     def __init__(
-        self, url: str, concurrency: int = 32, work_ms: tuple[int, int] = (20, 300), method: str = "POST"
+        self,
+        url: str,
+        concurrency: int = 32,
+        work_ms: tuple[int, int] = (20, 300),
+        method: str = "POST",
+        *,
+        name: str = "load",
+        failure_text: int = 0,
+        refused_pause: float = 0.0,
     ) -> None:
         self.url = url.rstrip("/") + "/work"
         self.concurrency = concurrency
         self.work_ms = work_ms
         self.method = method
+        self.name = name
+        self.failure_text = failure_text
+        self.refused_pause = refused_pause
         self.samples: list[Sample] = []
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def __enter__(self) -> LoadGenerator:
         self._thread.start()
@@ -90,13 +105,16 @@ class LoadGenerator:
                     instance = str(response.json().get("instance", "")) if response.status_code == 200 else ""
                 except ValueError:
                     instance = ""
+                said = response.text[: self.failure_text] if response.status_code != 200 else ""
                 self.samples.append(
-                    Sample(started, time.monotonic() - started, response.status_code, instance)
+                    Sample(started, time.monotonic() - started, response.status_code, instance, said)
                 )
             except httpx.HTTPError as exc:
                 self.samples.append(
                     Sample(started, time.monotonic() - started, 0, "", exc.__class__.__name__)
                 )
+                if isinstance(exc, httpx.ConnectError) and self.refused_pause:
+                    await asyncio.sleep(self.refused_pause)  # an app does not spin on a refused port
 
     # --- summaries
 
@@ -108,9 +126,3 @@ class LoadGenerator:
         counts = Counter(s.instance for s in self.samples if start <= s.started < end and s.ok)
         total = sum(counts.values())
         return {instance: count / total for instance, count in counts.items()} if total else {}
-
-    def percentile(self, fraction: float) -> float:
-        durations = sorted(sample.seconds for sample in self.samples)
-        if not durations:
-            return 0.0
-        return durations[min(len(durations) - 1, int(len(durations) * fraction))]

@@ -18,50 +18,46 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar.demo.fleet import Fleet, Provider
 from sidecar.demo.loadgen import LoadGenerator, Sample
+from sidecar.demo.processes import print_log_tails
 from sidecar.demo.report import Event, chart, render
+from sidecar.demo.roll import MinReady, Mode, Roll, roll
+from sidecar.demo.stats import percentile
 
 CONCURRENCY = 32
 WORK_MS = (20, 300)
 WARMUP_SECONDS = 3.0
 MIN_READY_SECONDS = 3.0
 REPORT = Path("demo-report.html")
+# What each roll's replacements are started with.
+REPLACEMENT_ARGS: dict[Mode, tuple[str, ...]] = {
+    "plain": ("--warmup", "0", "--app-health", ""),
+    "sidecar": ("--warmup", str(WARMUP_SECONDS), "--quiet-period", "0.5"),
+}
 
 
-@dataclass
-class Roll:
-    name: str
-    started: float = 0.0
-    ended: float = 0.0
-    drains: list[float] = field(default_factory=list)
-    inflight_at_sigterm: list[int | None] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)
-
-    def row(self) -> list[str]:
-        failed = [s for s in self.samples if not s.ok]
-        durations = sorted(s.seconds for s in self.samples) or [0.0]
-
-        def percentile(fraction: float) -> str:
-            return f"{durations[min(len(durations) - 1, int(len(durations) * fraction))] * 1000:.0f} ms"
-
-        rate = len(failed) / len(self.samples) if self.samples else 0.0
-        longest = f"{max(self.drains):.2f} s" if self.drains else "none"
-        inflight = ", ".join("?" if n is None else str(n) for n in self.inflight_at_sigterm)
-        return [
-            self.name,
-            str(len(self.samples)),
-            str(len(failed)),
-            f"{rate:.2%}",
-            percentile(0.5),
-            percentile(0.99),
-            longest,
-            f"{self.ended - self.started:.1f} s",
-            inflight,
-        ]
+def table_row(result: Roll, samples: list[Sample]) -> list[str]:
+    """The table's line for one roll; `samples` are the requests completed during it."""
+    failed = [s for s in samples if not s.ok]
+    durations = [s.seconds for s in samples]
+    rate = len(failed) / len(samples) if samples else 0.0
+    drains = result.drains
+    longest = f"{max(drains):.2f} s" if drains else "none"
+    inflight = ", ".join("?" if n is None else str(n) for n in result.inflight_at_sigterm)
+    return [
+        result.mode,
+        str(len(samples)),
+        str(len(failed)),
+        f"{rate:.2%}",
+        f"{percentile(durations, 0.5) * 1000:.0f} ms",
+        f"{percentile(durations, 0.99) * 1000:.0f} ms",
+        longest,
+        f"{result.ended - result.started:.1f} s",
+        inflight,
+    ]
 
 
 HEADER = [
@@ -97,31 +93,36 @@ class Progress:
         print(f"\r{line:<100}" if self.tty else line, end="" if self.tty else "\n", flush=True)
 
 
-def roll(fleet: Fleet, mode: str, providers: list[Provider], load: LoadGenerator, progress: Progress,
-         events: list[Event], generation: int) -> tuple[Roll, list[Provider]]:  # fmt: skip
-    result = Roll(mode)
-    result.started = time.monotonic()
+class Paced(MinReady):
+    """The deployment's pacing (minReadySeconds), shown live and marked on the chart."""
+
+    def __init__(self, mode: Mode, progress: Progress, events: list[Event]) -> None:
+        super().__init__(MIN_READY_SECONDS)
+        self.mode = mode
+        self.progress = progress
+        self.events = events
+
+    def stopping(self, old: Provider) -> None:
+        self.events.append(Event(time.monotonic(), f"{self.mode}: stop {old.name}"))
+        self.progress.show(f"{self.mode} roll: stopping {old.name}", force=True)
+
+    def replaced(self, new: Provider) -> None:
+        self.events.append(Event(new.ready_at, f"{new.name} ready"))
+        super().replaced(new)
+
+    def waiting(self, new: Provider) -> None:
+        self.progress.show(f"{self.mode} roll: {new.name} ready, minReadySeconds")
+
+
+def measured_roll(
+    fleet: Fleet, mode: Mode, providers: list[Provider], load: LoadGenerator, progress: Progress,
+    events: list[Event], generation: int,
+) -> tuple[Roll, list[Sample]]:  # fmt: skip
+    """One roll, and the requests completed while it ran."""
     first_sample = len(load.samples)
-    replacements = []
-    for number, old in enumerate(providers, 1):
-        events.append(Event(time.monotonic(), f"{mode}: stop {old.name}"))
-        progress.show(f"{mode} roll: stopping {old.name}", force=True)
-        if mode == "sidecar":
-            result.drains.append(float(fleet.stop_with_sidecar(old)["seconds"]))
-            args: tuple[str, ...] = ("--warmup", str(WARMUP_SECONDS), "--quiet-period", "0.5")
-        else:
-            fleet.stop_plain(old)
-            args = ("--warmup", "0", "--app-health", "")
-        result.inflight_at_sigterm.append(old.inflight_at_sigterm())
-        new = fleet.start_provider(f"v{generation}-{number}", *args)
-        replacements.append(new)
-        events.append(Event(new.ready_at, f"{new.name} ready"))
-        while time.monotonic() < new.ready_at + MIN_READY_SECONDS:  # the deployment's pacing
-            progress.show(f"{mode} roll: {new.name} ready, minReadySeconds")
-            time.sleep(0.05)
-    result.ended = time.monotonic()
-    result.samples = load.samples[first_sample:]
-    return result, replacements
+    pacing = Paced(mode, progress, events)
+    result = roll(fleet, mode, providers, REPLACEMENT_ARGS[mode], f"v{generation}-", pacing)
+    return result, load.samples[first_sample:]
 
 
 def run(workdir: Path, registry: str) -> int:
@@ -131,20 +132,23 @@ def run(workdir: Path, registry: str) -> int:
     )
     with Fleet(workdir, registry) as fleet:
         providers = [fleet.start_provider(f"v1-{n}", "--quiet-period", "0.5") for n in (1, 2, 3)]
-        fleet.start_consumer()
-        fleet.wait_consumer_knows(3)
+        consumer = fleet.start_consumer()
+        fleet.wait_consumer_knows(consumer, 3)
         origin = time.monotonic()
         events: list[Event] = []
-        with LoadGenerator(fleet.upstream_url, CONCURRENCY, WORK_MS) as load:
+        with LoadGenerator(consumer.url, CONCURRENCY, WORK_MS) as load:
             progress = Progress(load, origin)
             while time.monotonic() < origin + 2:  # a steady state to compare against
                 progress.show("steady state")
                 time.sleep(0.05)
-            plain, providers = roll(fleet, "plain", providers, load, progress, events, 2)
-            with_sidecar, providers = roll(fleet, "sidecar", providers, load, progress, events, 3)
+            plain, plain_samples = measured_roll(fleet, "plain", providers, load, progress, events, 2)
+            providers = plain.replacements
+            with_sidecar, sidecar_samples = measured_roll(
+                fleet, "sidecar", providers, load, progress, events, 3
+            )
             progress.show("done", force=True)
         print()
-    rows = [plain.row(), with_sidecar.row()]
+    rows = [table_row(plain, plain_samples), table_row(with_sidecar, sidecar_samples)]
     widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]
     for row in [HEADER, *rows]:
         print(
@@ -163,7 +167,7 @@ def run(workdir: Path, registry: str) -> int:
         render("graceful-sidecar demo: rolling restart under load", HEADER, rows, figure, notes)
     )
     print(f"report: {REPORT.resolve()}")
-    lost = len([s for s in with_sidecar.samples if not s.ok])
+    lost = len([s for s in sidecar_samples if not s.ok])
     print("through the sidecar: " + ("no request lost" if lost == 0 else f"{lost} REQUESTS LOST"))
     return 0 if lost == 0 else 1
 
@@ -175,6 +179,5 @@ def run_demo(registry: str | None) -> int:
             return run(workdir, registry or f"sqlite://{workdir / 'registry.db'}")
         except (RuntimeError, OSError) as exc:
             print(f"\ndemo failed: {exc}", file=sys.stderr)
-            for log in sorted(workdir.glob("*.log")):
-                print(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
+            print_log_tails(workdir, 2000)
             return 1

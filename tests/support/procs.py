@@ -1,20 +1,16 @@
 """Real processes for black-box tests: the bundled demo app and the sidecar, on free ports.
 
 Each helper is a context manager that stops its process by pid (SIGTERM, then SIGKILL) on exit.
-Readiness of another process is awaited with a bounded loop on its probe: the only way to
-observe a process we do not share memory with.
+Starting, stopping and the bounded waits on another process's probe are the demo's tooling
+(sidecar.demo.processes), shared with the benchmarks; this module adds what tests need on top.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,48 +18,22 @@ from typing import Any
 
 import httpx
 
-from tests.support.ports import free_port
+from sidecar.demo.fleet import demo_app_argv, sidecar_argv
+from sidecar.demo.ports import free_port
+from sidecar.demo.processes import DEADLINE_SECONDS, await_for, spawn, stop_process, wait_for
 
-DEADLINE_SECONDS = 20.0
-
-
-def _check(condition: Callable[[], Any]) -> Any:
-    try:
-        return condition()
-    except (httpx.HTTPError, OSError, ValueError):
-        return None  # not up yet, or answering something else: try again
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = DEADLINE_SECONDS, what: str = "condition") -> Any:
-    """Bounded wait for something another process does; returns the first truthy value."""
-    deadline = time.monotonic() + timeout
-    while not (value := _check(condition)):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-    return value
-
-
-async def await_for(
-    condition: Callable[[], Any], timeout: float = DEADLINE_SECONDS, what: str = "condition"
-) -> Any:
-    """`wait_for` for async tests: the event loop keeps running while it waits."""
-    deadline = time.monotonic() + timeout
-    while not (value := _check(condition)):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-    return value
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait()
+__all__ = [
+    "AppProc",
+    "Fleet",
+    "SidecarProc",
+    "await_for",
+    "demo_app",
+    "open_gate",
+    "sidecar",
+    "sidecar_in_front",
+    "stop_process",
+    "wait_for",
+]
 
 
 @dataclass
@@ -91,10 +61,8 @@ def demo_app(
 ) -> Iterator[AppProc]:
     port = free_port()
     stats_file = tmp_path / f"{name}-{port}-stats.json"
-    argv = [sys.executable, "-m", "sidecar.demo.app", "--port", str(port), "--name", name]
-    argv += ["--stats-file", str(stats_file), "--startup-delay", str(startup_delay)]
-    log = open(tmp_path / f"{name}-{port}.log", "wb")  # noqa: SIM115 - kept open for the child
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    argv = demo_app_argv(port, name, stats_file, startup_delay)
+    proc = spawn(argv, tmp_path / f"{name}-{port}.log")
     app = AppProc(proc, port, stats_file)
     try:
         if wait:
@@ -102,7 +70,6 @@ def demo_app(
         yield app
     finally:
         stop_process(proc)
-        log.close()
 
 
 @dataclass
@@ -156,14 +123,10 @@ def sidecar(
     "live" or "" (do not wait)."""
     admin_port = free_port()
     listen_port = free_port() if app else None
-    argv = [sys.executable, "-m", "sidecar", "run", "--service", service, "--registry", registry]
-    argv += ["--admin", f"127.0.0.1:{admin_port}", "--log-format", "json"]
-    if app is not None:
-        argv += ["--listen", f"127.0.0.1:{listen_port}", "--app", app.url]
-    argv += list(args)
+    proxy = ("--listen", f"127.0.0.1:{listen_port}", "--app", app.url) if app is not None else ()
+    argv = sidecar_argv(registry, admin_port, "--service", service, *proxy, *args)
     log_path = tmp_path / f"sidecar-{admin_port}.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - kept open for the child
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    proc = spawn(argv, log_path)
     car = SidecarProc(proc, admin_port, listen_port, log_path, argv)
     try:
         if wait == "ready":
@@ -173,7 +136,6 @@ def sidecar(
         yield car
     finally:
         stop_process(proc)
-        log.close()
 
 
 @contextmanager
