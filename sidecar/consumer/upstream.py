@@ -6,7 +6,8 @@ ejects it for a few seconds).
 
 Retries are only for requests the provider never processed: a 503 with `X-Sidecar-Refused`, or
 a connection that could not be made. A connection that broke after the request was sent is
-retried only for idempotent methods. Every retry spends from a budget (see balancer.RetryBudget)
+retried only for idempotent methods (the forwarding policy, sidecar.http.failures, shared with
+the provider side, says which). Every retry spends from a budget (see balancer.RetryBudget)
 and goes to an instance not tried yet. The bytes are the HTTP core's business (sidecar.http).
 
 Memory is bounded: at most `CONNECTIONS_PER_INSTANCE` connections to each instance (further
@@ -30,8 +31,8 @@ from registry_adapters import Instance, Registry
 from sidecar.config import Settings, Upstream
 from sidecar.consumer.balancer import RetryBudget
 from sidecar.consumer.instances import WatchedTable
-from sidecar.errors import ConnectFailed, UpstreamError
-from sidecar.http import IDEMPOTENT, Exchange, HttpServer, Limits, Origin, Pool, end_to_end
+from sidecar.errors import UpstreamError
+from sidecar.http import Exchange, Failure, HttpServer, Limits, Origin, Pool, classify, end_to_end, refused
 from sidecar.metrics import Metrics
 from sidecar.protocol import headers as wire
 
@@ -54,8 +55,9 @@ DROPPED = frozenset({b"host", wire.CONSUMER})
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    reason: str  # for the retries metric
-    status: int  # the answer if the budget allows no retry
+    """A try that failed in a way another instance may be tried for."""
+
+    failure: Failure  # its reason labels the retries metric; its status answers if none may
     message: str
 
 
@@ -114,8 +116,8 @@ class UpstreamListener:
                 member.inflight -= 1
             if retry is None:
                 return
-            if not self._may_retry(retry.reason):
-                return _answer(exchange, retry.status, retry.message, tried)
+            if not self._may_retry(retry.failure.reason):
+                return _answer(exchange, retry.failure.status, retry.message, tried)
         _answer(exchange, 503, f"no instance of {self.service} available", tried)
 
     async def _attempt(self, exchange: Exchange, instance: Instance, body: bytes | None) -> Retry | None:
@@ -124,18 +126,19 @@ class UpstreamListener:
         request = exchange.head
         headers = end_to_end(request.headers, DROPPED)
         headers += [(b"Host", instance.address.encode()), self.consumer_header]
+        replayable = body is not None  # kept whole; a streamed body is used up once sent
         try:
             response = await exchange.forward(self.pool, _origin(instance), request.to_bytes(headers), body)
-        except ConnectFailed:
-            # Not connected: nothing was sent, the body (even a stream) is still unread.
-            self.table.eject(instance.instance_id, time.monotonic())
-            return Retry("connect", 503, f"cannot connect to {instance.address}")
         except UpstreamError as exc:
-            # Sent, maybe processed: only an idempotent request whose body we kept may go again.
-            failed = Retry("broken", 502, f"{instance.address} failed: {exc}")
-            if request.method in IDEMPOTENT and body is not None:
-                return failed
-            _answer(exchange, failed.status, failed.message)
+            failure = classify(exc, request.method, replayable)
+            if failure.reason == "connect":
+                self.table.eject(instance.instance_id, time.monotonic())
+                message = f"cannot connect to {instance.address}"
+            else:
+                message = f"{instance.address} failed: {exc}"
+            if failure.resendable:
+                return Retry(failure, message)
+            _answer(exchange, failure.status, message)
             return None
         if response.header(wire.REFUSED) is not None:
             # Refused while closing: the instance is leaving. Refused otherwise: its app is not
@@ -144,17 +147,19 @@ class UpstreamListener:
                 self.drop(instance.instance_id)
             else:
                 self.table.eject(instance.instance_id, time.monotonic())
-            # Never processed: safe to send elsewhere, if the body can be sent again.
-            if body is not None:
+            failure = refused(replayable)
+            if failure.resendable:
                 response.close()
-                return Retry("refused", 503, f"{instance.instance_id} refused the request")
+                return Retry(failure, f"{instance.instance_id} refused the request")
+            # Not resendable: the refusal itself is relayed, the client learns it was not processed.
         elif response.header(wire.CLOSING) is not None:
             self.drop(instance.instance_id)
         try:
             await exchange.relay(response, [], close=False)
         except UpstreamError as exc:
             if not exchange.started:
-                _answer(exchange, 502, f"{instance.address} failed: {exc}")
+                failure = classify(exc, request.method, replayable, responded=True)
+                _answer(exchange, failure.status, f"{instance.address} failed: {exc}")
             log.info("response of %s cut short: %s", instance.instance_id, exc)
         return None
 

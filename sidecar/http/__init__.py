@@ -1,19 +1,23 @@
-"""The data path's HTTP/1.1 core: asyncio Protocols and llhttp (httptools), no policy.
+"""The data path's HTTP/1.1 core: asyncio Protocols and llhttp (httptools).
 
 `HttpServer` parses client request heads and hands each to a handler as an `Exchange`; the
 handler decides (forward, refuse, retry elsewhere) and the core moves the bytes: heads rewritten
 and sent in one write, bodies relayed as they arrive with flow control both ways, keep-alive
-pools to the origins (`Pool`), 1xx responses passed on, upgraded connections spliced.
+pools to the origins (`Pool`), 1xx responses passed on, upgraded connections spliced. The one
+piece of policy here is what a failed forward means (`classify`, sidecar.http.failures), so
+that the provider and the consumer side read failures the same way.
 """
 
 from sidecar.http.client import Origin, Pool, UpstreamResponse
 from sidecar.http.exchange import Exchange
+from sidecar.http.failures import Failure, classify, refused
 from sidecar.http.head import IDEMPOTENT, Headers, RequestHead, ResponseHead, end_to_end
 from sidecar.http.server import HttpServer, Limits
 
 __all__ = [
     "IDEMPOTENT",
     "Exchange",
+    "Failure",
     "Headers",
     "HttpServer",
     "Limits",
@@ -22,5 +26,7 @@ __all__ = [
     "RequestHead",
     "ResponseHead",
     "UpstreamResponse",
+    "classify",
     "end_to_end",
+    "refused",
 ]

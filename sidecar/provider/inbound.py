@@ -7,6 +7,8 @@ drop this instance at once; idle keep-alive connections are closed when draining
 upgraded ones when the drain ends. Once the drain has ended, requests are refused with 503 and
 `X-Sidecar-Refused` *without* reaching the app, which tells a consumer sidecar that retrying
 elsewhere is safe whatever the method. The same holds when the app cannot be connected to.
+What a failure to forward means (refuse, retry once, 502 or 504) is the forwarding policy's
+(sidecar.http.failures), shared with the consumer side.
 
 The bytes are the HTTP core's business (sidecar.http); this module only decides.
 """
@@ -21,8 +23,8 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 from sidecar.config import Settings
-from sidecar.errors import ConnectFailed, UpstreamBroken, UpstreamError, UpstreamTimeout
-from sidecar.http import IDEMPOTENT, Exchange, Headers, HttpServer, Limits, Origin, Pool, end_to_end
+from sidecar.errors import UpstreamError
+from sidecar.http import Exchange, Headers, HttpServer, Limits, Origin, Pool, classify, end_to_end
 from sidecar.metrics import Metrics
 from sidecar.protocol import headers as wire
 from sidecar.provider.inflight import ConsumerBook, InflightTracker
@@ -35,6 +37,10 @@ APP_CONNECTION_LIMIT = 1024
 APP_CONNECT_TIMEOUT_SECONDS = 5.0
 # Not forwarded to the app: the consumer's URL is for this sidecar; X-Forwarded-For is rewritten.
 DROPPED = frozenset({wire.CONSUMER, b"x-forwarded-for"})
+# The error messages of what the app failed to answer (the status is the forwarding policy's).
+TIMED_OUT = "the app sent nothing within --app-timeout"
+NOT_ANSWERED = "the app closed the connection without answering"
+CUT_OFF = "the response was cut off mid-body"
 
 
 class InboundProxy:
@@ -108,27 +114,27 @@ class InboundProxy:
             chain = forwarded + b", " + exchange.peer.encode() if forwarded else exchange.peer.encode()
             headers.append((b"X-Forwarded-For", chain))
         head = request.to_bytes(headers, self.prefix)
-        # A pooled connection the app had just closed is tried again once, when that is safe.
-        tries = 2 if request.method in IDEMPOTENT and not request.has_body else 1
-        for attempt in range(1, tries + 1):
+        replayable = not request.has_body  # a body streams to the app: once read, it is gone
+        for attempt in (1, 2):
             try:
                 response = await exchange.forward(self.pool, self.origin, head, None)
                 break
-            except ConnectFailed:
-                return self._refuse(exchange, "app unreachable")  # the app never saw it
-            except UpstreamTimeout:
-                return self._error(exchange, 504, "the app sent nothing within --app-timeout")
-            except UpstreamBroken as exc:
-                if attempt == tries or not exc.reused:
-                    return self._error(exchange, 502, "the app closed the connection without answering")
+            except UpstreamError as exc:
+                failure = classify(exc, request.method, replayable)
+                # A pooled connection the app had just closed is tried again once, when that is safe.
+                if attempt == 1 and failure.stale and failure.resendable:
+                    continue
+                if not failure.sent:
+                    return self._refuse(exchange, "app unreachable")  # the app never saw it
+                message = TIMED_OUT if failure.status == 504 else NOT_ANSWERED
+                return self._error(exchange, failure.status, message)
         try:
             await exchange.relay(response, self._marks(), close=self.lifecycle.closing)
-        except UpstreamTimeout:
-            if not exchange.started:
-                self._error(exchange, 504, "the app sent nothing within --app-timeout")
         except UpstreamError as exc:
             if not exchange.started:
-                return self._error(exchange, 502, "the response was cut off mid-body")
+                failure = classify(exc, request.method, replayable, responded=True)
+                message = TIMED_OUT if failure.status == 504 else CUT_OFF
+                return self._error(exchange, failure.status, message)
             # Mid-body: the status line is out, so closing the connection is the only signal left.
             log.info("response to %s cut short: %s", request.method, exc)
 
@@ -147,6 +153,6 @@ class InboundProxy:
 
 def _origin(app_url: str) -> Origin:
     parts = urlsplit(app_url)
-    assert parts.hostname is not None  # validated by config.parse_http_url
+    assert parts.hostname is not None  # validated by options.parse_http_url
     tls = ssl.create_default_context() if parts.scheme == "https" else None
     return Origin(parts.hostname, parts.port or (443 if tls else 80), tls)
