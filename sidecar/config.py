@@ -1,8 +1,9 @@
 """One frozen, validated `Settings` object built from flags > SIDECAR_* env > TOML file > defaults.
 
-Every option is declared once in `OPTIONS`; the CLI flags, the environment names, the TOML keys
-and the README's reference table all come from that list. A bad value raises `ConfigError` with
-one line naming the option the way the user wrote it (flag, variable or key).
+Every option is declared once in `OPTIONS` (sidecar.options, with the value types and parsers,
+re-exported here: `sidecar.config` is the entry point); the CLI flags, the environment names,
+the TOML keys and the README's reference table all come from that list. A bad value raises
+`ConfigError` with one line naming the option the way the user wrote it (flag, variable or key).
 """
 
 from __future__ import annotations
@@ -12,252 +13,62 @@ import ipaddress
 import os
 import socket
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from sidecar.errors import ConfigError
-from sidecar.protocol.metadata import DEFAULT_WEIGHT, MAX_WEIGHT
-from sidecar.protocol.warmup import CURVE_RANGE, DEFAULT_CURVE, DEFAULT_MIN_PERCENT, MIN_PERCENT_RANGE
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-LOOPBACK: tuple[IPNetwork, ...] = (
-    ipaddress.ip_network("127.0.0.0/8"),
-    ipaddress.ip_network("::1/128"),
+from sidecar.options import (
+    LOOPBACK,
+    OPTIONS,
+    OPTIONS_BY_ATTR,
+    HostPort,
+    IPNetwork,
+    Option,
+    Upstream,
+    parse_cidr,
+    parse_curve,
+    parse_health_path,
+    parse_host_port,
+    parse_http_url,
+    parse_log_format,
+    parse_name,
+    parse_percent,
+    parse_positive_seconds,
+    parse_registry,
+    parse_seconds,
+    parse_text,
+    parse_upstream,
+    parse_weight,
 )
 
-
-@dataclass(frozen=True, slots=True)
-class HostPort:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    service: str
-    listen: HostPort
-
-
-# --- value parsers: each takes the raw text and returns the value or raises ValueError(reason)
-
-
-def parse_host_port(text: str) -> HostPort:
-    host, sep, port_text = text.strip().rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    host = host.removeprefix("[").removesuffix("]")
-    port = _int_in(port_text, 1, 65535, what="port")
-    return HostPort(host, port)
-
-
-def parse_http_url(text: str) -> str:
-    parts = urlsplit(text.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ValueError(f"bad port in {text!r}") from None
-    return text.strip().rstrip("/")
-
-
-def _float_in(text: str, low: float, high: float, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected {what}, got {text!r}") from None
-    if not low <= value <= high:  # also rejects nan
-        raise ValueError(f"expected {what} between {low:g} and {high:g}, got {text!r}")
-    return value
-
-
-def parse_seconds(text: str) -> float:
-    return _float_in(text, 0, 86400, "seconds")
-
-
-def parse_positive_seconds(text: str) -> float:
-    seconds = parse_seconds(text)
-    if seconds <= 0:
-        raise ValueError(f"expected seconds above 0, got {text!r}")
-    return seconds
-
-
-def _int_in(text: str, low: int, high: int, *, what: str = "an integer") -> int:
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        raise ValueError(f"expected {what} in {low}..{high}, got {text!r}") from None
-    if not low <= value <= high:
-        raise ValueError(f"expected {what} in {low}..{high}, got {value}")
-    return value
-
-
-def parse_weight(text: str) -> int:
-    return _int_in(text, 1, MAX_WEIGHT)
-
-
-def parse_curve(text: str) -> float:
-    return _float_in(text, *CURVE_RANGE, "an exponent")
-
-
-def parse_percent(text: str) -> float:
-    return _float_in(text, *MIN_PERCENT_RANGE, "a percentage")
-
-
-def parse_upstream(text: str) -> Upstream:
-    name, sep, address = text.partition("=")
-    if not sep or not name.strip():
-        raise ValueError(f"expected NAME=HOST:PORT, got {text!r}")
-    return Upstream(name.strip(), parse_host_port(address))
-
-
-def parse_cidr(text: str) -> IPNetwork:
-    try:
-        return ipaddress.ip_network(text.strip(), strict=False)
-    except ValueError:
-        raise ValueError(f"expected an IP address or CIDR block, got {text!r}") from None
-
-
-def parse_log_format(text: str) -> str:
-    if text not in ("json", "text"):
-        raise ValueError(f"expected json or text, got {text!r}")
-    return text
-
-
-def parse_text(text: str) -> str:
-    return text
-
-
-def parse_health_path(text: str) -> str:
-    if text and (not text.startswith("/") or not text.isprintable() or " " in text):
-        raise ValueError(f"expected a path such as /health (or '' to disable), got {text!r}")
-    return text
-
-
-def parse_name(text: str) -> str:
-    text = text.strip()
-    if not text or len(text) > 200 or any(c.isspace() or c == "/" for c in text):
-        raise ValueError(f"expected a name without spaces or '/', got {text!r}")
-    return text
-
-
-def parse_registry(text: str) -> str:
-    if "://" not in text:
-        raise ValueError(
-            "expected a URL such as consul://127.0.0.1:8500, etcd://127.0.0.1:2379,"
-            f" zookeeper://127.0.0.1:2181 or sqlite:///path.db, got {text!r}"
-        )
-    return text
-
-
-@dataclass(frozen=True, slots=True)
-class Option:
-    name: str  # the flag without dashes: "drain-timeout"
-    parse: Callable[[str], Any]
-    default: Any
-    help: str
-    metavar: str = ""
-    repeatable: bool = False
-
-    @property
-    def flag(self) -> str:
-        return f"--{self.name}"
-
-    @property
-    def env(self) -> str:
-        return "SIDECAR_" + self.name.upper().replace("-", "_")
-
-    @property
-    def attr(self) -> str:
-        return self.name.replace("-", "_")
-
-
-OPTIONS: tuple[Option, ...] = (
-    Option("service", parse_name, None, "service name to register (required)", "NAME"),
-    Option("instance-id", parse_name, None, "unique instance id (default <service>-<host>-<port>)", "ID"),
-    Option("listen", parse_host_port, None, "inbound proxy address: what consumers call", "HOST:PORT"),
-    Option(
-        "advertise",
-        parse_host_port,
-        None,
-        "address published in the registry (default: --listen)",
-        "HOST:PORT",
-    ),
-    Option("app", parse_http_url, None, "the application behind the inbound proxy", "URL"),
-    Option(
-        "app-health",
-        parse_health_path,
-        "/health",
-        "health path polled until 2xx before registering; '' disables",
-        "PATH",
-    ),
-    Option("admin", parse_host_port, HostPort("127.0.0.1", 16688), "admin API address", "HOST:PORT"),
-    Option(
-        "advertise-admin", parse_http_url, None, "admin base URL other sidecars use to reach this one", "URL"
-    ),
-    Option(
-        "registry",
-        parse_registry,
-        None,
-        "consul://host:8500, etcd://host:2379[,host:2379...], zookeeper://host:2181[,...][/chroot][?layout=dubbo]"
-        " or sqlite:///path.db (default: embedded)",
-        "URL",
-    ),
-    Option("register-delay", parse_seconds, 0.0, "wait after the app is healthy before registering", "SEC"),
-    Option("warmup", parse_seconds, 0.0, "warmup window after registration (0 = off)", "SEC"),
-    Option("warmup-curve", parse_curve, DEFAULT_CURVE, "weight = base x (t/T)^X during warmup", "X"),
-    Option(
-        "warmup-min-percent",
-        parse_percent,
-        DEFAULT_MIN_PERCENT,
-        "floor of the warmup weight, in percent of base",
-        "P",
-    ),
-    Option("weight", parse_weight, DEFAULT_WEIGHT, f"base weight, 1..{MAX_WEIGHT}", "N"),
-    Option("drain-timeout", parse_seconds, 25.0, "upper bound of a drain", "SEC"),
-    Option(
-        "quiet-period",
-        parse_seconds,
-        1.0,
-        "a drain ends once idle and no request arrived for this long",
-        "SEC",
-    ),
-    Option(
-        "upstream", parse_upstream, (), "consumer side: NAME=HOST:PORT (repeatable)", "NAME=HOST:PORT", True
-    ),
-    Option("token", parse_text, None, "bearer token accepted on mutating admin endpoints", "T"),
-    Option("allow", parse_cidr, LOOPBACK, "callers allowed without a token (repeatable)", "CIDR", True),
-    Option("log-format", parse_log_format, None, "json or text (default: text on a TTY, else json)", "FMT"),
-    Option(
-        "header-timeout",
-        parse_positive_seconds,
-        10.0,
-        "a client connection must send a complete request head within this",
-        "SEC",
-    ),
-    Option(
-        "idle-timeout",
-        parse_positive_seconds,
-        60.0,
-        "idle keep-alive client connections are closed after this (at once while draining)",
-        "SEC",
-    ),
-    Option(
-        "app-timeout",
-        parse_positive_seconds,
-        None,
-        "the app may stay silent this long while it owes a response; then 504 (default: no limit)",
-        "SEC",
-    ),
-    Option("stop-timeout", parse_seconds, 10.0, "exec mode: SIGTERM to SIGKILL of the child", "SEC"),
-)
-OPTIONS_BY_ATTR = {option.attr: option for option in OPTIONS}
+__all__ = [
+    "LOOPBACK",
+    "OPTIONS",
+    "OPTIONS_BY_ATTR",
+    "HostPort",
+    "IPNetwork",
+    "Option",
+    "Settings",
+    "Upstream",
+    "default_state_dir",
+    "load_settings",
+    "parse_cidr",
+    "parse_curve",
+    "parse_health_path",
+    "parse_host_port",
+    "parse_http_url",
+    "parse_log_format",
+    "parse_name",
+    "parse_percent",
+    "parse_positive_seconds",
+    "parse_registry",
+    "parse_seconds",
+    "parse_text",
+    "parse_upstream",
+    "parse_weight",
+]
 
 
 @dataclass(frozen=True, slots=True)
