@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchcommon import header, run
+from benchcommon import cpu_seconds, header, run
 
 from sidecar.demo import processes
 from sidecar.demo.fleet import demo_app_argv, sidecar_argv
@@ -63,7 +63,6 @@ BIG_CONNECTIONS = 8
 WRK_TIMEOUT = "10s"  # wrk's default of 2 s counts a slow 1 MiB transfer on a loaded box as an error
 ENVOY_CPU_S_PER_1K = 0.35
 ENVOY_MB = 40
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LUA = Path(__file__).with_name("wrk_report.lua")
 PATHS = ("direct", "provider", "two-hop", "nginx")
 
@@ -111,14 +110,6 @@ def wrk(url: str, connections: int, seconds: int, body_bytes: int = 0) -> dict[s
             report: dict[str, Any] = json.loads(line.removeprefix("WRK-JSON "))
             return report
     raise RuntimeError(f"wrk printed no report:\n{out.stdout}\n{out.stderr}")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
-    return total / CLOCK_TICKS
 
 
 def memory_mb(pids: list[int], key: str) -> float:
@@ -206,9 +197,9 @@ http {{
 
 
 def measure(case: Case, path: str, url: str, pids: list[int], seconds: int) -> Result:
-    before = cpu_seconds(pids)
+    before = sum(cpu_seconds(pid) for pid in pids)
     report = wrk(url + case.target, case.connections, seconds, case.body_bytes)
-    cpu = cpu_seconds(pids) - before
+    cpu = sum(cpu_seconds(pid) for pid in pids) - before
     requests = report["requests"]
     duration = report["duration_us"] / 1e6
     result = Result(
