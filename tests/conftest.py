@@ -12,7 +12,7 @@ import pytest
 from tests.support.consul_agent import ConsulAgent
 from tests.support.etcd_server import EtcdServer
 from tests.support.ports import free_port
-from tests.support.procs import Fleet, demo_app, sidecar, wait_for
+from tests.support.procs import SidecarChain, demo_app, sidecar, wait_for
 from tests.support.registry_server import RegistryServer
 from tests.support.zookeeper_server import ZooKeeperServer
 
@@ -101,10 +101,10 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarChain]:
     """A demo app behind a provider sidecar (instance id `provider`), and a consumer sidecar
     with an upstream listener for it, once per test module."""
-    tmp_path = tmp_path_factory.mktemp("fleet")
+    tmp_path = tmp_path_factory.mktemp("chain")
     registry = f"sqlite://{tmp_path / 'r.db'}"
     consumer_port = free_port()
     with ExitStack() as stack:
@@ -118,4 +118,4 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             return [row["instance_id"] for row in rows] == ["provider"]
 
         wait_for(knows_provider, what="the consumer to know the provider")
-        yield Fleet(app, provider, consumer, consumer_port)
+        yield SidecarChain(app, provider, consumer, consumer_port)

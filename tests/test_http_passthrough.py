@@ -16,7 +16,7 @@ from collections.abc import Collection, Iterator
 import httpx
 import pytest
 
-from tests.support.procs import AppProc, Fleet, SidecarProc, demo_app, sidecar, sidecar_in_front
+from tests.support.procs import AppProc, SidecarChain, SidecarProc, demo_app, sidecar, sidecar_in_front
 from tests.support.rawhttp import RawConnection, RawResponse, request
 from tests.support.scripted_app import Head, ScriptedApp
 
@@ -175,11 +175,11 @@ async def test_no_server_header_of_its_own(scripted: tuple[ScriptedApp, SidecarP
 
 
 @pytest.mark.parametrize("via", ["provider", "consumer"])
-async def test_expect_100_continue_passes(fleet: Fleet, via: str) -> None:
+async def test_expect_100_continue_passes(chain: SidecarChain, via: str) -> None:
     """A client that sends `Expect: 100-continue` and holds its body until told gets
     `100 Continue` (from the app through a provider sidecar; from a consumer sidecar itself,
     which keeps a small body for retries), sends the body, and gets the app's answer to it."""
-    port = port_of(fleet.provider) if via == "provider" else port_of_url(fleet.consumer_url)
+    port = port_of(chain.provider) if via == "provider" else port_of_url(chain.consumer_url)
     payload = os.urandom(5000)
     async with await RawConnection.open(port) as conn:
         head = request("POST", "/echo", [("Expect", "100-continue"), ("Content-Length", str(len(payload)))])
@@ -237,16 +237,16 @@ def test_app_connections_are_kept_alive(
 # -- through a consumer sidecar ---------------------------------------------------------------------
 
 
-async def test_consumer_relays_request_headers_end_to_end(fleet: Fleet) -> None:
+async def test_consumer_relays_request_headers_end_to_end(chain: SidecarChain) -> None:
     """Through both sidecars the app sees the client's end-to-end headers, Host set to the
     instance it was sent to, and none of the sidecars' own X-Sidecar-Consumer."""
-    async with await RawConnection.open(port_of_url(fleet.consumer_url)) as conn:
+    async with await RawConnection.open(port_of_url(chain.consumer_url)) as conn:
         await conn.send(request("GET", "/headers", [("X-Custom", "kept"), ("Connection", "x-gone")]))
         response = await conn.response()
     assert response.status == 200, response
     seen = {name.lower(): value for name, value in json.loads(response.body)["headers"]}
     assert seen["x-custom"] == "kept"
-    assert seen["host"] == fleet.provider.url.removeprefix("http://")
+    assert seen["host"] == chain.provider.url.removeprefix("http://")
     assert "x-sidecar-consumer" not in seen
     assert "x-gone" not in seen
     assert "connection" not in seen

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.support.procs import (
-    Fleet,
+    SidecarChain,
     SidecarProc,
     await_for,
     demo_app,
@@ -42,14 +42,14 @@ async def echo_round_trips(ws: aiohttp.ClientWebSocketResponse) -> None:
 
 
 @pytest.mark.parametrize("via", ["provider", "consumer"])
-async def test_websocket_echo_counts_in_flight(fleet: Fleet, via: str) -> None:
+async def test_websocket_echo_counts_in_flight(chain: SidecarChain, via: str) -> None:
     """A WebSocket through the provider sidecar (or the consumer and the provider) echoes
     messages both ways; while open it is in flight on the provider, once closed it is not."""
-    url = fleet.provider.url if via == "provider" else fleet.consumer_url
+    url = chain.provider.url if via == "provider" else chain.consumer_url
     async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/ws") as ws:
         await echo_round_trips(ws)
-        assert fleet.provider.status()["inflight"] == 1
-    await await_for(lambda: fleet.provider.status()["inflight"] == 0, 5, "in flight back to 0")
+        assert chain.provider.status()["inflight"] == 1
+    await await_for(lambda: chain.provider.status()["inflight"] == 0, 5, "in flight back to 0")
 
 
 # -- a protocol of our own: raw bytes after the 101 -------------------------------------------------

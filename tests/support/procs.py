@@ -24,7 +24,7 @@ from sidecar.demo.processes import DEADLINE_SECONDS, await_for, spawn, stop_proc
 
 __all__ = [
     "AppProc",
-    "Fleet",
+    "SidecarChain",
     "SidecarProc",
     "await_for",
     "demo_app",
@@ -156,7 +156,7 @@ def open_gate(app: AppProc, gate: str) -> None:
     httpx.post(f"{app.url}/open", params={"gate": gate}, timeout=5).raise_for_status()
 
 
-class Fleet:
+class SidecarChain:
     """A demo app behind a provider sidecar, and a consumer sidecar in front of that."""
 
     def __init__(

@@ -5,13 +5,12 @@ say they are ready (`_ready`); the rest is here, once.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from sidecar.demo.processes import spawn, stop_process, wait_for
 
 # A server usually answers within 1-3 s; a loaded CI machine gets ten times that.
 STARTUP_TIMEOUT_S = 30.0
@@ -49,14 +48,12 @@ class ServerProcess:
         if self._proc is not None:
             raise RuntimeError(f"{self.name} is already running")
         self._workdir.mkdir(parents=True, exist_ok=True)
-        argv = self._argv()
-        # A file, not a pipe: nobody reads a pipe, and a full one would block the server.
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
+        self._proc = spawn(self._argv(), self.log_path)
         try:
-            self._wait_ready()
+            wait_for(self._answering, STARTUP_TIMEOUT_S, f"{self.name} to be ready", READY_POLL_S)
+        except TimeoutError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}:\n{self._log_tail()}") from None
         except BaseException:
             self.stop()
             raise
@@ -64,30 +61,15 @@ class ServerProcess:
     def stop(self) -> None:
         """SIGTERM the server by pid, SIGKILL it if it does not exit in time. No-op when stopped."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        if proc is not None:
+            stop_process(proc, grace=STOP_TIMEOUT_S)
 
-    def _wait_ready(self) -> None:
-        # An external process we do not own: a bounded readiness poll is the only way to know.
+    def _answering(self) -> bool:
+        """`_ready()`, once the process is still there (an exited one will never be ready)."""
         assert self._proc is not None
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self._proc.returncode}:\n{self._log_tail()}")
-            try:
-                if self._ready():
-                    return
-            except (OSError, ValueError):
-                pass  # not listening yet, or not ready to say so (URLError is an OSError)
-            time.sleep(READY_POLL_S)
-        raise RuntimeError(f"{self.name} was not ready after {STARTUP_TIMEOUT_S} s:\n{self._log_tail()}")
+        if self._proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self._proc.returncode}:\n{self._log_tail()}")
+        return self._ready()  # OSError, ValueError: not listening yet, or not ready to say so
 
     def _log_tail(self) -> str:
         try:
