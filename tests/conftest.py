@@ -12,7 +12,7 @@ import pytest
 from tests.support.consul_agent import ConsulAgent
 from tests.support.etcd_server import EtcdServer
 from tests.support.ports import free_port
-from tests.support.procs import SidecarChain, demo_app, sidecar, wait_for
+from tests.support.procs import AppProc, SidecarChain, SidecarProc, demo_app, sidecar, wait_for
 from tests.support.registry_server import RegistryServer
 from tests.support.zookeeper_server import ZooKeeperServer
 
@@ -98,6 +98,15 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 # -- processes ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AppProc, SidecarProc]]:
+    """The demo app behind a provider sidecar with the default options (timeouts 10 s and 60 s:
+    a connection closed within seconds was closed on purpose), once per test module."""
+    tmp_path = tmp_path_factory.mktemp("proxied")
+    with demo_app(tmp_path) as app, sidecar(tmp_path, f"sqlite://{tmp_path / 'r.db'}", app) as car:
+        yield app, car
 
 
 @pytest.fixture(scope="module")

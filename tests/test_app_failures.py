@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.procs import SidecarProc, await_for, sidecar_in_front
 from tests.support.rawhttp import RawConnection, request
-from tests.support.scripted_app import Head, ScriptedApp
+from tests.support.scripted_app import Head, ScriptedApp, cut
 
 BOUND_SECONDS = 10.0
 APP_TIMEOUT_SECONDS = 1.0
@@ -27,13 +27,6 @@ async def slow(
     """Answers once the test releases the app."""
     await app.released()
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-
-
-async def cut(
-    head: Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app: ScriptedApp
-) -> None:
-    """Announces 100 bytes, sends 10 and closes."""
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
 
 
 async def never(

@@ -29,14 +29,6 @@ CLOSE_BOUND_SECONDS = 5.0
 
 
 @pytest.fixture(scope="module")
-def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AppProc, SidecarProc]]:
-    """Default timeouts (10 s, 60 s): a connection closed within seconds was closed on purpose."""
-    tmp_path = tmp_path_factory.mktemp("hardening")
-    with demo_app(tmp_path) as app, sidecar(tmp_path, f"sqlite://{tmp_path / 'r.db'}", app) as car:
-        yield app, car
-
-
-@pytest.fixture(scope="module")
 def impatient(
     proxied: tuple[AppProc, SidecarProc], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[AppProc, SidecarProc]]:

@@ -16,9 +16,9 @@ from collections.abc import Collection, Iterator
 import httpx
 import pytest
 
-from tests.support.procs import AppProc, SidecarChain, SidecarProc, demo_app, sidecar, sidecar_in_front
+from tests.support.procs import AppProc, SidecarChain, SidecarProc, sidecar_in_front
 from tests.support.rawhttp import RawConnection, RawResponse, request
-from tests.support.scripted_app import Head, ScriptedApp
+from tests.support.scripted_app import Head, ScriptedApp, cut, plain
 
 # RFC 9110 section 7.6.1 plus the de facto ones; headers named in Connection are hop-by-hop too.
 HOP_BY_HOP = {
@@ -36,25 +36,6 @@ HOP_BY_HOP = {
 FORWARDING = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "via"}
 # Few enough for "kept alive" and for the app's own /stats calls and health checks to fit in.
 MAX_APP_CONNECTIONS = 5
-
-
-@pytest.fixture(scope="module")
-def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AppProc, SidecarProc]]:
-    tmp_path = tmp_path_factory.mktemp("passthrough")
-    with demo_app(tmp_path) as app, sidecar(tmp_path, f"sqlite://{tmp_path / 'r.db'}", app) as car:
-        yield app, car
-
-
-async def plain(
-    head: Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app: ScriptedApp
-) -> None:
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-
-
-async def cut(
-    head: Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app: ScriptedApp
-) -> None:
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
 
 
 async def early_hints(

@@ -10,6 +10,7 @@ The contract suite (test_registry_contract.py) runs on the Curator layout throug
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -354,47 +355,55 @@ asyncio.run(main())
 """
 
 
-async def test_node_of_a_killed_process_expires(zk_url: str, service: str) -> None:
-    """The node of a process killed with SIGKILL goes when its session expires, within the
-    session timeout; watchers see it go."""
+@contextlib.asynccontextmanager
+async def provider_process(zk_url: str, service: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """KILLED_PROVIDER running, once it has registered; killed by pid on the way out."""
     provider = await asyncio.create_subprocess_exec(
         sys.executable, "-c", KILLED_PROVIDER, zk_url, service, str(SHORT_TTL_S), stdout=PIPE, cwd=REPO_ROOT
     )
     try:
         assert provider.stdout is not None
         assert await asyncio.wait_for(provider.stdout.readline(), STEP_S) == b"registered\n"
-        async with open_registry(zk_url) as observer, watching(observer, service) as watch:
-            await watch_until(watch, lambda instances: [i.address for i in instances] == ["10.0.0.1:8081"])
-            os.kill(provider.pid, signal.SIGKILL)
-            started = asyncio.get_running_loop().time()
-            await watch_until(watch, lambda instances: instances == [], bound_s=SHORT_TTL_S + STEP_S)
-            # The server expires a session between 1 and 1.5 timeouts after its last ping.
-            assert asyncio.get_running_loop().time() - started < SHORT_TTL_S * 2 + 1
+        yield provider
     finally:
         if provider.returncode is None:
             os.kill(provider.pid, signal.SIGKILL)
         await provider.wait()
+
+
+def only_the_provider(instances: list[Instance]) -> bool:
+    return [i.address for i in instances] == ["10.0.0.1:8081"]
+
+
+async def test_node_of_a_killed_process_expires(zk_url: str, service: str) -> None:
+    """The node of a process killed with SIGKILL goes when its session expires, within the
+    session timeout; watchers see it go."""
+    async with (
+        provider_process(zk_url, service) as provider,
+        open_registry(zk_url) as observer,
+        watching(observer, service) as watch,
+    ):
+        await watch_until(watch, only_the_provider)
+        os.kill(provider.pid, signal.SIGKILL)
+        started = asyncio.get_running_loop().time()
+        await watch_until(watch, lambda instances: instances == [], bound_s=SHORT_TTL_S + STEP_S)
+        # The server expires a session between 1 and 1.5 timeouts after its last ping.
+        assert asyncio.get_running_loop().time() - started < SHORT_TTL_S * 2 + 1
 
 
 async def test_new_session_publishes_again(zk_url: str, service: str) -> None:
     """A process frozen past its session timeout (a long pause, a partition) loses its session
     and its node; once it runs again, it publishes the node again in a new session."""
-    provider = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", KILLED_PROVIDER, zk_url, service, str(SHORT_TTL_S), stdout=PIPE, cwd=REPO_ROOT
-    )
-    try:
-        assert provider.stdout is not None
-        assert await asyncio.wait_for(provider.stdout.readline(), STEP_S) == b"registered\n"
-        async with open_registry(zk_url) as observer, watching(observer, service) as watch:
-            await watch_until(watch, lambda instances: [i.address for i in instances] == ["10.0.0.1:8081"])
-            os.kill(provider.pid, signal.SIGSTOP)
-            await watch_until(watch, lambda instances: instances == [], bound_s=SHORT_TTL_S + STEP_S)
-            os.kill(provider.pid, signal.SIGCONT)
-            await watch_until(watch, lambda instances: [i.address for i in instances] == ["10.0.0.1:8081"])
-    finally:
-        if provider.returncode is None:
-            os.kill(provider.pid, signal.SIGKILL)
-        await provider.wait()
+    async with (
+        provider_process(zk_url, service) as provider,
+        open_registry(zk_url) as observer,
+        watching(observer, service) as watch,
+    ):
+        await watch_until(watch, only_the_provider)
+        os.kill(provider.pid, signal.SIGSTOP)
+        await watch_until(watch, lambda instances: instances == [], bound_s=SHORT_TTL_S + STEP_S)
+        os.kill(provider.pid, signal.SIGCONT)
+        await watch_until(watch, only_the_provider)
 
 
 async def test_change_missed_while_down_is_published(

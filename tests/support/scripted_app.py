@@ -45,6 +45,20 @@ async def not_found(
     writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
 
+async def plain(
+    head: Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app: ScriptedApp
+) -> None:
+    """A whole response, then the connection closes."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+
+async def cut(
+    head: Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app: ScriptedApp
+) -> None:
+    """Announces 100 bytes, sends 10 and closes."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+
+
 class ScriptedApp:
     """Context manager: serves `scripts` (path -> script) on 127.0.0.1:`port` while inside."""
 
