@@ -147,7 +147,7 @@ async def test_absurd_metadata_leaves_the_table_working(
 ) -> None:
     """Instances with absurd sidecar metadata get their registry weight, with one warning each;
     picking and the snapshot work, and the table keeps following the registry."""
-    caplog.set_level(logging.WARNING, logger="sidecar.consumer.instances")
+    caplog.set_level(logging.WARNING, logger="sidecar.instances")
     absurd = [instance(instance_id, 7, **fields) for instance_id, fields in ABSURD.items()]
     async with WatchedTable("svc", registry, Metrics()) as watched:
         await registry.answer(absurd)

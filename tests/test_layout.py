@@ -3,8 +3,11 @@
     app                          the shell on top: cli, runtime, admin API
     provider   consumer          side by side, neither imports the other
     http                         the HTTP/1.1 core both sides forward with
-    exec  kubernetes  foundations (config, errors, metrics)  registry_adapters
+    exec  kubernetes  foundations (config, options, errors, metrics)  registry_adapters
     protocol                     the wire contract; imports nothing of ours
+
+The registry adapters sit over protocol, not beside it: the keys of the sidecar_* metadata are
+protocol's, and a layout such as Dubbo's translates them into its ecosystem's own parameters.
 
 `demo` uses the rest, and nothing uses it but the `demo` command of the CLI. Imports are read
 from the source (inside functions too), so a lazy import cannot slip past.

@@ -202,6 +202,8 @@ class Lifecycle:
                 if self._published is None or wanted[1] != self._published[1]:
                     await self._registry.register(self._instance(self._start_ms))  # the metadata changed
                 await self._registry.set_weight(self.settings.instance_id, wanted[0])
+            except RegistryClosed:
+                raise  # as in _retry: no later try can help
             except RegistryError as exc:
                 self._registry_failed("set_weight", exc)
                 return False

@@ -72,6 +72,10 @@ def demo_app(
         stop_process(proc)
 
 
+# These records are the tests' own, one process each, with probes that report the sidecar's log
+# when it exits early; sidecar.demo.fleet's Provider and Consumer are the fleet's, an app and
+# its sidecar that a roll replaces together. Both build their command lines with the fleet's
+# demo_app_argv and sidecar_argv, and stop and wait with sidecar.demo.processes.
 @dataclass
 class SidecarProc:
     proc: subprocess.Popen[bytes]
