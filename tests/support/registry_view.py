@@ -13,13 +13,14 @@ import base64
 import concurrent.futures
 import json
 import sqlite3
-from contextlib import aclosing, closing
+from contextlib import aclosing, closing, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
 
 from registry_adapters import Instance, open_registry
 from registry_adapters.zookeeper import ZooKeeperRegistry
@@ -70,7 +71,12 @@ def zookeeper_nodes(registry_url: str, service: str) -> dict[str, bytes]:
     try:
         parent = layout.parent(service)
         names = client.get_children(parent) if client.exists(parent) else []
-        return {name: client.get(f"{parent}/{name}")[0] for name in names}
+        nodes = {}
+        for name in names:
+            # An instance may leave between the listing and the read: then it is not there.
+            with suppress(NoNodeError):
+                nodes[name] = client.get(f"{parent}/{name}")[0]
+        return nodes
     finally:
         client.stop()
         client.close()
