@@ -162,6 +162,21 @@ def consumer(tmp_path: Path, registry: str, service: str, *args: str) -> Iterato
         yield Consumer(car, service, port)
 
 
+@contextmanager
+def two_providers(
+    tmp_path: Path, registry: str, service: str
+) -> Iterator[tuple[Provider, Provider, Consumer, httpx.Client]]:
+    """Providers p1 and p2 of `service`, a consumer whose table has both, and a client."""
+    with (
+        provider(tmp_path, registry, service, "p1") as p1,
+        provider(tmp_path, registry, service, "p2") as p2,
+        consumer(tmp_path, registry, service) as client,
+        httpx.Client(timeout=10) as http,
+    ):
+        client.wait_table("p1", "p2")
+        yield p1, p2, client, http
+
+
 def sqlite_url(tmp_path: Path, name: str) -> str:
     return f"sqlite://{tmp_path / name}"
 
@@ -173,13 +188,7 @@ def test_forwards_and_gets_notified(tmp_path: Path, registry_url: str) -> None:
     """Requests through the consumer reach both providers, each provider then counts one
     consumer, and a provider going offline notifies the consumer, which stops sending to it."""
     service = unique()
-    with (
-        provider(tmp_path, registry_url, service, "p1") as p1,
-        provider(tmp_path, registry_url, service, "p2") as p2,
-        consumer(tmp_path, registry_url, service) as client,
-        httpx.Client(timeout=10) as http,
-    ):
-        client.wait_table("p1", "p2")
+    with two_providers(tmp_path, registry_url, service) as (p1, p2, client, http):
         assert set(client.instance_names(40, http)) == {"p1", "p2"}
         assert p1.car.status()["consumers"] == 1
         assert p2.car.status()["consumers"] == 1
@@ -232,13 +241,7 @@ def test_notify_drops_instance_at_once(tmp_path: Path, registry_url: str) -> Non
     """POST /notify about one of two providers: it is dropped at once although the registry
     still lists it; every following request goes to the other; the metric counts it."""
     service = unique()
-    with (
-        provider(tmp_path, registry_url, service, "p1") as p1,
-        provider(tmp_path, registry_url, service, "p2") as p2,
-        consumer(tmp_path, registry_url, service) as client,
-        httpx.Client(timeout=10) as http,
-    ):
-        client.wait_table("p1", "p2")
+    with two_providers(tmp_path, registry_url, service) as (p1, p2, client, http):
         notice = {
             "service": service,
             "instance_id": "p1",
@@ -347,13 +350,7 @@ def test_reregistered_instance_comes_back(tmp_path: Path, registry_url: str) -> 
     """An instance notified offline comes back once it registers anew (same id, new
     sidecar_start_ms): the consumer un-drops it and sends it traffic again."""
     service = unique()
-    with (
-        provider(tmp_path, registry_url, service, "p1") as p1,
-        provider(tmp_path, registry_url, service, "p2"),
-        consumer(tmp_path, registry_url, service) as client,
-        httpx.Client(timeout=10) as http,
-    ):
-        client.wait_table("p1", "p2")
+    with two_providers(tmp_path, registry_url, service) as (p1, _, client, http):
         notice = {**VALID, "service": service, "instance_id": "p1"}
         assert http.post(f"{client.admin}/notify", json=notice).status_code == 204
         assert client.table()["p1"]["dropped"] is True
@@ -558,13 +555,7 @@ def test_share_follows_weight_override(tmp_path: Path, registry_url: str) -> Non
     """PUT /weight on a provider puts the override in its registry metadata, which is what
     consumer sidecars read: the consumer's share follows it; DELETE /weight evens it out again."""
     service = unique()
-    with (
-        provider(tmp_path, registry_url, service, "p1") as p1,
-        provider(tmp_path, registry_url, service, "p2"),
-        consumer(tmp_path, registry_url, service) as client,
-        httpx.Client(timeout=10) as http,
-    ):
-        client.wait_table("p1", "p2")
+    with two_providers(tmp_path, registry_url, service) as (p1, _, client, http):
         assert http.put(f"{p1.car.admin}/weight", json={"weight": 1}).json()["published"] is True
         published = {i.instance_id: i for i in watched(registry_url, service)}
         assert published["p1"].meta.get(META_WEIGHT_OVERRIDE) == "1"

@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 from asyncio.subprocess import PIPE
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import unquote_plus, urlsplit
 
@@ -355,35 +355,35 @@ asyncio.run(main())
 """
 
 
+def only_the_provider(instances: list[Instance]) -> bool:
+    return [i.address for i in instances] == ["10.0.0.1:8081"]
+
+
 @contextlib.asynccontextmanager
-async def provider_process(zk_url: str, service: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    """KILLED_PROVIDER running, once it has registered; killed by pid on the way out."""
+async def watched_provider(
+    zk_url: str, service: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, AsyncGenerator[list[Instance], None]]]:
+    """KILLED_PROVIDER running, and a watch of `service` that has seen its node; the process is
+    killed by pid on the way out."""
     provider = await asyncio.create_subprocess_exec(
         sys.executable, "-c", KILLED_PROVIDER, zk_url, service, str(SHORT_TTL_S), stdout=PIPE, cwd=REPO_ROOT
     )
     try:
         assert provider.stdout is not None
         assert await asyncio.wait_for(provider.stdout.readline(), STEP_S) == b"registered\n"
-        yield provider
+        async with open_registry(zk_url) as observer, watching(observer, service) as watch:
+            await watch_until(watch, only_the_provider)
+            yield provider, watch
     finally:
         if provider.returncode is None:
             os.kill(provider.pid, signal.SIGKILL)
         await provider.wait()
 
 
-def only_the_provider(instances: list[Instance]) -> bool:
-    return [i.address for i in instances] == ["10.0.0.1:8081"]
-
-
 async def test_node_of_a_killed_process_expires(zk_url: str, service: str) -> None:
     """The node of a process killed with SIGKILL goes when its session expires, within the
     session timeout; watchers see it go."""
-    async with (
-        provider_process(zk_url, service) as provider,
-        open_registry(zk_url) as observer,
-        watching(observer, service) as watch,
-    ):
-        await watch_until(watch, only_the_provider)
+    async with watched_provider(zk_url, service) as (provider, watch):
         os.kill(provider.pid, signal.SIGKILL)
         started = asyncio.get_running_loop().time()
         await watch_until(watch, lambda instances: instances == [], bound_s=SHORT_TTL_S + STEP_S)
@@ -394,12 +394,7 @@ async def test_node_of_a_killed_process_expires(zk_url: str, service: str) -> No
 async def test_new_session_publishes_again(zk_url: str, service: str) -> None:
     """A process frozen past its session timeout (a long pause, a partition) loses its session
     and its node; once it runs again, it publishes the node again in a new session."""
-    async with (
-        provider_process(zk_url, service) as provider,
-        open_registry(zk_url) as observer,
-        watching(observer, service) as watch,
-    ):
-        await watch_until(watch, only_the_provider)
+    async with watched_provider(zk_url, service) as (provider, watch):
         os.kill(provider.pid, signal.SIGSTOP)
         await watch_until(watch, lambda instances: instances == [], bound_s=SHORT_TTL_S + STEP_S)
         os.kill(provider.pid, signal.SIGCONT)
