@@ -95,7 +95,9 @@ class Settings:
     log_format: str
     header_timeout: float
     idle_timeout: float
+    body_timeout: float
     app_timeout: float | None
+    upstream_timeout: float
     stop_timeout: float
     command: tuple[str, ...] = field(default=())
 

@@ -11,8 +11,7 @@ import pytest
 
 from tests.support.consul_agent import ConsulAgent
 from tests.support.etcd_server import EtcdServer
-from tests.support.ports import free_port
-from tests.support.procs import AppProc, SidecarChain, SidecarProc, demo_app, sidecar, wait_for
+from tests.support.procs import AppProc, SidecarChain, SidecarProc, consumer_of, demo_app, sidecar
 from tests.support.registry_server import RegistryServer
 from tests.support.zookeeper_server import ZooKeeperServer
 
@@ -97,6 +96,12 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return agent.url
 
 
+@pytest.fixture(scope="module")
+def module_registry(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The URL of a SQLite registry of the test module's own, for the sidecars its fixtures start."""
+    return f"sqlite://{tmp_path_factory.mktemp('registry') / 'r.db'}"
+
+
 # -- processes ------------------------------------------------------------------------------------
 
 
@@ -115,16 +120,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarChain]:
     with an upstream listener for it, once per test module."""
     tmp_path = tmp_path_factory.mktemp("chain")
     registry = f"sqlite://{tmp_path / 'r.db'}"
-    consumer_port = free_port()
     with ExitStack() as stack:
         app = stack.enter_context(demo_app(tmp_path))
         provider = stack.enter_context(sidecar(tmp_path, registry, app, "--instance-id", "provider"))
-        upstream = ("--upstream", f"svc=127.0.0.1:{consumer_port}")
-        consumer = stack.enter_context(sidecar(tmp_path, registry, None, *upstream, service="client"))
-
-        def knows_provider() -> bool:
-            rows = consumer.status()["upstreams"]["svc"]["instances"]
-            return [row["instance_id"] for row in rows] == ["provider"]
-
-        wait_for(knows_provider, what="the consumer to know the provider")
+        consumer, consumer_port = stack.enter_context(consumer_of(tmp_path, registry, "provider"))
         yield SidecarChain(app, provider, consumer, consumer_port)

@@ -1,4 +1,4 @@
-"""An app that fails the inbound proxy, black box with a scripted app: a response cut off
+"""An app that fails the inbound proxy, black box with a raw app: a response cut off
 mid-body is a 502 that still carries the closing marks while draining, and with --app-timeout an
 app that goes silent gets its request answered 504 (or its response cut) and the in-flight slot
 freed, so that a drain is not held up by it.
@@ -13,44 +13,36 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.procs import SidecarProc, await_for, sidecar_in_front
+from tests.support.procs import await_for, port_of, sidecar_in_front
+from tests.support.raw_app import CUT, Link, RawApp, Received
 from tests.support.rawhttp import RawConnection, request
-from tests.support.scripted_app import Head, ScriptedApp, cut
 
 BOUND_SECONDS = 10.0
 APP_TIMEOUT_SECONDS = 1.0
 
 
-async def slow(
-    head: Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app: ScriptedApp
-) -> None:
+async def slow(request: Received, link: Link, app: RawApp) -> bool:
     """Answers once the test releases the app."""
     await app.released()
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    await link.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    return False
 
 
-async def never(
-    head: Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app: ScriptedApp
-) -> None:
+async def never(request: Received, link: Link, app: RawApp) -> bool:
     """Says nothing until the test releases the app, then closes."""
     await app.released()
+    return False
 
 
-async def partial(
-    head: Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app: ScriptedApp
-) -> None:
+async def partial(request: Received, link: Link, app: RawApp) -> bool:
     """Announces 100 bytes, sends 10, then says nothing until released."""
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
-    await writer.drain()
+    await link.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
     await app.released()
+    return False
 
 
-SCRIPTS = {"/slow": slow, "/cut": cut, "/never": never, "/partial": partial}
-
-
-def port_of(car: SidecarProc) -> int:
-    assert car.listen_port is not None
-    return car.listen_port
+# Each one the last on its connection: the app closes it after (they return False).
+REPLIES = {"/slow": slow, "/cut": CUT, "/never": never, "/partial": partial}
 
 
 async def test_cut_off_response_while_draining_is_marked_closing(tmp_path: Path) -> None:
@@ -58,7 +50,7 @@ async def test_cut_off_response_while_draining_is_marked_closing(tmp_path: Path)
     mid-body carries X-Sidecar-Closing and Connection: close like every other response."""
     registry = f"sqlite://{tmp_path / 'r.db'}"
     args = ("--app-health", "", "--instance-id", "cutter", "--quiet-period", "0.2")
-    with ScriptedApp(SCRIPTS) as app, sidecar_in_front(tmp_path, registry, app.url, *args) as car:
+    with RawApp(REPLIES) as app, sidecar_in_front(tmp_path, registry, app.url, *args) as car:
         async with await RawConnection.open(port_of(car)) as slow_conn, httpx.AsyncClient(timeout=30) as http:
             await slow_conn.send(request("GET", "/slow"))
             await await_for(lambda: car.status()["inflight"] == 1, what="the slow request in flight")
@@ -89,7 +81,7 @@ async def test_app_timeout_frees_the_request(tmp_path: Path, path: str) -> None:
     and a drain ends at once."""
     registry = f"sqlite://{tmp_path / 'r.db'}"
     args = ("--app-health", "", "--app-timeout", str(APP_TIMEOUT_SECONDS), "--quiet-period", "0.2")
-    with ScriptedApp(SCRIPTS) as app, sidecar_in_front(tmp_path, registry, app.url, *args) as car:
+    with RawApp(REPLIES) as app, sidecar_in_front(tmp_path, registry, app.url, *args) as car:
         try:
             async with await RawConnection.open(port_of(car)) as conn:
                 started = time.monotonic()
@@ -116,7 +108,7 @@ async def test_no_app_timeout_by_default(tmp_path: Path) -> None:
     while the app says nothing, the request stays in flight."""
     registry = f"sqlite://{tmp_path / 'r.db'}"
     args = ("--app-health", "", "--drain-timeout", "2")
-    with ScriptedApp(SCRIPTS) as app, sidecar_in_front(tmp_path, registry, app.url, *args) as car:
+    with RawApp(REPLIES) as app, sidecar_in_front(tmp_path, registry, app.url, *args) as car:
         try:
             async with await RawConnection.open(port_of(car)) as conn:
                 await conn.send(request("GET", "/never"))

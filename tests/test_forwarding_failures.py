@@ -57,9 +57,9 @@ def test_broken_pooled_connection_is_stale() -> None:
 
 
 def test_timeout_answers_504_and_is_never_stale() -> None:
-    """Silence past --app-timeout: sent, 504, reason "broken"; not a stale connection."""
+    """Silence past --app-timeout: sent, 504, reason "timeout"; not a stale connection."""
     failure = classify(UpstreamTimeout("10.0.0.1:80 sent nothing for 5 s"), "GET", True)
-    assert failure == Failure("broken", sent=True, resendable=True, status=504)
+    assert failure == Failure("timeout", sent=True, resendable=True, status=504)
     assert classify(UpstreamTimeout("slow"), "POST", True).resendable is False
 
 
@@ -92,8 +92,8 @@ def test_only_what_is_safe_may_go_again(
     if failure.resendable:
         assert not failure.sent or (method in IDEMPOTENT and replayable and not responded)
     if failure.sent:
-        assert failure.reason == "broken"
-        assert failure.status == (504 if isinstance(error, UpstreamTimeout) else 502)
+        timed_out = isinstance(error, UpstreamTimeout)
+        assert (failure.reason, failure.status) == (("timeout", 504) if timed_out else ("broken", 502))
     else:
         assert (failure.reason, failure.status, failure.resendable) == ("connect", 503, True)
     assert failure.stale == (isinstance(error, UpstreamBroken) and error.reused)

@@ -3,12 +3,11 @@ headers (all but the hop-by-hop ones), no Server header of its own, 1xx response
 from the app, 103 Early Hints), and keep-alive connections to the app.
 
 The demo app echoes the request headers it received (`/headers`) and sets response headers on
-request; a scripted app (tests.support.scripted_app) sends what the demo app cannot.
+request; a raw app (tests.support.raw_app) sends what the demo app cannot.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Collection, Iterator
@@ -16,9 +15,9 @@ from collections.abc import Collection, Iterator
 import httpx
 import pytest
 
-from tests.support.procs import AppProc, SidecarChain, SidecarProc, sidecar_in_front
+from tests.support.procs import AppProc, SidecarChain, SidecarProc, port_of, sidecar_in_front
+from tests.support.raw_app import CUT, RawApp, closing
 from tests.support.rawhttp import RawConnection, RawResponse, request
-from tests.support.scripted_app import Head, ScriptedApp, cut, plain
 
 # RFC 9110 section 7.6.1 plus the de facto ones; headers named in Connection are hop-by-hop too.
 HOP_BY_HOP = {
@@ -38,34 +37,26 @@ FORWARDING = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwa
 MAX_APP_CONNECTIONS = 5
 
 
-async def early_hints(
-    head: Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app: ScriptedApp
-) -> None:
-    writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n")
-    await writer.drain()
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-
-
-async def refuse_body(
-    head: Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app: ScriptedApp
-) -> None:
-    """Refuses `Expect: 100-continue` with a final status, without reading the body."""
-    writer.write(b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+OK_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+# The raw app's replies, each the last on its connection: the app closes it after.
+REPLIES = {
+    "/plain": closing(OK_CLOSE),
+    "/cut": CUT,
+    "/hints": closing(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n", OK_CLOSE
+    ),
+    # Refuses `Expect: 100-continue` with a final status, without reading the body (see `early`).
+    "/refuse": closing(b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+}
 
 
 @pytest.fixture(scope="module")
-def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ScriptedApp, SidecarProc]]:
+def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RawApp, SidecarProc]]:
     tmp_path = tmp_path_factory.mktemp("scripted")
-    scripts = {"/plain": plain, "/cut": cut, "/hints": early_hints, "/refuse": refuse_body}
-    with ScriptedApp(scripts) as app:
+    with RawApp(REPLIES, early={"/refuse"}) as app:
         args = ("--app-health", "", "--instance-id", "scripted")
         with sidecar_in_front(tmp_path, f"sqlite://{tmp_path / 'r.db'}", app.url, *args) as car:
             yield app, car
-
-
-def port_of(car: SidecarProc) -> int:
-    assert car.listen_port is not None
-    return car.listen_port
 
 
 def end_to_end(headers: list[tuple[str, str]], ignore: Collection[str] = ()) -> list[tuple[str, str]]:
@@ -140,7 +131,7 @@ async def test_response_headers_reach_the_client_unchanged(proxied: tuple[AppPro
     assert end_to_end(proxied_response.headers, varying) == end_to_end(direct.headers, varying)
 
 
-async def test_no_server_header_of_its_own(scripted: tuple[ScriptedApp, SidecarProc]) -> None:
+async def test_no_server_header_of_its_own(scripted: tuple[RawApp, SidecarProc]) -> None:
     """An app response without a Server header reaches the client without one, and the sidecar's
     own answers (a 502 for a cut-off response) carry none either."""
     _, car = scripted
@@ -173,7 +164,7 @@ async def test_expect_100_continue_passes(chain: SidecarChain, via: str) -> None
     assert response.body == payload
 
 
-async def test_app_refusing_expectation_is_seen_first(scripted: tuple[ScriptedApp, SidecarProc]) -> None:
+async def test_app_refusing_expectation_is_seen_first(scripted: tuple[RawApp, SidecarProc]) -> None:
     """`100 Continue` is the app's to give: an app that answers `Expect: 100-continue` with a
     final 417 is seen to do so, with no 100 from the sidecar before it."""
     app, car = scripted
@@ -181,11 +172,11 @@ async def test_app_refusing_expectation_is_seen_first(scripted: tuple[ScriptedAp
         await conn.send(request("POST", "/refuse", [("Expect", "100-continue"), ("Content-Length", "1000")]))
         first = await conn.head()
     assert first.status == 417, first
-    heads = [head for head in app.heads if head.path == "/refuse"]
+    heads = app.of_path("/refuse")
     assert [head.header("Expect") for head in heads] == ["100-continue"]
 
 
-async def test_early_hints_pass_through(scripted: tuple[ScriptedApp, SidecarProc]) -> None:
+async def test_early_hints_pass_through(scripted: tuple[RawApp, SidecarProc]) -> None:
     """An app's `103 Early Hints` (with its Link header) reaches the client before the 200."""
     _, car = scripted
     async with await RawConnection.open(port_of(car)) as conn:

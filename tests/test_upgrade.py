@@ -22,11 +22,12 @@ from tests.support.procs import (
     SidecarProc,
     await_for,
     demo_app,
+    port_of,
     sidecar,
     sidecar_in_front,
 )
+from tests.support.raw_app import Link, RawApp, Received
 from tests.support.rawhttp import RawConnection, request
-from tests.support.scripted_app import Head, ScriptedApp
 
 BOUND_SECONDS = 10.0
 
@@ -65,29 +66,26 @@ TRICKY = [
 ]
 
 
-async def raw_echo(
-    head: Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app: ScriptedApp
-) -> None:
+async def raw_echo(request: Received, link: Link, app: RawApp) -> bool:
     """Switches to `rawecho` and echoes every byte until the peer closes."""
-    writer.write(SWITCH)
-    while data := await reader.read(65536):
-        writer.write(data)
-        await writer.drain()
-    app.events.append("echo: peer closed")
+    await link.send(SWITCH)
+    while data := await link.reader.read(65536):
+        await link.send(data)
+    app.note("echo: peer closed")
+    return False
 
 
-async def raw_once(
-    head: Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app: ScriptedApp
-) -> None:
+async def raw_once(request: Received, link: Link, app: RawApp) -> bool:
     """Switches to `rawecho`, echoes one read's worth of bytes, then closes itself."""
-    writer.write(SWITCH)
-    writer.write(await reader.read(65536))
+    await link.send(SWITCH)
+    await link.send(await link.reader.read(65536))
+    return False
 
 
 @pytest.fixture(scope="module")
-def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ScriptedApp, SidecarProc]]:
+def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RawApp, SidecarProc]]:
     tmp_path = tmp_path_factory.mktemp("raw-upgrade")
-    with ScriptedApp({"/raw": raw_echo, "/once": raw_once}) as app:
+    with RawApp({"/raw": raw_echo, "/once": raw_once}) as app:
         args = ("--app-health", "")
         with sidecar_in_front(tmp_path, f"sqlite://{tmp_path / 'r.db'}", app.url, *args) as car:
             yield app, car
@@ -104,34 +102,32 @@ async def switch(conn: RawConnection, path: str) -> None:
     assert "upgrade" in (response.header("Connection") or "").lower()
 
 
-async def test_upgrade_is_spliced_byte_for_byte(scripted: tuple[ScriptedApp, SidecarProc]) -> None:
+async def test_upgrade_is_spliced_byte_for_byte(scripted: tuple[RawApp, SidecarProc]) -> None:
     """An upgrade request reaches the app with its Upgrade and Connection headers; after the 101,
     bytes that look like HTTP or like nothing at all go both ways unchanged; the client closing
     reaches the app as the end of its stream."""
     app, car = scripted
-    assert car.listen_port is not None
-    async with await RawConnection.open(car.listen_port) as conn:
+    async with await RawConnection.open(port_of(car)) as conn:
         await switch(conn, "/raw")
         for data in TRICKY:
             await conn.send(data)
             async with asyncio.timeout(BOUND_SECONDS):
                 assert await conn.reader.readexactly(len(data)) == data
-    head = next(head for head in app.heads if head.path == "/raw")
+    head = app.of_path("/raw")[0]
     assert head.header("Upgrade") == "rawecho"
     assert "upgrade" in (head.header("Connection") or "").lower()
     assert head.header("X-Custom") == "kept"
-    await await_for(lambda: "echo: peer closed" in app.events, 5, "the app to see the client close")
+    await app.wait_until(lambda: "echo: peer closed" in app.notes, "close from the client", timeout=5)
     await await_for(lambda: car.status()["inflight"] == 0, 5, "in flight back to 0")
 
 
 async def test_app_closing_an_upgraded_connection_closes_it(
-    scripted: tuple[ScriptedApp, SidecarProc],
+    scripted: tuple[RawApp, SidecarProc],
 ) -> None:
     """When the app closes its side of an upgraded connection, the client sees the end of the
     stream after the last bytes the app sent, and nothing is in flight any more."""
     _, car = scripted
-    assert car.listen_port is not None
-    async with await RawConnection.open(car.listen_port) as conn:
+    async with await RawConnection.open(port_of(car)) as conn:
         await switch(conn, "/once")
         await conn.send(b"last words")
         assert await conn.read_to_eof(BOUND_SECONDS) == b"last words"

@@ -1,8 +1,8 @@
 """Consumer side policy: one local listener per `--upstream NAME=HOST:PORT`, load-balancing to NAME.
 
 Each listener picks from a `WatchedTable` (sidecar.consumer.instances): the registry's view, corrected
-locally by what this listener learns (a closing mark drops an instance, a refused connection
-ejects it for a few seconds).
+locally by what this listener learns (a closing mark drops an instance; a refused connection,
+or silence past --upstream-timeout, ejects it for a few seconds).
 
 Retries are only for requests the provider never processed: a 503 with `X-Sidecar-Refused`, or
 a connection that could not be made. A connection that broke after the request was sent is
@@ -32,7 +32,7 @@ from sidecar.config import Settings, Upstream
 from sidecar.consumer.balancer import RetryBudget
 from sidecar.consumer.instances import WatchedTable
 from sidecar.errors import UpstreamError
-from sidecar.http import Exchange, Failure, HttpServer, Limits, Origin, Pool, classify, end_to_end, refused
+from sidecar.http import Exchange, Failure, HttpServer, Limits, Origin, Pool, classify, refused
 from sidecar.metrics import Metrics
 from sidecar.protocol import headers as wire
 
@@ -45,12 +45,16 @@ REPLAYABLE_BODY_BYTES = 64 * 1024
 # here rather than open sockets without bound (memory: see the module's docstring).
 CONNECTIONS_PER_INSTANCE = 256
 CONNECT_TIMEOUT_SECONDS = 2.0
+# Failures that take an instance out of the picking for a few seconds: it could not be connected
+# to, or it went silent past --upstream-timeout (a frozen process, a hung host). Either way the
+# next requests are better sent elsewhere until the registry says more.
+EJECTED = frozenset({"connect", "timeout"})
 # A request that arrives before the registry's first answer (a sidecar that has just started)
 # waits for it, rather than fail for want of an instance: it takes milliseconds when the
 # registry is up, and a registry that fails answers at once too (see WatchedTable.answered).
 FIRST_ANSWER_WAIT_SECONDS = 5.0
-# Host is set to the instance's address; the consumer header is this sidecar's own.
-DROPPED = frozenset({b"host", wire.CONSUMER})
+# The consumer header is this sidecar's own (Host is the instance's address).
+DROPPED = frozenset({wire.CONSUMER})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +80,7 @@ class UpstreamListener:
         self.table = self.watched.table
         self.budget = RetryBudget()
         self._rng = random.Random()
-        limits = Limits(settings.header_timeout, settings.idle_timeout)
+        limits = Limits(settings.header_timeout, settings.idle_timeout, settings.body_timeout)
         self.server = HttpServer(upstream.listen, self.handle, limits, f"--upstream {self.service}=")
         self._stack = AsyncExitStack()
 
@@ -124,15 +128,16 @@ class UpstreamListener:
         """One try on one instance: None once a response was relayed, or why another instance may
         be tried (and what to answer if none may)."""
         request = exchange.head
-        headers = end_to_end(request.headers, DROPPED)
-        headers += [(b"Host", instance.address.encode()), self.consumer_header]
+        headers = [*request.end_to_end(DROPPED), self.consumer_header]
+        head = request.to_bytes(instance.address.encode(), headers)
         replayable = body is not None  # kept whole; a streamed body is used up once sent
         try:
-            response = await exchange.forward(self.pool, _origin(instance), request.to_bytes(headers), body)
+            response = await exchange.forward(self.pool, _origin(instance), head, body)
         except UpstreamError as exc:
             failure = classify(exc, request.method, replayable)
-            if failure.reason == "connect":
+            if failure.reason in EJECTED:
                 self.table.eject(instance.instance_id, time.monotonic())
+            if failure.reason == "connect":
                 message = f"cannot connect to {instance.address}"
             else:
                 message = f"{instance.address} failed: {exc}"
@@ -140,7 +145,9 @@ class UpstreamListener:
                 return Retry(failure, message)
             _answer(exchange, failure.status, message)
             return None
-        if response.header(wire.REFUSED) is not None:
+        # A refusal is a 503 (an app's own headers never get past its provider sidecar, but a
+        # mark on another status is no refusal whoever set it).
+        if response.status == 503 and response.header(wire.REFUSED) is not None:
             # Refused while closing: the instance is leaving. Refused otherwise: its app is not
             # reachable (starting, crashed); try it again in a few seconds.
             if response.header(wire.CLOSING) is not None:
@@ -157,8 +164,10 @@ class UpstreamListener:
         try:
             await exchange.relay(response, [], close=False)
         except UpstreamError as exc:
+            failure = classify(exc, request.method, replayable, responded=True)
+            if failure.reason in EJECTED:
+                self.table.eject(instance.instance_id, time.monotonic())
             if not exchange.started:
-                failure = classify(exc, request.method, replayable, responded=True)
                 _answer(exchange, failure.status, f"{instance.address} failed: {exc}")
             log.info("response of %s cut short: %s", instance.instance_id, exc)
         return None
@@ -194,7 +203,7 @@ class Upstreams:
         self.registry = registry
         self.metrics = metrics
         self.listeners: dict[str, UpstreamListener] = {}
-        self.pool = Pool(CONNECTIONS_PER_INSTANCE, CONNECT_TIMEOUT_SECONDS)
+        self.pool = Pool(CONNECTIONS_PER_INSTANCE, CONNECT_TIMEOUT_SECONDS, settings.upstream_timeout)
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> Upstreams:

@@ -6,12 +6,18 @@ and sent in one write, bodies relayed as they arrive with flow control both ways
 pools to the origins (`Pool`), 1xx responses passed on, upgraded connections spliced. The one
 piece of policy here is what a failed forward means (`classify`, sidecar.http.failures), so
 that the provider and the consumer side read failures the same way.
+
+The core owns what must not be left to a client or an app, as nginx and Envoy do: the framing of
+every message (a response ends where its framing says; what an origin sends beyond it reaches no
+client), a request's target and Host (sidecar.http.target), which headers are hop-by-hop and
+which marks an app may not set (sidecar.http.fields), and a bound on every wait and size
+(sidecar.http.deadline, the limits in server and fields).
 """
 
 from sidecar.http.client import Origin, Pool, UpstreamResponse
 from sidecar.http.exchange import Exchange
 from sidecar.http.failures import Failure, classify, refused
-from sidecar.http.head import IDEMPOTENT, Headers, RequestHead, ResponseHead, end_to_end
+from sidecar.http.head import IDEMPOTENT, Headers, RequestHead, ResponseHead
 from sidecar.http.server import HttpServer, Limits
 
 __all__ = [
@@ -27,6 +33,5 @@ __all__ = [
     "ResponseHead",
     "UpstreamResponse",
     "classify",
-    "end_to_end",
     "refused",
 ]

@@ -15,6 +15,7 @@ bounded by connections x 128 KiB.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -23,8 +24,19 @@ from dataclasses import dataclass, field
 import httptools
 
 from sidecar.errors import ConnectFailed, UpstreamBroken, UpstreamTimeout
+from sidecar.http.fields import MAX_RESPONSE_LINES, MAX_UNPARSED_BYTES, BadMessage, FieldReader
 from sidecar.http.flow import HIGH_WATER, Endpoint
-from sidecar.http.head import BODYLESS_STATUS, Headers, ResponseHead, framed, get, serialize, status_line
+from sidecar.http.head import (
+    BODYLESS_STATUS,
+    CORE_WRITTEN,
+    ResponseHead,
+    framed,
+    serialize,
+    status_line,
+    without,
+)
+
+log = logging.getLogger("sidecar.http")
 
 Informational = Callable[[bytes], None]
 
@@ -40,7 +52,18 @@ class Origin:
 
 
 class UpstreamConnection(Endpoint):
-    """One connection to an origin; carries one request at a time."""
+    """One connection to an origin; carries one request at a time.
+
+    The origin speaks only when spoken to: a response ends where its framing says (RFC 9112
+    section 6.3; a HEAD, 1xx, 204 or 304 response at its head), and any byte after it, or on
+    the connection while it is idle in the pool, belongs to no request. Such a connection is
+    closed and what it sent reaches no client (nginx: "upstream sent more data than specified";
+    Go: "Unsolicited response received on idle HTTP channel"). It is pooled again only after a
+    response that both sides keep alive: HTTP/1.1 without `Connection: close`, or HTTP/1.0 with
+    `keep-alive`, and framed by length or chunks.
+    """
+
+    on_header: Callable[[bytes, bytes], None]
 
     def __init__(self, pool: Pool, origin: Origin) -> None:
         super().__init__()
@@ -49,20 +72,24 @@ class UpstreamConnection(Endpoint):
         self.reusable = False  # set once a response completed on a keep-alive connection
         self.reused = False  # taken from the pool: the peer may have closed it meanwhile
         self.counted = False  # counts against the pool's limit until it closes
+        self._fields = FieldReader(MAX_RESPONSE_LINES)
+        self.on_header = self._fields.on_header  # llhttp's callback, bound before the parser is made
+        self._owed = False  # a request went out and its response has not ended
         self._request_out = False  # the whole request was sent: the app owes an answer
         self._parser = httptools.HttpResponseParser(self)
         self._head: asyncio.Future[ResponseHead] | None = None
         self._done: asyncio.Future[None] | None = None
         self._informational: Informational | None = None
-        self._headers: Headers = []
+        self._interim = False  # the message being parsed is a 1xx
         self._reason = b""
         self._skip_body = False  # HEAD: the response has no body whatever it says
         self._close_delimited = False
+        self._keep_alive = False
+        self._unparsed = 0  # bytes fed since the parser last showed progress (a body, a message)
         self._pending: list[bytes] = []  # body bytes read before the client side was attached
         self._pending_size = 0
         self._sink: Endpoint | None = None
         self._chunked_out = False
-        self._timer: asyncio.TimerHandle | None = None
         self.upgrade_data = b""  # bytes after a 101 response head: the new protocol's first
         self._upgraded = False
 
@@ -70,21 +97,21 @@ class UpstreamConnection(Endpoint):
 
     def send(self, head: bytes, body: bytes, method: str, informational: Informational | None) -> None:
         """Write a request; `head_received()` then waits for its response head."""
-        loop = asyncio.get_running_loop()
         self.reusable = self._request_out = False
-        self._head, self._done = loop.create_future(), loop.create_future()
+        self._owed = True
+        self._head, self._done = self._loop.create_future(), self._loop.create_future()
         self._done.add_done_callback(_retrieved)  # a body nobody relays may fail unheard
         self._informational = informational
         self._skip_body = method == "HEAD"
-        self._close_delimited = False
-        self._headers, self._pending, self._pending_size = [], [], 0
+        self._pending, self._pending_size = [], 0
         self._sink = None
         self.transport.write(head + body if body else head)
 
     def request_sent(self) -> None:
-        """The whole request is out: from now on the app owes an answer (--app-timeout runs)."""
+        """The whole request is out: from now on the app owes an answer (the timeout runs)."""
         self._request_out = True
-        self._arm_timer()
+        self._last_read = self._loop.time()
+        self._timer.watch()
 
     async def head_received(self) -> ResponseHead:
         assert self._head is not None
@@ -124,70 +151,92 @@ class UpstreamConnection(Endpoint):
             self.upgrade_data += data
             self.pause_reading()
             return
-        if self._request_out:
-            self._arm_timer()
+        self._last_read = self._loop.time()
+        self._unparsed += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgraded = True
             self.upgrade_data = data[exc.args[0] :]
-            self._disarm_timer()
+            self._request_out = False
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamBroken(f"{self.origin} sent an invalid response: {exc}"))
-            self.abort()
+            cause = exc.__context__
+            if isinstance(cause, BadMessage):
+                self._broken(f"sent a response with {cause}" if cause.status == 431 else str(cause))
+            else:
+                self._broken(f"sent an invalid response: {exc}")
+        else:
+            if self._unparsed > MAX_UNPARSED_BYTES:
+                self._broken("sent a response with a head larger than 64 KiB")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._disarm_timer()
+        self._timer.cancel()
         self.pool.forget(self)
         if self.tunnel is not None or self.tunnel_done is not None:
             self.tunnel_lost()
             return
-        if self._head is not None and self._done is not None and not self._done.done():
+        if self._owed:
+            assert self._head is not None
             if self._close_delimited and self._head.done():
-                self._done.set_result(None)  # a body that ends with the connection
+                self._settle()  # a body that ends with the connection
             else:
                 self._fail(UpstreamBroken(f"{self.origin} closed the connection", reused=self.reused))
 
-    def pause_reading(self) -> None:
-        super().pause_reading()
-        self._disarm_timer()  # a slow client, not a silent app
-
-    def resume_reading(self) -> None:
-        super().resume_reading()
-        if self._request_out and self._done is not None and not self._done.done():
-            self._arm_timer()
-
     # --- llhttp callbacks
+
+    def on_message_begin(self) -> None:
+        if not self._owed:
+            raise BadMessage(502, "sent data after the end of its response")
+        self._fields.begin()
 
     def on_status(self, reason: bytes) -> None:
         self._reason = reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._head is not None and not self._head.done():  # trailers are dropped
-            self._headers.append((name, value))
+        self._fields.count(len(reason))
 
     def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
-        headers, self._headers = self._headers, []
+        status, fields = self._parser.get_status_code(), self._fields
+        fields.trailing = True
         if 100 <= status < 200 and status != 101:
+            self._interim = True
             if self._informational is not None:
-                self._informational(serialize(status_line(status, self._reason), headers))
+                # Passed on as it is but for its hop-by-hop fields and any sidecar mark: a mark
+                # means something on a final response only, and there only the sidecar's own.
+                lines = without(fields.lines, CORE_WRITTEN, fields.connection, fields.marks)
+                self._informational(serialize(status_line(status, self._reason), lines))
             return
-        length = get(headers, b"content-length")
-        chunked = b"chunked" in (get(headers, b"transfer-encoding") or b"").lower()
-        head = ResponseHead(status, self._reason, headers, chunked, int(length) if length else None)
+        chunked = fields.chunked
+        length = int(fields.length) if fields.length is not None and not fields.codings else None
         no_body = self._skip_body or status in BODYLESS_STATUS or status == 101
         self._close_delimited = not (no_body or chunked or length is not None)
+        if self._parser.get_http_version() == "1.1":
+            keep_alive = b"close" not in fields.connection
+        else:  # HTTP/1.0: only when asked for, and never with Transfer-Encoding (RFC 9112 6.1)
+            keep_alive = b"keep-alive" in fields.connection and not fields.codings
+        self._keep_alive = keep_alive and not self._close_delimited
+        codings = fields.codings[:-1] if chunked else fields.codings
+        head = ResponseHead(
+            status,
+            self._reason,
+            fields.lines,
+            chunked,
+            length,
+            dropped=fields.connection,
+            marks=fields.marks,
+            codings=b", ".join(codings) if codings else None,
+        )
         assert self._head is not None
         if not self._head.done():
             self._head.set_result(head)
-        if self._skip_body:
-            # llhttp cannot know the request was HEAD; a fresh parser for the next response.
-            self._parser = httptools.HttpResponseParser(self)
-            self._complete()
+        if no_body and status != 101:
+            self._settle()
+            if self._skip_body:  # llhttp cannot know the request was HEAD: it would read a body
+                self._parser = httptools.HttpResponseParser(self)
 
     def on_body(self, data: bytes) -> None:
+        self._unparsed = 0
+        if not self._owed:
+            raise BadMessage(502, "sent a body with a response that has none")
         if self._sink is not None:
             if not self._sink.closed:  # else the client is gone, and its exchange with it
                 self._sink.transport.writelines(framed(data, self._chunked_out))
@@ -198,41 +247,54 @@ class UpstreamConnection(Endpoint):
             self.pause_reading()
 
     def on_message_complete(self) -> None:
-        if self._head is not None and self._head.done() and not self._skip_body:
-            self._complete()
+        self._unparsed = 0
+        if self._interim:
+            self._interim = False
+        elif self._owed:
+            self._settle()
 
     # --- internals
 
-    def _complete(self) -> None:
-        self._request_out = False
-        self._disarm_timer()
-        self.reusable = self._parser.should_keep_alive() or self._skip_body
+    def _settle(self) -> None:
+        """The response is complete: from here on, a byte from the origin belongs to no request."""
+        self._owed = self._request_out = False
+        self.reusable = self._keep_alive
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
 
+    def _broken(self, what: str) -> None:
+        """The origin sent what cannot be relayed: whoever waits learns it, the connection closes."""
+        if self._owed:
+            self._fail(UpstreamBroken(f"{self.origin} {what}"))
+        else:
+            log.warning("%s %s: connection closed, nothing of it relayed", self.origin, what)
+        self.reusable = False
+        self.abort()
+
     def _fail(self, error: Exception) -> None:
         """Tell whoever waits (for the head, or for the body being piped) what went wrong."""
-        self._disarm_timer()
+        self._owed = self._request_out = False
         if self._head is not None and not self._head.done():
             self._head.set_exception(error)
         elif self._done is not None and not self._done.done():
             self._done.set_exception(error)
 
-    def _arm_timer(self) -> None:
-        if self.pool.app_timeout is None:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(self.pool.app_timeout, self._timed_out)
+    def _deadline(self) -> float | None:
+        """While a response is owed: --app-timeout (or --upstream-timeout) of silence from the
+        origin, or of it reading nothing of the request (nginx's proxy_read_timeout and
+        proxy_send_timeout); a pause of ours (a slow client) does not count."""
+        timeout = self.pool.app_timeout
+        if timeout is None or not self._owed or self.closed:
+            return None
+        if self._stalled_since is not None:
+            return self._stalled_since + timeout
+        if self._request_out and not self._reading_paused:
+            return self._last_read + timeout
+        return None
 
-    def _disarm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        self._fail(UpstreamTimeout(f"{self.origin} sent nothing for {self.pool.app_timeout:g} s"))
+    def _expired(self) -> None:
+        silent = "read nothing of the request" if self._stalled_since is not None else "sent nothing"
+        self._fail(UpstreamTimeout(f"{self.origin} {silent} for {self.pool.app_timeout:g} s"))
         self.abort()
 
 

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 from sidecar.errors import UpstreamBroken
 from sidecar.http.client import Origin, Pool, UpstreamConnection, UpstreamResponse
+from sidecar.http.fields import NONE
 from sidecar.http.flow import HIGH_WATER
 from sidecar.http.head import (
     BODYLESS_STATUS,
     Headers,
     RequestHead,
-    end_to_end,
     framed,
     get,
     serialize,
@@ -65,7 +65,8 @@ class Exchange:
         if self.head.chunked or length is None or length > limit:
             return None if self.head.has_body else b""
         if not self.body_complete:
-            if (self.header(b"expect") or b"").lower() == b"100-continue":
+            expect = self.header(b"expect") if self.head.version == "1.1" else None
+            if (expect or b"").lower() == b"100-continue":
                 # The client waits for this before sending the body we wait for; the request then
                 # goes on with its body and without the Expect header (RFC 9110 section 10.1.1).
                 self.connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -129,30 +130,46 @@ class Exchange:
         return await pool.response(upstream)
 
     def _info(self, head: bytes) -> None:
-        self.connection.write(head)
+        if self.head.version == "1.1":  # an HTTP/1.0 client knows no 1xx (RFC 9110 section 15.2)
+            self.connection.write(head)
 
-    async def relay(self, response: UpstreamResponse, extra: Headers, close: bool) -> None:
+    async def relay(
+        self, response: UpstreamResponse, extra: Headers, close: bool, strip_marks: bool = False
+    ) -> None:
         """Send `response` to the client, its body as it arrives, with `extra` headers; `close`
-        ends the client connection after it. Raises UpstreamError if the body is cut off (the
-        client connection is then closed: the status line is already out)."""
+        ends the client connection after it; `strip_marks` removes the X-Sidecar-* headers the
+        origin sent. Raises UpstreamError if the body is cut off (the client connection is then
+        closed: the status line is already out)."""
         upstream, head = response.connection, response.head
         if head.status == 101:
-            await self._splice(response)
+            await self._splice(response, strip_marks)
             return
         no_body = self.head.method == "HEAD" or head.status in BODYLESS_STATUS
-        headers = end_to_end(head.headers)
+        headers = head.end_to_end(head.marks if strip_marks else NONE)
         chunked = False
         if head.content_length is not None:
-            headers.append((b"Content-Length", str(head.content_length).encode()))
+            if head.status != 204:  # RFC 9110 section 8.6: a 204 has none
+                headers.append((b"Content-Length", str(head.content_length).encode()))
         elif not no_body:
             if self.head.version == "1.1":
                 chunked = True
-                headers.append((b"Transfer-Encoding", b"chunked"))
+                codings = b"chunked" if head.codings is None else head.codings + b", chunked"
+                headers.append((b"Transfer-Encoding", codings))
             else:
                 close = True  # an HTTP/1.0 client: the body ends with the connection
+        if head.status == 426:  # Upgrade Required names the protocols to upgrade to
+            headers.extend(upgrade_headers(head.headers))
         # An upgrade refused (no 101): what the client sends next may already be the other
-        # protocol, so this connection carries no further request.
-        close = close or not self.head.keep_alive or self.head.upgrade or self.connection.server.stopping
+        # protocol, so this connection carries no further request. An early response (the app
+        # answered before the request's body ended): the rest of the body is discarded, and
+        # the connection closes after it.
+        close = (
+            close
+            or not self.head.keep_alive
+            or self.head.upgrade
+            or not self.body_complete
+            or self.connection.server.stopping
+        )
         length = head.content_length
         if not no_body and length is not None and length <= WHOLE_BODY_BYTES:
             # Small: have it all before the status line goes out, so a response cut short can
@@ -186,12 +203,13 @@ class Exchange:
             self._body_sink = None
         upstream.pool.release(upstream)
 
-    async def _splice(self, response: UpstreamResponse) -> None:
+    async def _splice(self, response: UpstreamResponse, strip_marks: bool) -> None:
         upstream = response.connection
         if not self.head.upgrade:
             response.close()
             raise UpstreamBroken("101 Switching Protocols to a request that asked for no upgrade")
-        headers = [*end_to_end(response.head.headers), *upgrade_headers(response.head.headers)]
+        marks = response.head.marks if strip_marks else NONE
+        headers = [*response.head.end_to_end(marks), *upgrade_headers(response.head.headers)]
         self.started = self.close_after = True
         self.status = 101
         self.connection.write(serialize(status_line(101, response.head.reason), headers))

@@ -7,16 +7,17 @@ forwarding to a provider instance) meet the same failures and must read them the
     ConnectFailed                    no    yes, any method               503     connect
     503 with X-Sidecar-Refused       no    if the body was kept          503     refused
     UpstreamBroken / UpstreamError   yes   idempotent and body kept      502     broken
-    UpstreamTimeout                  yes   idempotent and body kept      504     broken
-    any of them once a response      yes   no                            502/504 broken
+    UpstreamTimeout                  yes   idempotent and body kept      504     timeout
+    any of them once a response      yes   no                            502/504 broken/timeout
     head had arrived
 
 "Sent" means the origin's app may have seen the request, so only a request it is harmless to
 process twice may go again. A refusal is the provider sidecar's own answer for a request its app
 never saw (drained, or the app unreachable), which is why the provider answers a ConnectFailed
 with one. Each side then acts on the `Failure` alone: the provider refuses, retries a stale
-pooled connection once, or answers; the consumer ejects, tries another instance, or answers.
-The reason is the consumer's retries metric label.
+pooled connection once, or answers; the consumer ejects (an instance it could not connect to,
+or one that went silent), tries another instance, or answers. The reason is the consumer's
+retries metric label.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Literal
 from sidecar.errors import ConnectFailed, UpstreamBroken, UpstreamError, UpstreamTimeout
 from sidecar.http.head import IDEMPOTENT
 
-Reason = Literal["connect", "refused", "broken"]
+Reason = Literal["connect", "refused", "broken", "timeout"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +51,10 @@ def classify(error: UpstreamError, method: str, replayable: bool, *, responded: 
         # Not even connected: nothing was sent, a streamed body is still unread.
         return Failure("connect", sent=False, resendable=True, status=503)
     resendable = method in IDEMPOTENT and replayable and not responded
-    status = 504 if isinstance(error, UpstreamTimeout) else 502
+    if isinstance(error, UpstreamTimeout):
+        return Failure("timeout", sent=True, resendable=resendable, status=504)
     stale = isinstance(error, UpstreamBroken) and error.reused
-    return Failure("broken", sent=True, resendable=resendable, status=status, stale=stale)
+    return Failure("broken", sent=True, resendable=resendable, status=502, stale=stale)
 
 
 def refused(replayable: bool) -> Failure:

@@ -6,6 +6,10 @@ When the writing side's transport buffer passes its high-water mark, asyncio cal
 `feeder`), and read again on `resume_writing()`. So a slow reader at either end holds back the
 fast writer at the other end, and the sidecar never buffers more than the transports' limits:
 no whole body is ever held in memory.
+
+The same events time the waits: each endpoint notes when it last read and since when its peer
+has read nothing of what it writes (its buffer full), and has one timer (sidecar.http.deadline)
+for whatever bound its state has, which the server and client halves define.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import cast
+
+from sidecar.http.deadline import Deadline
 
 log = logging.getLogger("sidecar.http")
 
@@ -34,6 +40,10 @@ class Endpoint(asyncio.Protocol):
         self.closed = False
         self._reading_paused = False
         self._writing_paused = False
+        self._loop = asyncio.get_running_loop()
+        self._last_read = 0.0  # loop time of the last read, or of the end of a pause of ours
+        self._stalled_since: float | None = None  # loop time the peer stopped reading our writes
+        self._timer = Deadline(self._deadline, self._expired)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -49,19 +59,32 @@ class Endpoint(asyncio.Protocol):
     def resume_reading(self) -> None:
         if self._reading_paused and not self.closed:
             self._reading_paused = False
+            self._last_read = self._loop.time()  # the pause was ours: the peer's clock restarts
             self.transport.resume_reading()
 
     # --- our writing, which holds back our feeder
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        self._stalled_since = self._loop.time()
+        self._timer.watch()
         if self.feeder is not None:
             self.feeder.pause_reading()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._stalled_since = None
         if self.feeder is not None:
             self.feeder.resume_reading()
+
+    # --- the one timer: what its state bounds, and what happens when the bound is reached
+
+    def _deadline(self) -> float | None:
+        """Loop time the current wait runs out, None when it has no bound."""
+        return None
+
+    def _expired(self) -> None:
+        """The wait ran out."""
 
     def feed_from(self, feeder: Endpoint | None) -> None:
         """From now on `feeder`'s reads are written to us (None: nobody)."""

@@ -4,17 +4,40 @@ Each parsed request head becomes an `Exchange`, handed to the policy's handler (
 proxy or an upstream listener) in a task of its own; requests on one connection are answered in
 order (a pipelined request waits, and reading pauses, until the one before it is answered).
 
-A connection's states, and what ends each:
+A connection's states, and the one deadline each has (one timer per connection: reads only note
+their time, and the timer, when it fires, re-arms itself if the deadline has moved on):
 
-    waiting for a head   --header-timeout for the whole head (not per byte), 431 past 64 KiB
-    in an exchange       the handler's business (--app-timeout lives in the pool)
-    idle, keep-alive     --idle-timeout; at once when draining starts (`close_idle()`)
+    waiting for a head   --header-timeout for the whole head (not per byte)
+    in an exchange       --body-timeout while the client owes body bytes and sends none; what
+                         the app owes is the pool's business (--app-timeout)
+    idle, keep-alive     --idle-timeout; DRAIN_IDLE_SECONDS once draining (`close_idle()`)
+    lingering            after a response that left client bytes unread: read and discard them
+                         until the client closes, for LINGER_QUIET_SECONDS of silence or
+                         LINGER_SECONDS in all (nginx's lingering_close), so that the client
+                         reads its response instead of a reset
     spliced (upgraded)   until either side closes, or `close_upgraded()` when the drain ends
+and in any state, --body-timeout once the client reads nothing of what it is sent (the socket's
+buffer full): a client that stopped reading is cut, its exchange, slot and app connection freed.
 
-Anything llhttp will not parse without guessing (RFC 9112: Content-Length with
-Transfer-Encoding, differing lengths, bad chunk sizes, bare LF, NUL, obs-fold, an invalid
-method or target) answers 400 and closes the connection; a request whose head was already
-forwarded is cut off at the app (its connection aborted), so the app never sees it complete.
+What the core will not forward is answered in its turn, after the requests before it on the
+connection, and the connection then closes (lingering):
+    400  what llhttp will not parse without guessing (RFC 9112: Content-Length with
+         Transfer-Encoding, differing lengths, bad chunk sizes, bare LF, NUL, obs-fold, an
+         invalid method or target); no Host, two, or an invalid one; a target above the root
+         or `*` for anything but OPTIONS (sidecar.http.target); HTTP/0.9
+    405  CONNECT: the sidecar is no tunnel
+    431  a head over 64 KiB, trailers included
+    501  transfer codings other than exactly `chunked` (as nginx and Envoy answer)
+    505  a major version other than 1 (a later HTTP/1.x is read as 1.1)
+A request whose head was forwarded before its body turned out bad is cut off at the app (its
+connection aborted), so the app never sees it complete.
+
+An upgrade asked for with a body, or to h2c, is ignored (RFC 9110 section 7.8 allows it): the
+request goes on as a plain one and the connection stays HTTP/1.1.
+
+llhttp joins the pieces of one field line as reads bring them (httptools' `+=`: quadratic in
+the number of reads); counting what it was fed since the last sign of progress bounds that to
+MAX_UNPARSED_BYTES, at most a few microseconds a read.
 """
 
 from __future__ import annotations
@@ -33,14 +56,13 @@ import httptools
 from sidecar.config import HostPort
 from sidecar.errors import StartupError
 from sidecar.http.exchange import Exchange
+from sidecar.http.fields import MAX_UNPARSED_BYTES, BadMessage, FieldReader
 from sidecar.http.flow import Endpoint
-from sidecar.http.head import Headers, RequestHead, get, serialize, status_line
+from sidecar.http.head import RequestHead, serialize, status_line
+from sidecar.http.target import origin_form, valid_host
 
 log = logging.getLogger("sidecar.http")
 
-# Large enough for any real request head (browsers send a few KiB, big cookies 16 KiB), small
-# enough that a flood of them cannot exhaust memory; nginx's large_client_header_buffers is 32 KiB.
-MAX_HEAD_BYTES = 64 * 1024
 # Draining closes idle keep-alive connections, but only once they have been idle this long: a
 # client in the middle of a burst sends its next request within it (and gets it answered, with
 # Connection: close) instead of racing the close, which would lose a request no client may
@@ -50,6 +72,10 @@ DRAIN_IDLE_SECONDS = 1.0
 # When the sidecar stops, its connections get this long to close by themselves: requests still
 # running finish (answered with Connection: close), idle ones close as when draining.
 SHUTDOWN_GRACE_SECONDS = 1.0
+# nginx's lingering_timeout and lingering_time: a client still sending after its response gets
+# this much silence, and this much in all, to notice the response and stop.
+LINGER_QUIET_SECONDS = 5.0
+LINGER_SECONDS = 30.0
 
 Handler = Callable[[Exchange], Awaitable[None]]
 
@@ -58,18 +84,13 @@ Handler = Callable[[Exchange], Awaitable[None]]
 class Limits:
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
-
-
-class HeadTooLarge(Exception):
-    """Raised from a parser callback: the head passed MAX_HEAD_BYTES."""
-
-
-class Malformed(Exception):
-    """Raised from a parser callback: a head llhttp accepts but HTTP/1.1 does not."""
+    body_timeout: float = 60.0
 
 
 class ServerConnection(Endpoint):
     """One client connection: parses request heads, runs their exchanges in order."""
+
+    on_header: Callable[[bytes, bytes], None]
 
     def __init__(self, server: HttpServer) -> None:
         super().__init__()
@@ -77,17 +98,21 @@ class ServerConnection(Endpoint):
         self.peer: str | None = None
         self.current: Exchange | None = None
         self.upgrade_data = b""  # bytes behind an upgrade request's head
-        self._parser = httptools.HttpRequestParser(self)
+        self._fields = FieldReader()
+        self.on_header = self._fields.on_header  # llhttp's callback, bound before the parser is made
+        self._parser = _request_parser(self)
         self._queue: deque[Exchange] = deque()
         self._receiving: Exchange | None = None  # the exchange whose body is being read
         self._in_head = False
-        self._head_size = 0  # of the head being parsed: its target and headers so far
-        self._head_raw = 0  # bytes received since it began (a coarse bound on what llhttp holds)
         self._url: list[bytes] = []
-        self._headers: Headers = []
-        self._upgrading = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._idle_since = 0.0  # loop time
+        self._unparsed = 0  # bytes fed since the parser last showed progress (a body, a message)
+        self._upgrading = False  # an upgrade request went out: what follows waits for its answer
+        self._upgrade_ignored = False  # an upgrade asked for, ignored: llhttp stopped at its head
+        self._resuming = False  # a fresh parser reads the framing-only head it was given
+        self._rejection: bytes | None = None  # the answer to a request not forwarded, in its turn
+        self._lingering = False
+        self._served = False  # an exchange ran: from then on, waiting is idleness, not a late head
+        self._since = 0.0  # loop time the current wait began: a head, idleness, lingering
 
     # --- asyncio.Protocol
 
@@ -96,39 +121,25 @@ class ServerConnection(Endpoint):
         peername = transport.get_extra_info("peername")
         self.peer = peername[0] if isinstance(peername, tuple) else None
         self.server.connections.add(self)
-        self._idle_since = asyncio.get_running_loop().time()
-        self._arm(self.server.limits.header_timeout)
+        self._since = self._last_read = self._loop.time()
+        self._timer.watch()
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
             self.tunnel.write(data)
             return
+        self._last_read = self._loop.time()
+        if self._lingering or self._rejection is not None:
+            return  # read and discarded: nothing more is answered on this connection
         if self._upgrading:  # waiting for the app's answer to an upgrade request
             self.upgrade_data += data
             self.pause_reading()
             return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._upgrading = True
-            self.upgrade_data = data[exc.args[0] :]
-            return
-        except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, HeadTooLarge):
-                self._reject(431, "the request head is larger than 64 KiB")
-            elif isinstance(exc.__context__, Malformed):
-                self._reject(400, f"malformed request: {exc.__context__}")
-            else:
-                self._reject(400, f"malformed request: {exc}")
-            return
-        if self._in_head:
-            self._head_raw += len(data)
-            if self._head_raw > 2 * MAX_HEAD_BYTES:  # one header still incomplete, and huge
-                self._reject(431, "the request head is larger than 64 KiB")
+        self._feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._disarm()
+        self._timer.cancel()
         self.server.connections.discard(self)
         if self.server.stopping and not self.server.connections:
             self.server.all_closed.set()
@@ -139,50 +150,59 @@ class ServerConnection(Endpoint):
                 exchange.task.cancel()  # the client is gone: so is its request
         self._queue.clear()
 
-    # --- llhttp callbacks
+    # --- llhttp
+
+    def _feed(self, data: bytes) -> None:
+        self._unparsed += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            rest = data[exc.args[0] :]
+        except httptools.HttpParserError as exc:
+            self._reject(*_refusal(exc))
+            return
+        else:
+            if self._unparsed > MAX_UNPARSED_BYTES:  # one field line still incomplete, and huge
+                self._reject(431, "the request has a head larger than 64 KiB")
+            return
+        self._upgraded(rest)
+
+    def _upgraded(self, rest: bytes) -> None:
+        """llhttp stopped after an upgrade request's head; `rest` is what came behind it."""
+        exchange = self._receiving
+        if self._upgrade_ignored and exchange is not None:
+            # The request goes on as a plain one (RFC 9110 section 7.8 allows it), read on by a
+            # fresh parser; a body is read from a head given to it that carries only its framing.
+            self._upgrade_ignored = False
+            self._parser = _request_parser(self)
+            if exchange.head.has_body:
+                self._resuming = True
+                self._feed(_framing_only(exchange.head) + rest)
+            elif rest:
+                self._feed(rest)
+        else:
+            self._upgrading = True
+            self.upgrade_data = rest
 
     def on_message_begin(self) -> None:
         self._in_head = True
-        self._head_size = self._head_raw = 0
-        self._url, self._headers = [], []
-        if self.current is None:
-            self._arm(self.server.limits.header_timeout)  # the idle wait is over
+        self._url = []
+        self._fields.begin()
+        if self.current is None and not self._resuming:
+            self._since = self._loop.time()  # the idle wait is over: the head's begins
+            self._timer.watch()
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
-        self._count(len(url))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_head:  # trailers of a chunked body are dropped
-            self._headers.append((name, value))
-            self._count(len(name) + len(value) + 4)
-
-    def _count(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > MAX_HEAD_BYTES:
-            raise HeadTooLarge
+        self._fields.count(len(url))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if self.current is None:
-            self._disarm()
-        headers = self._headers
-        hosts = sum(1 for name, _ in headers if name.lower() == b"host")
-        version = self._parser.get_http_version()
-        if hosts > 1 or (hosts == 0 and version == "1.1"):  # RFC 9112 section 3.2: a MUST
-            raise Malformed("an HTTP/1.1 request needs exactly one Host header")
-        length = get(headers, b"content-length")
-        head = RequestHead(
-            method=self._parser.get_method().decode(),
-            target=b"".join(self._url),
-            version=version,
-            headers=headers,
-            keep_alive=self._parser.should_keep_alive(),
-            upgrade=self._parser.should_upgrade(),
-            chunked=b"chunked" in (get(headers, b"transfer-encoding") or b"").lower(),
-            content_length=int(length) if length is not None else None,
-        )
-        exchange = self._receiving = Exchange(self, head)
+        self._fields.trailing = True  # what lines come now are trailers
+        if self._resuming:  # the framing-only head after an ignored upgrade: its body follows
+            self._resuming = False
+            return
+        exchange = self._receiving = Exchange(self, self._request_head())
         if self.current is None:
             self._start(exchange)
         else:
@@ -190,18 +210,65 @@ class ServerConnection(Endpoint):
             self.pause_reading()  # one pipelined request at a time
 
     def on_body(self, data: bytes) -> None:
+        self._unparsed = 0
         if self._receiving is not None:
             self._receiving.body_data(data)
 
     def on_message_complete(self) -> None:
+        self._unparsed = 0
+        if self._upgrade_ignored:
+            return  # llhttp ends an upgrade request at its head; a body is still to come
         if self._receiving is not None:
             self._receiving.body_done()
+
+    def _request_head(self) -> RequestHead:
+        """The head just parsed, checked; BadMessage for one the core will not forward."""
+        parser, fields = self._parser, self._fields
+        version = parser.get_http_version()
+        if version[0] != "1":
+            raise BadMessage(505 if version[0] > "1" else 400, f"HTTP/{version} is not spoken here")
+        if version != "1.0":
+            version = "1.1"  # a later HTTP/1.x is read as 1.1 (RFC 9110 section 2.5)
+        method = parser.get_method().decode()
+        if method == "CONNECT":
+            raise BadMessage(405, "CONNECT: the sidecar is no tunnel")
+        if fields.codings and fields.codings != (b"chunked",):
+            raise BadMessage(501, "transfer codings other than chunked are not supported")
+        host = _host(fields.hosts, version)
+        target, authority = origin_form(method, b"".join(self._url))
+        chunked = bool(fields.codings)
+        length = int(fields.length) if fields.length is not None and not chunked else None
+        upgrade = parser.should_upgrade()
+        if upgrade and (chunked or length or _h2c(fields.lines)):
+            # Ignored: with a body (what `curl --http2 -d ...` sends), it could not be answered
+            # by a switch before the body; and h2c, which RFC 9113 deprecates, would open a
+            # tunnel to the app past everything the sidecar does per request.
+            upgrade, self._upgrade_ignored = False, True
+        dropped = fields.connection
+        if version == "1.0":
+            dropped |= {b"expect"}  # ignored in an HTTP/1.0 request (RFC 9110 section 10.1.1)
+        return RequestHead(
+            method=method,
+            target=target,
+            version=version,
+            headers=fields.lines,
+            host=authority if authority is not None else host,
+            # An HTTP/1.0 message with Transfer-Encoding: its framing is suspect, the connection
+            # closes after it (RFC 9112 section 6.1).
+            keep_alive=parser.should_keep_alive() and not (version == "1.0" and chunked),
+            upgrade=upgrade,
+            chunked=chunked,
+            content_length=length,
+            dropped=dropped,
+        )
 
     # --- exchanges
 
     def _start(self, exchange: Exchange) -> None:
-        self.current = exchange
-        exchange.task = asyncio.get_running_loop().create_task(self._run(exchange))
+        self.current, self._served = exchange, True
+        exchange.task = self._loop.create_task(self._run(exchange))
+        if not exchange.body_complete:
+            self._timer.watch()  # --body-timeout, from the last read
 
     async def _run(self, exchange: Exchange) -> None:
         try:
@@ -217,58 +284,106 @@ class ServerConnection(Endpoint):
             self._finished(exchange)
 
     def _finished(self, exchange: Exchange) -> None:
-        self.current = None
-        if self.closed:
+        if self.current is exchange:
+            self.current = None
+        if self.closed or self._lingering:
             return
-        if exchange.close_after or not exchange.started or not exchange.body_complete:
-            self.close()
+        if not exchange.started and self._rejection is not None:
+            self._send_rejection()  # it was cut off by what came after its head: this answers it
+        elif exchange.close_after or not exchange.started or not exchange.body_complete:
+            unread = self._queue or self._in_head or self._rejection is not None
+            self._close(linger=not exchange.body_complete or bool(unread))
         elif self._queue:
             self._start(self._queue.popleft())
-            self.resume_reading()
+            if self._rejection is None:
+                self.resume_reading()
+        elif self._rejection is not None:
+            self._send_rejection()
         else:
-            limits = self.server.limits
-            idle = DRAIN_IDLE_SECONDS if self.server.draining else limits.idle_timeout
-            self._idle_since = asyncio.get_running_loop().time()
-            self._arm(limits.header_timeout if self._in_head else idle)
+            self._since = self._loop.time()
+            self._timer.watch()
             self.resume_reading()
 
     def _reject(self, status: int, message: str) -> None:
-        """A request we will not forward: stop any exchange of it, answer if we still can, close."""
+        """A request the core will not forward: answered after those before it, then the
+        connection closes; what the client still sends is discarded."""
         receiving = self._receiving
-        if receiving is not None and not receiving.body_complete and receiving.task is not None:
-            receiving.task.cancel()  # its head went out already: the app must not see it complete
-        if self.current is None or (self.current is receiving and not receiving.started):
-            body = json.dumps({"error": message}).encode()
-            headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
-            self.write(serialize(status_line(status), [*headers, (b"Connection", b"close")]) + body)
+        if receiving is not None and not receiving.body_complete:
+            # The bad bytes were in its body: the app must not see it complete.
+            if receiving in self._queue:
+                self._queue.remove(receiving)
+            elif receiving.task is not None:
+                receiving.task.cancel()
+                if not receiving.started:
+                    self.current = None  # this rejection is its answer, now
+        body = json.dumps({"error": message}).encode()
+        headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
+        self._rejection = serialize(status_line(status), [*headers, (b"Connection", b"close")]) + body
         self.pause_reading()
-        self.close()
+        if self.current is None:
+            self._send_rejection()
+
+    def _send_rejection(self) -> None:
+        assert self._rejection is not None
+        self.write(self._rejection)
+        self._rejection = None
+        self._close(linger=True)
+
+    def _close(self, linger: bool) -> None:
+        """Close after the last response; `linger` when the client may still be sending: keep
+        reading (and discarding) until it stops, so that its kernel does not get a reset before
+        it read the response."""
+        if not linger:
+            self.close()
+            return
+        self._lingering = True
+        self._since = self._loop.time()
+        self._queue.clear()
+        self.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # after what is buffered: the response
+        self._timer.watch()
 
     def is_idle(self) -> bool:
-        return self.current is None and not self._in_head and self.tunnel is None
+        return self.current is None and not self._in_head and self.tunnel is None and not self._lingering
 
     def close_when_idle(self) -> None:
         """Draining: close once idle for DRAIN_IDLE_SECONDS (at once if it has been already)."""
-        idle_for = asyncio.get_running_loop().time() - self._idle_since
-        if idle_for >= DRAIN_IDLE_SECONDS:
-            self.close()
-        else:
-            self._arm(DRAIN_IDLE_SECONDS - idle_for)
+        self._timer.watch()
 
-    # --- timers: one at a time (the head's, or the idle one)
+    # --- the one timer (sidecar.http.deadline)
 
-    def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._timed_out)
+    def _deadline(self) -> float | None:
+        """When the current state's wait runs out (loop time), None if it has no bound here."""
+        limits = self.server.limits
+        if self.closed:
+            return None
+        if self._lingering:
+            own: float | None = min(self._since + LINGER_SECONDS, self._last_read + LINGER_QUIET_SECONDS)
+        elif self.current is not None:
+            receiving = self._receiving
+            owed = receiving is not None and not receiving.body_complete and not self._reading_paused
+            own = self._last_read + limits.body_timeout if owed else None
+        elif self._in_head:
+            own = self._since + limits.header_timeout
+        elif self.tunnel is not None:
+            own = None
+        elif self.server.draining:
+            own = self._since + DRAIN_IDLE_SECONDS
+        else:  # a new connection waits for its first head; one that was answered is idle
+            own = self._since + (limits.idle_timeout if self._served else limits.header_timeout)
+        if self._stalled_since is None:
+            return own
+        stalled = self._stalled_since + limits.body_timeout
+        return stalled if own is None else min(own, stalled)
 
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        if self.current is None:  # waiting for a head, or idle: either way, nothing is lost
+    def _expired(self) -> None:
+        if self.closed:
+            return
+        if self._stalled_since is not None or self.current is not None:
+            log.info("client %s sent or read nothing for --body-timeout: connection closed", self.peer)
+            self.abort()  # its exchange is cancelled: the slot and the app connection are freed
+        else:  # waiting for a head, idle, or lingering: nothing is lost
             self.close()
 
 
@@ -329,3 +444,53 @@ class HttpServer:
         for connection in list(self.connections):
             if connection.tunnel is not None:
                 connection.abort()
+
+
+def _host(hosts: tuple[bytes, ...], version: str) -> bytes | None:
+    """The request's one valid Host (RFC 9112 section 3.2: a MUST), None for HTTP/1.0 without."""
+    if len(hosts) > 1 or (not hosts and version == "1.1"):
+        raise BadMessage(400, "an HTTP/1.1 request needs exactly one Host header")
+    if hosts and not valid_host(hosts[0]):
+        raise BadMessage(400, "the Host header is not a valid host[:port]")
+    return hosts[0] if hosts else None
+
+
+def _request_parser(protocol: ServerConnection) -> httptools.HttpRequestParser:
+    """llhttp, reading any HTTP/x.y version (it refuses 1.2 by itself): `_request_head` decides."""
+    parser = httptools.HttpRequestParser(protocol)
+    parser.set_dangerous_leniencies(lenient_version=True)
+    return parser
+
+
+def _h2c(lines: list[tuple[bytes, bytes]]) -> bool:
+    """Whether an upgrade request asks for h2c (a pass over the head for upgrade requests only)."""
+    return any(name.lower() == b"upgrade" and b"h2c" in value.lower() for name, value in lines)
+
+
+def _framing_only(head: RequestHead) -> bytes:
+    """A head with nothing but `head`'s framing, for a fresh parser to read its body by."""
+    framing = (
+        b"Transfer-Encoding: chunked" if head.chunked else b"Content-Length: %d" % (head.content_length or 0)
+    )
+    return b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n"
+
+
+# llhttp's reasons (httptools does not expose its error codes) for what it refuses on its own
+# that is answered with another status than 400.
+_LLHTTP_STATUS = {
+    "Request has invalid `Transfer-Encoding`": 501,  # a last coding other than chunked
+    "Invalid `Transfer-Encoding` header value": 501,  # "chunked, chunked", "chunked, gzip"
+    "Pause on PRI/Upgrade": 505,  # the HTTP/2 connection preface
+}
+
+
+def _refusal(exc: httptools.HttpParserError) -> tuple[int, str]:
+    """The status and message that answer what the parser refused."""
+    cause = exc.__context__
+    if isinstance(cause, BadMessage):
+        return cause.status, f"the request has {cause}" if cause.status == 431 else str(cause)
+    reason = str(exc)
+    status = _LLHTTP_STATUS.get(reason, 400)
+    if status == 501:
+        return status, "transfer codings other than chunked are not supported"
+    return status, f"malformed request: {reason}"

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from sidecar.config import Settings
 from sidecar.errors import UpstreamError
-from sidecar.http import Exchange, Headers, HttpServer, Limits, Origin, Pool, classify, end_to_end
+from sidecar.http import Exchange, Headers, HttpServer, Limits, Origin, Pool, classify
 from sidecar.metrics import Metrics
 from sidecar.protocol import headers as wire
 from sidecar.provider.inflight import ConsumerBook, InflightTracker
@@ -62,9 +62,11 @@ class InboundProxy:
         self.consumers = consumers
         self.metrics = metrics
         self.origin = _origin(settings.app)
-        self.prefix = urlsplit(settings.app).path.rstrip("/").encode()  # --app http://host:port/prefix
+        app = urlsplit(settings.app)
+        self.prefix = app.path.rstrip("/").encode()  # --app http://host:port/prefix
+        self.authority = app.netloc.encode()  # the Host of an HTTP/1.0 request that named none
         self.pool = Pool(APP_CONNECTION_LIMIT, APP_CONNECT_TIMEOUT_SECONDS, settings.app_timeout)
-        limits = Limits(settings.header_timeout, settings.idle_timeout)
+        limits = Limits(settings.header_timeout, settings.idle_timeout, settings.body_timeout)
         self.server = HttpServer(settings.listen, self.handle, limits, "--listen")
         self._stack = AsyncExitStack()
 
@@ -108,12 +110,11 @@ class InboundProxy:
 
     async def _forward(self, exchange: Exchange) -> None:
         request = exchange.head
-        forwarded = exchange.header(b"x-forwarded-for")
-        headers = end_to_end(request.headers, DROPPED)
+        headers = request.end_to_end(DROPPED)
         if exchange.peer:
-            chain = forwarded + b", " + exchange.peer.encode() if forwarded else exchange.peer.encode()
-            headers.append((b"X-Forwarded-For", chain))
-        head = request.to_bytes(headers, self.prefix)
+            chain = [value for name, value in request.headers if name.lower() == b"x-forwarded-for"]
+            headers.append((b"X-Forwarded-For", b", ".join([*chain, exchange.peer.encode()])))
+        head = request.to_bytes(request.host or self.authority, headers, self.prefix)
         replayable = not request.has_body  # a body streams to the app: once read, it is gone
         for attempt in (1, 2):
             try:
@@ -129,7 +130,8 @@ class InboundProxy:
                 message = TIMED_OUT if failure.status == 504 else NOT_ANSWERED
                 return self._error(exchange, failure.status, message)
         try:
-            await exchange.relay(response, self._marks(), close=self.lifecycle.closing)
+            # The app's X-Sidecar-* headers go: consumers must be able to trust the marks.
+            await exchange.relay(response, self._marks(), close=self.lifecycle.closing, strip_marks=True)
         except UpstreamError as exc:
             if not exchange.started:
                 failure = classify(exc, request.method, replayable, responded=True)

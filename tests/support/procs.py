@@ -27,8 +27,10 @@ __all__ = [
     "SidecarChain",
     "SidecarProc",
     "await_for",
+    "consumer_of",
     "demo_app",
     "open_gate",
+    "port_of",
     "sidecar",
     "sidecar_in_front",
     "stop_process",
@@ -147,12 +149,36 @@ def sidecar_in_front(
     tmp_path: Path, registry: str, app_url: str, *args: str, service: str = "svc", wait: str = "ready"
 ) -> Iterator[SidecarProc]:
     """A provider sidecar in front of an app given by its URL (one the test runs itself, e.g. a
-    scripted app), listening on a free port of its own."""
+    raw app), listening on a free port of its own."""
     listen_port = free_port()
     argv = ("--listen", f"127.0.0.1:{listen_port}", "--app", app_url, *args)
     with sidecar(tmp_path, registry, None, *argv, service=service, wait=wait) as car:
         car.listen_port = listen_port
         yield car
+
+
+@contextmanager
+def consumer_of(
+    tmp_path: Path, registry: str, instance_id: str, *args: str
+) -> Iterator[tuple[SidecarProc, int]]:
+    """A consumer sidecar (service `client`) with an upstream listener for `svc` on a free port,
+    yielded with that port once the only instance it knows is `instance_id`."""
+    port = free_port()
+    upstream = ("--upstream", f"svc=127.0.0.1:{port}")
+    with sidecar(tmp_path, registry, None, *upstream, *args, service="client") as car:
+
+        def knows_provider() -> bool:
+            rows = car.status()["upstreams"]["svc"]["instances"]
+            return [row["instance_id"] for row in rows] == [instance_id]
+
+        wait_for(knows_provider, what=f"the consumer to know {instance_id}")
+        yield car, port
+
+
+def port_of(car: SidecarProc) -> int:
+    """The port a provider sidecar listens on for its app's callers."""
+    assert car.listen_port is not None, "a consumer-only sidecar has no listener of its own"
+    return car.listen_port
 
 
 def open_gate(app: AppProc, gate: str) -> None:
