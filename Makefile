@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck tools zookeeper-server bench bench-tools clean
+.PHONY: demo test lint typecheck tools zookeeper-server nginx bench bench-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-tools: .tools/consul/usr/bin/consul .tools/etcd/usr/bin/etcd zookeeper-server
+tools: .tools/consul/usr/bin/consul .tools/etcd/usr/bin/etcd zookeeper-server nginx
 
 .tools/consul/usr/bin/consul: scripts/install-consul.sh
 	scripts/install-consul.sh
@@ -24,6 +24,10 @@ tools: .tools/consul/usr/bin/consul .tools/etcd/usr/bin/etcd zookeeper-server
 # in milliseconds, since they live outside the repo.
 zookeeper-server:
 	scripts/install-zookeeper.sh
+
+# Debian's nginx, the reference of tests/test_nginx_differential.py: the same rule as above.
+nginx:
+	scripts/install-nginx.sh
 
 demo: $(STAMP)
 	$(BIN)/graceful-sidecar demo
