@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from sidecar.errors import ConfigError
 from sidecar.options import (
@@ -179,7 +180,12 @@ def load_settings(
         port = values["advertise"].port if values["advertise"] else admin.port
         values["instance_id"] = f"{values['service']}-{socket.gethostname()}-{port}"
     if values["registry"] is None:
-        values["registry"] = f"sqlite://{default_state_dir() / 'registry.db'}"
+        values["registry"] = f"sqlite://{default_state_dir() / 'registry.db'}"  # made if missing
+    elif (missing := _missing_sqlite_dir(values["registry"])) is not None:
+        # Created silently, a typo in the path would leave two sidecars in two registries.
+        raise ConfigError(
+            f"{sources['registry']} {values['registry']}: the directory {missing} does not exist"
+        )
     if values["log_format"] is None:
         values["log_format"] = "text" if os.isatty(2) else "json"
     if values["listen"] is not None and values["app"] is None:
@@ -208,6 +214,15 @@ def load_settings(
                 )
     values["allow"] = tuple(values["allow"])
     return Settings(**values, command=tuple(command))
+
+
+def _missing_sqlite_dir(registry: str) -> Path | None:
+    """The directory of an explicit sqlite:// registry file, when it does not exist."""
+    parts = urlsplit(registry)
+    if parts.scheme != "sqlite" or not parts.path.startswith("/"):
+        return None  # not SQLite, or not a path the adapter accepts: it says so itself
+    directory = Path(unquote(parts.path)).parent
+    return None if directory.is_dir() else directory
 
 
 def _parse(option: Option, raw: Any, source: str) -> Any:

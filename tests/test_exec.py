@@ -235,13 +235,15 @@ async def test_exits_with_the_childs_code(supervise: Launch, exit_code: int) -> 
 
 
 async def test_child_killed_by_sigterm_gives_143(supervise: Launch) -> None:
-    """SIGTERM reaches the child, which dies of it by default action: exit status 128+15."""
+    """SIGTERM reaches the child, which dies of it by default action: exit status 128+15; the
+    sidecar's log says it sent it, as it says a SIGKILL."""
     supervised = await supervise(*PRINT_SIGNALS)
     await supervised.started("ready")
     supervised.send(signal.SIGTERM)
-    code, _ = await supervised.finish()
+    code, stderr = await supervised.finish()
     assert code == 143
     assert "SIGTERM" in supervised.lines
+    assert f"sending SIGTERM to process group {supervised.child_pid}" in stderr
 
 
 async def test_child_ignoring_sigterm_is_killed_after_stop_timeout(supervise: Launch) -> None:

@@ -14,6 +14,7 @@ child's status (128+N if signal N killed it), 127 if CMD was not found, 126 if n
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
@@ -22,12 +23,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from registry_adapters import RegistryError
 from sidecar.config import (
     OPTIONS,
+    Option,
     Settings,
     load_settings,
     parse_health_path,
@@ -68,16 +71,32 @@ def setup_logging(log_format: str) -> None:
 
 
 def add_sidecar_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="TOML file with the options below as keys")
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML file with the options below as keys [env SIDECAR_CONFIG]"
+    )
     for option in OPTIONS:
         parser.add_argument(
             option.flag,
             dest=option.attr,
             metavar=option.metavar or None,
             action="append" if option.repeatable else "store",
-            default=None,
-            help=f"{option.help} [env {option.env}]",
+            default=None,  # None: not given here (the environment, the file or the default decide)
+            help=f"{option.help}{default_text(option)} [env {option.env}]",
         )
+
+
+def default_text(option: Option) -> str:
+    """ " (default X)" for --help, where the option has a default to show."""
+    value = option.default
+    if value is None or (option.repeatable and not value):
+        return ""  # required, or derived: the help text says from what
+    if isinstance(value, float):
+        shown = f"{value:g}"
+    elif isinstance(value, tuple):
+        shown = ",".join(str(item) for item in value)
+    else:
+        shown = str(value) or "''"
+    return f" (default {shown})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,9 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     shutdown = commands.add_parser("shutdown", help="call /shutdown and wait until drained")
     # The same SIDECAR_ADMIN and SIDECAR_TOKEN as the sidecar itself, so one env file serves both.
     shutdown.add_argument(
-        "--admin", default=os.environ.get("SIDECAR_ADMIN", "127.0.0.1:16688"), metavar="HOST:PORT"
+        "--admin",
+        default=os.environ.get("SIDECAR_ADMIN", "127.0.0.1:16688"),
+        metavar="HOST:PORT|URL",
+        help="the sidecar's admin API, as HOST:PORT or http://HOST:PORT (default 127.0.0.1:16688)"
+        " [env SIDECAR_ADMIN]",
     )
-    shutdown.add_argument("--token", default=os.environ.get("SIDECAR_TOKEN"), metavar="T")
+    shutdown.add_argument(
+        "--token",
+        default=os.environ.get("SIDECAR_TOKEN"),
+        metavar="T",
+        help="bearer token, when the sidecar has --token and this caller is not --allow'ed"
+        " [env SIDECAR_TOKEN]",
+    )
     demo = commands.add_parser("demo", help="the rolling-restart demonstration")
     demo.add_argument("--registry", default=None, metavar="URL", help="default: a fresh embedded SQLite file")
     add_inject_options(
@@ -206,7 +235,11 @@ def run_cli(argv: list[str]) -> int:
     if argv[:1] == ["exec"] and "--" in argv:
         split = argv.index("--")
         argv, command = argv[:split], argv[split + 1 :]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        print(unknown_arguments(parser, args.command, unknown), file=sys.stderr)
+        return EXIT_CONFIG
     if args.command == "shutdown":
         return shutdown_command(args.admin, args.token)
     if args.command == "demo":
@@ -225,6 +258,30 @@ def run_cli(argv: list[str]) -> int:
         return EXIT_CONFIG
     setup_logging(settings.log_format)
     return run_sidecar(settings)
+
+
+def unknown_arguments(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> str:
+    """One line for what argparse did not know: the nearest flag to a mistyped one, or where
+    `exec`'s command goes."""
+    prefix = f"graceful-sidecar {command}"
+    word = unknown[0]
+    if command == "exec" and not word.startswith("-"):
+        return f"{prefix}: put '--' before the command: graceful-sidecar exec [options] -- {word} ..."
+    if word.startswith("--"):
+        flag = word.partition("=")[0]
+        known = [flag for action in _subparser(parser, command)._actions for flag in action.option_strings]
+        near = difflib.get_close_matches(flag, known, n=1)
+        hint = f"; did you mean {near[0]}?" if near else f" (see graceful-sidecar {command} --help)"
+        return f"{prefix}: unknown option {flag}{hint}"
+    return f"{prefix}: unexpected argument {word!r} (see graceful-sidecar {command} --help)"
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[command]
+            return found
+    return parser
 
 
 def run_sidecar(settings: Settings) -> int:
@@ -249,7 +306,7 @@ def run_sidecar(settings: Settings) -> int:
 def shutdown_command(admin: str, token: str | None) -> int:
     """Call /shutdown on a local sidecar and wait; 0 once drained, 1 otherwise."""
     try:
-        address = parse_host_port(admin)
+        address = parse_host_port(_admin_address(admin))
     except ValueError as exc:
         print(f"graceful-sidecar shutdown: --admin: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -263,6 +320,16 @@ def shutdown_command(admin: str, token: str | None) -> int:
         return 1
     print(response.text)
     return 0 if response.status_code == 200 else 1
+
+
+def _admin_address(admin: str) -> str:
+    """HOST:PORT from HOST:PORT or an admin base URL (as --advertise-admin gives it)."""
+    if "://" not in admin:
+        return admin
+    parts = urlsplit(admin.strip())
+    if parts.scheme != "http" or not parts.netloc or parts.path.strip("/"):
+        raise ValueError(f"expected HOST:PORT or http://HOST:PORT, got {admin!r}")
+    return parts.netloc
 
 
 def inject_command(args: argparse.Namespace) -> int:

@@ -192,6 +192,7 @@ class Supervisor:
         assert self._group_empty is not None
         deadline = asyncio.get_running_loop().time() + timeout
         if not exited.done() or self._group_alive():
+            log.info("sending SIGTERM to process group %d (SIGKILL after %g s)", self.pid, timeout)
             self._signal_group(signal.SIGTERM)
         # 1. The main child, 2. the rest of its group: both within the one timeout.
         await self._until(asyncio.shield(exited), deadline)
