@@ -28,6 +28,11 @@ K8S_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod")
 POD_IP = "10.1.2.3"
 TOKEN_SECRET = "fleet-token"
+# What a fleet's inject command carries (README): the shared registry, the token's Secret, the
+# image as pushed. Without them inject refuses (no registry) or warns.
+REGISTRY = "consul://127.0.0.1:8500"
+IMAGE = "registry.test/graceful-sidecar:1"
+FLEET = ("--registry", REGISTRY, "--token-secret", TOKEN_SECRET, "--image", IMAGE)
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,11 @@ class Run:
 
 
 def inject(*args: str | Path, stdin: str = "") -> Run:
+    """inject with the fleet's options (FLEET), then `args` (a flag given again wins)."""
+    return inject_bare(*FLEET, *args, stdin=stdin)
+
+
+def inject_bare(*args: str | Path, stdin: str = "") -> Run:
     argv = [sys.executable, "-m", "sidecar", "inject", *map(str, args)]
     done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, check=False)
     return Run(done.returncode, done.stdout, done.stderr)
@@ -49,7 +59,7 @@ def inject(*args: str | Path, stdin: str = "") -> Run:
 
 @pytest.fixture(scope="module")
 def injected() -> dict[str, Run]:
-    """Each manifest injected once with default options."""
+    """Each manifest injected once with the fleet's options and otherwise the defaults."""
     return {path.name: inject(path) for path in CASES}
 
 
@@ -275,6 +285,9 @@ spec:
     spec: {containers: []}
 """
 NO_PORT = NO_CONTAINERS.replace("containers: []", "containers: [{name: a, image: a}]")
+NO_PROBE = NO_CONTAINERS.replace("empty", "bare").replace(
+    "containers: []", "containers: [{name: app, image: a, ports: [{containerPort: 8080}]}]"
+)
 GOOD_THEN_BAD = (MANIFESTS / "list.yaml").read_text() + "---\n" + NO_PORT
 
 
@@ -328,6 +341,53 @@ def test_app_port_option_handles_a_container_without_ports() -> None:
     assert sidecar_settings(deployment["spec"]["template"]["spec"])[0].app == "http://127.0.0.1:3000"
 
 
+def test_without_registry_it_refuses() -> None:
+    """No --registry: exit 2, one line saying why (each pod would keep a registry of its own),
+    nothing on stdout."""
+    run = inject_bare("--token-secret", TOKEN_SECRET, "--image", IMAGE, MANIFESTS / "deployment-service.yaml")
+    assert (run.code, run.stdout) == (2, "")
+    assert run.stderr.startswith("graceful-sidecar inject: --registry is required: ")
+    assert len(run.stderr.splitlines()) == 1, run.stderr
+
+
+def test_an_explicit_sqlite_registry_is_taken_as_meant() -> None:
+    """An explicit sqlite:// registry is a choice, not an omission: injected, no warning."""
+    run = inject("--registry", "sqlite:///tmp/graceful-sidecar.db", MANIFESTS / "deployment-service.yaml")
+    (settings, _), *_ = [sidecar_settings(spec) for _, _, spec in pod_specs(run.docs())]
+    assert settings.registry == "sqlite:///tmp/graceful-sidecar.db"
+    assert run.stderr == ""
+
+
+def test_missing_token_secret_and_image_are_warned_once() -> None:
+    """Without --token-secret and --image it injects, and warns once for each (whatever the number
+    of workloads): notifications would be refused, and the placeholder image does not exist."""
+    files = (MANIFESTS / "deployment-service.yaml", MANIFESTS / "multi-document.yaml")
+    run = inject_bare("--registry", REGISTRY, *files)
+    assert len(list(pod_specs(run.docs()))) > 1
+    warnings = run.stderr.splitlines()
+    assert [line for line in warnings if "no --token-secret" in line] == [
+        "graceful-sidecar inject: warning: no --token-secret: sidecars in other pods will refuse this"
+        " one's offline notifications (403), so consumers learn of a departure only from the registry;"
+        " pass --token-secret NAME (a Secret whose key `token` is the fleet's token)"
+    ]
+    assert (
+        len([line for line in warnings if line.startswith("graceful-sidecar inject: warning: no --image: ")])
+        == 1
+    )
+
+
+def test_a_workload_without_readiness_probe_is_warned_of_health() -> None:
+    """A workload with no readiness probe to take the health path from: a warning that the sidecar
+    will poll GET /health, and how to change it; injecting the output again warns no more."""
+    run = inject(stdin=NO_PROBE)
+    assert run.stderr.splitlines() == [
+        "graceful-sidecar inject: warning: <stdin>: Deployment/bare container app: no readinessProbe"
+        " to take the health path from; the sidecar polls GET /health on the app until 2xx (pass"
+        " --app-health PATH, or '' for none)"
+    ]
+    assert inject(stdin=run.stdout).stderr == ""
+
+
 def test_readme_example_is_real_output() -> None:
     """The README's inject example is what inject prints for deploy/kubernetes/inject/orders.yaml."""
     readme = (df.REPO / "README.md").read_text()
@@ -337,7 +397,9 @@ def test_readme_example_is_real_output() -> None:
     example = re.search(r"```yaml\n(.*?)```", section, re.S)
     assert example is not None
     args = command.group(1).split()[2:]
-    output = inject(*[df.REPO / a if a.endswith(".yaml") else a for a in args]).stdout.splitlines()
+    run = inject_bare(*[df.REPO / a if a.endswith(".yaml") else a for a in args])
+    assert run.stderr == "", "the README's command is complete: no warning"
+    output = run.stdout.splitlines()
     lines = iter(output)
     for line in example.group(1).splitlines():
         if line.strip().startswith("# ..."):  # an elision in the excerpt

@@ -204,10 +204,11 @@ def play_pod_deletion(pod: LocalPod) -> Termination:
     return seen
 
 
-def injected_manifest(tmp_path: Path) -> Path:
+def injected_manifest(tmp_path: Path, registry: str) -> Path:
     """deploy/kubernetes/inject/orders.yaml through the real `graceful-sidecar inject`, with the
-    Secret of deploy/kubernetes and no --registry (the test gives SIDECAR_REGISTRY)."""
+    Secret of deploy/kubernetes and the test's `registry`."""
     argv = [sys.executable, "-m", "sidecar", "inject", "--token-secret", "graceful-sidecar-token"]
+    argv += ["--registry", registry, "--image", "registry.test/graceful-sidecar:test"]
     done = subprocess.run([*argv, str(INJECT_INPUT)], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     path = tmp_path / "injected.yaml"
@@ -219,11 +220,11 @@ def injected_manifest(tmp_path: Path) -> Path:
 def test_kubelet_termination_of_the_manifest_loses_nothing(tmp_path: Path, manifest: str) -> None:
     """Deleting a pod of deployment.yaml (or of an injected manifest) the kubelet's way, under
     load, fails no request."""
-    path = DEPLOYMENT if manifest == "deployment.yaml" else injected_manifest(tmp_path)
+    registry = f"sqlite://{tmp_path / 'registry.db'}"
+    path = DEPLOYMENT if manifest == "deployment.yaml" else injected_manifest(tmp_path, registry)
     plan = df.load_pod_plan(path, pod_ip=LOCAL_POD_IP)
     df.check_stop_budget(plan.budget())  # a manifest that cannot drain in time fails right here
     assert plan.pre_stop.port == plan.readiness.port == MANIFEST_ADMIN_PORT
-    registry = f"sqlite://{tmp_path / 'registry.db'}"
     service = plan.settings.service
     with ExitStack() as stack:
         pods = [stack.enter_context(start_pod(tmp_path, f"{service}-{n}", registry, path)) for n in (1, 2)]

@@ -165,12 +165,19 @@ def parse_object_name(text: str) -> str:
 
 
 def add_inject_options(parser: argparse.ArgumentParser) -> None:
-    from sidecar.kubernetes.inject import DEFAULT_DRAIN_SECONDS, DEFAULT_STOP_SECONDS
+    from sidecar.kubernetes.inject import DEFAULT_DRAIN_SECONDS, DEFAULT_STOP_SECONDS, placeholder_image
 
     parser.add_argument("files", nargs="*", metavar="FILE", help="YAML files; none or - reads stdin")
-    parser.add_argument("--image", default=None, help=f"the sidecar's image (default {default_image()})")
     parser.add_argument(
-        "--registry", type=checked(parse_registry), metavar="URL", help="the sidecar's --registry"
+        "--image",
+        default=None,
+        help=f"the sidecar's image, as you pushed it (without it: the placeholder {placeholder_image()})",
+    )
+    parser.add_argument(
+        "--registry",
+        type=checked(parse_registry),
+        metavar="URL",
+        help="the sidecar's --registry, the one the fleet shares (required)",
     )
     parser.add_argument(
         "--listen-port",
@@ -215,15 +222,6 @@ def add_inject_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="service name (default: the workload's name)",
     )
-
-
-def default_image() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"ghcr.io/example/graceful-sidecar:{version('graceful-sidecar')}"
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "ghcr.io/example/graceful-sidecar:latest"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -337,7 +335,7 @@ def inject_command(args: argparse.Namespace) -> int:
     from sidecar.kubernetes.inject import InjectOptions, inject_sources
 
     options = InjectOptions(
-        image=args.image or default_image(),
+        image=args.image,
         registry=args.registry,
         listen_port=args.listen_port,
         app_port=args.app_port,

@@ -42,9 +42,28 @@ ENV_NAMES = ("POD_IP", "HOST_IP", "SIDECAR_TOKEN")
 Warn = Callable[[str], None]
 
 
+# Without --registry each pod's sidecar would keep an SQLite registry of its own, inside the pod:
+# no pod would ever see another. An explicit sqlite:// is taken as meant.
+REGISTRY_REQUIRED = (
+    "--registry is required: without it every pod keeps a registry of its own and no pod sees"
+    " another; give the one the fleet shares (consul://, etcd://, zookeeper://), or an explicit"
+    " sqlite:///PATH on purpose"
+)
+
+
+def placeholder_image() -> str:
+    """The image name inject writes without --image: where a release would be pushed, not one."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"ghcr.io/example/graceful-sidecar:{version('graceful-sidecar')}"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "ghcr.io/example/graceful-sidecar:latest"
+
+
 @dataclass(frozen=True, slots=True)
 class InjectOptions:
-    image: str
+    image: str | None = None  # None: the placeholder, with a warning
     registry: str | None = None
     listen_port: int = 8443
     app_port: int | None = None
@@ -67,6 +86,8 @@ class InjectedPod:
 
 def inject_sources(sources: list[tuple[str, str]], options: InjectOptions, warn: Warn) -> str:
     """The injected stream of every (name, YAML text) source, documents in order."""
+    if options.registry is None:
+        raise InjectError(REGISTRY_REQUIRED)
     documents = [(name, doc) for name, text in sources for doc in load_documents(name, text)]
     originals = [copy.deepcopy(doc.data) for _, doc in documents]
     pods = [
@@ -79,6 +100,17 @@ def inject_sources(sources: list[tuple[str, str]], options: InjectOptions, warn:
         for obj in objects(doc.data):
             if obj.get("kind") == "Service":
                 point_service(obj, pods, options.listen_port)
+    if pods and options.image is None:
+        warn(
+            f"no --image: the sidecar's image is the placeholder {placeholder_image()}, which no"
+            " registry serves; build and push the image (README, Deployment) and pass --image"
+        )
+    if pods and options.token_secret is None:
+        warn(
+            "no --token-secret: sidecars in other pods will refuse this one's offline notifications"
+            " (403), so consumers learn of a departure only from the registry; pass --token-secret"
+            " NAME (a Secret whose key `token` is the fleet's token)"
+        )
     changed = [doc.data != original for (_, doc), original in zip(documents, originals, strict=True)]
     return render(list(zip((doc for _, doc in documents), changed, strict=True)))
 
@@ -209,7 +241,7 @@ def sidecar_container(
     admin = SIDECAR_PORT_NAMES[1]
     return {
         "name": SIDECAR_NAME,
-        "image": options.image,
+        "image": options.image or placeholder_image(),
         "restartPolicy": "Always",
         "args": args,
         "env": env,
@@ -235,7 +267,7 @@ def sidecar_container(
         },
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
         # What the "restricted" Pod Security Standard asks. The root filesystem stays writable:
-        # without --registry the sidecar keeps its SQLite file in the image's state directory.
+        # an explicit sqlite:// registry keeps its file in the container.
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": 10001,
@@ -265,6 +297,11 @@ def former_health_path(
     on an injected pod (the probe is the sidecar's), what the sidecar was given before."""
     probe = app.get("readinessProbe")
     if not isinstance(probe, dict):
+        if sidecar is None:
+            warn(
+                f"{app_name}: no readinessProbe to take the health path from; the sidecar polls"
+                " GET /health on the app until 2xx (pass --app-health PATH, or '' for none)"
+            )
         return previous_arg(sidecar, "--app-health")
     action = probe.get("httpGet")
     if not isinstance(action, dict):
