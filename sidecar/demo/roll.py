@@ -77,6 +77,17 @@ class MinReady:
         """Called every few ms while the pause lasts (to show progress)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a roll, timed (time.monotonic()) for the report's chart."""
+
+    old: str
+    stop_began: float  # GET /shutdown sent (sidecar), or the signals (plain)
+    old_exited: float  # the old app and its sidecar have both exited
+    new: str
+    new_ready: float  # the replacement's /ready answered 200
+
+
 @dataclass
 class Roll:
     mode: Mode
@@ -85,6 +96,7 @@ class Roll:
     shutdowns: list[Shutdown] = field(default_factory=list)  # the sidecar way: one per step
     inflight_at_sigterm: list[int | None] = field(default_factory=list)  # what each old app had
     replacements: list[Provider] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
 
     @property
     def drains(self) -> list[float]:
@@ -100,13 +112,16 @@ def roll(
     result = Roll(mode)
     for number, old in enumerate(providers, 1):
         pacing.stopping(old)
+        began = time.monotonic()
         if mode == "sidecar":
             result.shutdowns.append(stop_with_sidecar(old))
         else:
             stop_plain(old)
+        exited = time.monotonic()  # both stops wait for the old processes to exit
         result.inflight_at_sigterm.append(old.inflight_at_sigterm())
         new = fleet.start_provider(f"{prefix}{number}", *args)
         result.replacements.append(new)
+        result.steps.append(Step(old.name, began, exited, new.name, new.ready_at))
         pacing.replaced(new)
     result.ended = time.monotonic()
     return result

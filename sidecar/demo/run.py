@@ -23,7 +23,7 @@ from pathlib import Path
 from sidecar.demo.fleet import Fleet, Provider
 from sidecar.demo.loadgen import LoadGenerator, Sample
 from sidecar.demo.processes import print_log_tails
-from sidecar.demo.report import Event, chart, render
+from sidecar.demo.report import BUCKET_SECONDS, Mark, Span, Timeline, Window, chart, render
 from sidecar.demo.roll import MinReady, Mode, Roll, roll
 from sidecar.demo.stats import percentile
 
@@ -94,21 +94,15 @@ class Progress:
 
 
 class Paced(MinReady):
-    """The deployment's pacing (minReadySeconds), shown live and marked on the chart."""
+    """The deployment's pacing (minReadySeconds), shown live."""
 
-    def __init__(self, mode: Mode, progress: Progress, events: list[Event]) -> None:
+    def __init__(self, mode: Mode, progress: Progress) -> None:
         super().__init__(MIN_READY_SECONDS)
         self.mode = mode
         self.progress = progress
-        self.events = events
 
     def stopping(self, old: Provider) -> None:
-        self.events.append(Event(time.monotonic(), f"{self.mode}: stop {old.name}"))
         self.progress.show(f"{self.mode} roll: stopping {old.name}", force=True)
-
-    def replaced(self, new: Provider) -> None:
-        self.events.append(Event(new.ready_at, f"{new.name} ready"))
-        super().replaced(new)
 
     def waiting(self, new: Provider) -> None:
         self.progress.show(f"{self.mode} roll: {new.name} ready, minReadySeconds")
@@ -116,13 +110,45 @@ class Paced(MinReady):
 
 def measured_roll(
     fleet: Fleet, mode: Mode, providers: list[Provider], load: LoadGenerator, progress: Progress,
-    events: list[Event], generation: int,
+    generation: int,
 ) -> tuple[Roll, list[Sample]]:  # fmt: skip
     """One roll, and the requests completed while it ran."""
     first_sample = len(load.samples)
-    pacing = Paced(mode, progress, events)
+    pacing = Paced(mode, progress)
     result = roll(fleet, mode, providers, REPLACEMENT_ARGS[mode], f"v{generation}-", pacing)
     return result, load.samples[first_sample:]
+
+
+def timeline_of(
+    rolls: list[tuple[Roll, list[Sample]]], samples: list[Sample], instances: list[str], origin: float,
+    stopped: float,
+) -> Timeline:  # fmt: skip
+    """The chart's records: the steady state, and each roll a window counting the very requests
+    of its table row; each step's stop a span until the old processes exited, each replacement's
+    readiness a mark."""
+    first = min(r.started for r, _ in rolls)
+    counted = {id(s) for _, rs in rolls for s in rs}
+    steady = [s for s in samples if id(s) not in counted and s.started + s.seconds < first]
+    windows = [Window("steady state", origin, first, steady)]
+    windows += [Window(f"{r.mode} roll", r.started, r.ended, rs) for r, rs in rolls]
+    how = {"plain": "SIGTERM", "sidecar": "/shutdown"}
+    steps = [(r.mode, step) for r, _ in rolls for step in r.steps]
+    spans = [Span(s.stop_began, s.old_exited, f"{s.old} {how[mode]}") for mode, s in steps]
+    marks = [Mark(s.new_ready, f"{s.new} ready") for _, s in steps]
+    return Timeline(origin, stopped, samples, instances, windows, spans, marks)
+
+
+def report(rolls: list[tuple[Roll, list[Sample]]], timeline: Timeline) -> str:
+    """The HTML report: the table and the chart, from the same records."""
+    rows = [table_row(r, rs) for r, rs in rolls]
+    notes = (
+        f"Plain roll: the app gets SIGTERM directly; replacements take full traffic at once. "
+        f"Sidecar roll: preStop GET /shutdown then SIGTERM; replacements warm up over {WARMUP_SECONDS:g} s. "
+        f"Both paced by minReadySeconds={MIN_READY_SECONDS:g}. Shares are of the requests started in "
+        f"each {BUCKET_SECONDS:g} s; failed requests count when they failed."
+    )
+    title = "graceful-sidecar demo: rolling restart under load"
+    return render(title, HEADER, rows, chart(timeline), notes)
 
 
 def run(workdir: Path, registry: str) -> int:
@@ -135,20 +161,20 @@ def run(workdir: Path, registry: str) -> int:
         consumer = fleet.start_consumer()
         fleet.wait_consumer_knows(consumer, 3)
         origin = time.monotonic()
-        events: list[Event] = []
         with LoadGenerator(consumer.url, CONCURRENCY, WORK_MS) as load:
             progress = Progress(load, origin)
             while time.monotonic() < origin + 2:  # a steady state to compare against
                 progress.show("steady state")
                 time.sleep(0.05)
-            plain, plain_samples = measured_roll(fleet, "plain", providers, load, progress, events, 2)
+            plain, plain_samples = measured_roll(fleet, "plain", providers, load, progress, 2)
             providers = plain.replacements
-            with_sidecar, sidecar_samples = measured_roll(
-                fleet, "sidecar", providers, load, progress, events, 3
-            )
+            with_sidecar, sidecar_samples = measured_roll(fleet, "sidecar", providers, load, progress, 3)
             progress.show("done", force=True)
+            stopped = time.monotonic()  # leaving the block stops the load
         print()
-    rows = [table_row(plain, plain_samples), table_row(with_sidecar, sidecar_samples)]
+        instances = [provider.name for provider in fleet.providers]
+    rolls = [(plain, plain_samples), (with_sidecar, sidecar_samples)]
+    rows = [table_row(r, rs) for r, rs in rolls]
     widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]
     for row in [HEADER, *rows]:
         print(
@@ -157,15 +183,7 @@ def run(workdir: Path, registry: str) -> int:
                 for i, (cell, width) in enumerate(zip(row, widths, strict=True))
             )
         )
-    notes = (
-        f"Plain roll: the app gets SIGTERM directly; replacements take full traffic at once. "
-        f"Sidecar roll: preStop GET /shutdown then SIGTERM; replacements warm up over {WARMUP_SECONDS:g} s. "
-        f"Both paced by minReadySeconds={MIN_READY_SECONDS:g}; dashed lines mark the steps."
-    )
-    figure = chart(load.samples, events, origin)
-    REPORT.write_text(
-        render("graceful-sidecar demo: rolling restart under load", HEADER, rows, figure, notes)
-    )
+    REPORT.write_text(report(rolls, timeline_of(rolls, load.samples, instances, origin, stopped)))
     print(f"report: {REPORT.resolve()}")
     lost = len([s for s in sidecar_samples if not s.ok])
     print("through the sidecar: " + ("no request lost" if lost == 0 else f"{lost} REQUESTS LOST"))
