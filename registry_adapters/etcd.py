@@ -21,8 +21,10 @@ Features
 - `watch` reads `PREFIX/SERVICE/` once, then follows the watch stream from the next revision:
   no gap, no duplicate. A broken or idle stream resumes from the last revision seen (on another
   endpoint if need be); a compacted one reads afresh; `RegistryUnavailable` when no endpoint
-  answers. Values that are no kratos instance of the service with an `http://` endpoint are
-  logged and skipped.
+  answers, when resuming did not help, and when the stream's member failed (`MemberFailed`: it
+  stopped answering, or lost its leader; see `etcd_gateway`), so that the caller counts the
+  failure and watches again, from the next member. Values that are no kratos instance of the
+  service with an `http://` endpoint are logged and skipped.
 - Several endpoints: each call goes first to the one that answered last, then to the others.
 - `set_weight` and `set_offline` act on instances registered through this object (`set_weight`
   of another one is rejected; `set_offline` and `deregister` of another one do nothing).
@@ -58,10 +60,16 @@ DEFAULT_PORT = 2379
 DEFAULT_PREFIX = kratos_layout.DEFAULT_NAMESPACE
 # Two lost renewals at TTL/3 are tolerated before consumers stop seeing the instance.
 DEFAULT_TTL_S = 10.0
-# A member answers in milliseconds; beyond this it is unwell (or has no leader).
+# A member answers in milliseconds; beyond this it is unwell (or has no leader). Also the bound on
+# a watch's start (response head and etcd's `created`) and on a quiet watch's status probe.
 DEFAULT_CALL_TIMEOUT_S = 5.0
-# A watch stream silent this long is resumed from its revision: cheap, and it finds a member
-# that went away without closing the connection (etcd 3.4 sends progress only every 10 min).
+# A watch stream quiet this long has its member asked for its status (clientv3's keepalive ping,
+# by hand: etcd 3.4's own progress notices come every 10 min). With the call timeout, a member
+# that freezes is left within 5 + 5 s, inside the 15 s a consumer may take to see a change; the
+# price is one small request, answered by the member alone, per 5 s of quiet per watch.
+DEFAULT_WATCH_PROBE_S = 5.0
+# A watch stream quiet this long is resumed from its revision, on the same member: cheap, and it
+# finds a stream whose connection died silently while the member still answers the probes.
 DEFAULT_WATCH_IDLE_S = 60.0
 
 
@@ -85,11 +93,14 @@ class EtcdRegistry(Publisher[_Published]):
         beat_interval: float | None = None,
         call_timeout: float = DEFAULT_CALL_TIMEOUT_S,
         watch_idle: float = DEFAULT_WATCH_IDLE_S,
+        watch_probe: float = DEFAULT_WATCH_PROBE_S,
     ) -> None:
         # The lock serialises changes, so a renewal's put never follows a deletion or revocation.
         super().__init__()
         endpoints = endpoints or [f"http://127.0.0.1:{DEFAULT_PORT}"]
-        self._etcd = EtcdGateway(endpoints, call_timeout=call_timeout, watch_idle=watch_idle)
+        self._etcd = EtcdGateway(
+            endpoints, call_timeout=call_timeout, watch_idle=watch_idle, probe_after=watch_probe
+        )
         self._prefix = prefix.rstrip("/")
         self._ttl = max(1, math.ceil(ttl))
         beat_interval = beat_interval if beat_interval is not None else self._ttl / 3

@@ -5,22 +5,55 @@ deleterange`, `/v3/lease/grant|keepalive|revoke` and `/v3/watch`, a stream of JS
 and values travel in base64 and int64 as strings. Each call goes first to the endpoint that
 answered last, then to the others; it answers the JSON, or raises `RegistryUnavailable` when no
 endpoint answered and `RegistryRejected` when one refused (`LeaseGone` for an unknown lease).
+
+A hung member (a frozen process, a paused VM) accepts connections and never answers: to a watch
+stream that looks like quiet. etcd's own client (clientv3) finds such a member with gRPC keepalive
+pings on the watch's connection and a timeout, and opens its watches `WithRequireLeader`, so that
+a member cut off from its leader cancels them. The gateway speaks HTTP/1.1, where there are no
+pings, so the watch stream does the equivalent by hand:
+- its start must bring the response head and etcd's first answer (`created`) within the call
+  timeout, or the next endpoint is tried;
+- while it is quiet, its member is asked for its status (`/v3/maintenance/status`, answered by
+  the member itself, without raft or disk) every `probe_after` seconds; no answer within the call
+  timeout and the stream fails with `MemberFailed`, and the next call starts on the next member;
+- it carries the gRPC metadata `hasleader: true` (`Grpc-Metadata-Hasleader`, which the gateway
+  passes on as metadata, as clientv3's `WithRequireLeader` does): etcd refuses to start it on a
+  member without a leader, and cancels it once the member has had none for three election
+  timeouts (`v3rpc/interceptor.go`, `monitorLeader`); both are `MemberFailed` too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
-from collections.abc import AsyncGenerator
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
 import httpx
 
 from registry_adapters.base import RegistryClosed, RegistryRejected, RegistryUnavailable
 
+log = logging.getLogger(__name__)
+
+# The gRPC status etcd ends a watch with when its member has no leader (`ErrGRPCNoLeader`), or
+# is stopping: the member is unwell, not the request.
+GRPC_UNAVAILABLE = "14"
+
+# gRPC metadata through the gateway (grpc-gateway's `Grpc-Metadata-` prefix): rpctypes'
+# MetadataRequireLeaderKey = MetadataHasLeader, what clientv3's WithRequireLeader sends.
+REQUIRE_LEADER = {"Grpc-Metadata-Hasleader": "true"}
+
 
 class LeaseGone(RegistryRejected):
     """etcd does not know the lease (expired, revoked, or lost with the data dir)."""
+
+
+class MemberFailed(RegistryUnavailable):
+    """The member of a watch stream stopped answering, or has no leader: the stream is given up,
+    and the next call goes to the next member."""
 
 
 class StreamBroken(Exception):
@@ -32,11 +65,14 @@ class Compacted(Exception):
 
 
 class EtcdGateway:
-    def __init__(self, endpoints: list[str], *, call_timeout: float, watch_idle: float) -> None:
+    def __init__(
+        self, endpoints: list[str], *, call_timeout: float, watch_idle: float, probe_after: float
+    ) -> None:
         self._endpoints = endpoints
         self._current = 0  # the endpoint that answered last
         self._call_timeout = call_timeout
         self._watch_idle = watch_idle
+        self._probe_after = probe_after
         self._client: httpx.AsyncClient | None = None
         self._closed = False
 
@@ -101,35 +137,125 @@ class EtcdGateway:
         self, prefix: str, revision: int
     ) -> AsyncGenerator[tuple[dict[str, str | None], int], None]:
         """The changes under `prefix` after `revision` (key -> new value, None when deleted),
-        each with the revision it brings us to. Returns when the stream was idle for
-        `watch_idle`; `StreamBroken` when it failed, `Compacted` when `revision` is gone."""
+        each with the revision it brings us to. Returns when the stream was quiet for
+        `watch_idle`; `StreamBroken` when it failed, `Compacted` when `revision` is gone,
+        `MemberFailed` when its member stopped answering or lost its leader, and
+        `RegistryUnavailable` when no endpoint started it."""
         create = {"key": _b64(prefix), "range_end": _b64(_end(prefix)), "start_revision": str(revision + 1)}
-        timeout = httpx.Timeout(self._call_timeout, read=self._watch_idle)
         failures = []
         for i in self._order():
-            url = self._endpoints[i] + "/v3/watch"
-            try:
-                async with self._http().stream(
-                    "POST", url, json={"create_request": create}, timeout=timeout
-                ) as r:
-                    if r.status_code != 200:
-                        failures.append(f"{self._endpoints[i]}: status {r.status_code}")
-                        continue
-                    self._current = i
-                    async for line in r.aiter_lines():
-                        if line.strip():
+            endpoint = self._endpoints[i]
+            async with AsyncExitStack() as stack:
+                try:
+                    async with asyncio.timeout(self._call_timeout):
+                        lines = await self._start_watch(stack, endpoint, create)
+                        first = await anext(lines, None)
+                    if first is None:
+                        raise StreamBroken("the stream ended before etcd answered")
+                    changes, revision = _watch_response(first, revision)
+                except (httpx.HTTPError, TimeoutError, StreamBroken, MemberFailed) as exc:
+                    why = (
+                        f"no answer within {self._call_timeout:g} s"
+                        if isinstance(exc, TimeoutError)
+                        else repr(exc)
+                    )
+                    failures.append(f"{endpoint}: {why}")
+                    self._failed(i)
+                    continue
+                if failures:  # the caller hears of no failure when none is left: say it here
+                    log.warning("etcd watch started on %s after %s", endpoint, "; ".join(failures))
+                self._current = i
+                if changes:
+                    yield changes, revision
+                try:
+                    async with aclosing(self._probed(i, lines)) as quiet_probed:
+                        async for line in quiet_probed:
                             changes, revision = _watch_response(line, revision)
                             if changes:
                                 yield changes, revision
-            except httpx.ReadTimeout:
-                return  # idle: the caller resumes from `revision`
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                failures.append(f"{self._endpoints[i]}: {exc!r}")
-                continue
-            except httpx.HTTPError as exc:
-                raise StreamBroken(repr(exc)) from exc
-            raise StreamBroken("the stream ended")
+                    return  # quiet for `watch_idle`: the caller resumes from `revision`
+                except MemberFailed as exc:
+                    self._failed(i)
+                    raise MemberFailed(
+                        f"etcd watch: {endpoint} failed: {exc}; moving to the next member"
+                    ) from exc
+                except httpx.HTTPError as exc:
+                    raise StreamBroken(repr(exc)) from exc
         raise RegistryUnavailable(f"etcd watch: no endpoint answered ({'; '.join(failures)})")
+
+    async def _start_watch(
+        self, stack: AsyncExitStack, endpoint: str, create: dict[str, str]
+    ) -> AsyncIterator[str]:
+        """POST the watch's create request; its response's lines, once the head came with 200."""
+        # No read timeout: quiet is normal on a watch, and `_probed` tells it from a hung member.
+        timeout = httpx.Timeout(self._call_timeout, read=None)
+        response = await stack.enter_async_context(
+            self._http().stream(
+                "POST",
+                endpoint + "/v3/watch",
+                json={"create_request": create},
+                headers=REQUIRE_LEADER,
+                timeout=timeout,
+            )
+        )
+        if response.status_code != 200:  # 503 with "no leader", for one
+            await response.aread()
+            raise MemberFailed(f"status {response.status_code} {response.text[:200]}")
+        return response.aiter_lines()
+
+    async def _probed(self, i: int, lines: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+        """The lines of a started stream on endpoint `i`. While it is quiet, the member is asked
+        for its status every `probe_after` seconds; `MemberFailed` when it does not answer in
+        time. Returns once the stream was quiet for `watch_idle`; `StreamBroken` when it ended."""
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        pending = asyncio.ensure_future(anext(lines, None))
+        try:
+            while True:
+                quiet_left = heard + self._watch_idle - loop.time()
+                if quiet_left <= 0:
+                    return
+                done, _ = await asyncio.wait([pending], timeout=min(self._probe_after, quiet_left))
+                if not done:
+                    await self._probe_while(i, pending)
+                    continue
+                line = pending.result()
+                if line is None:
+                    raise StreamBroken("the stream ended")
+                heard = loop.time()
+                pending = asyncio.ensure_future(anext(lines, None))
+                if line.strip():
+                    yield line
+        finally:
+            await _cancelled(pending)
+
+    async def _probe_while(self, i: int, pending: asyncio.Future[str | None]) -> None:
+        """Ask member `i` for its status, unless the stream (`pending`) speaks first;
+        `MemberFailed` when neither answers within the call timeout."""
+        endpoint = self._endpoints[i]
+        probe = asyncio.ensure_future(
+            self._http().post(endpoint + "/v3/maintenance/status", json={}, timeout=self._call_timeout)
+        )
+        try:
+            either: list[asyncio.Future[Any]] = [pending, probe]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if pending.done():
+                return  # the stream spoke: its member is alive
+        finally:
+            await _cancelled(probe)
+        try:
+            probe.result().raise_for_status()
+        except httpx.HTTPError as exc:
+            raise MemberFailed(
+                f"no answer to a status request within {self._call_timeout:g} s while the stream was"
+                f" quiet ({exc!r})"
+            ) from exc
+
+    def _failed(self, i: int) -> None:
+        """Endpoint `i` failed: the next call starts on the one after it (unless another call
+        has moved on already)."""
+        if self._current == i:
+            self._current = (i + 1) % len(self._endpoints)
 
     def _http(self) -> httpx.AsyncClient:
         if self._closed:  # never a new client after aclose(), for a watch that still runs
@@ -143,6 +269,15 @@ class EtcdGateway:
         return [(self._current + i) % len(self._endpoints) for i in range(len(self._endpoints))]
 
 
+async def _cancelled(task: asyncio.Future[Any]) -> None:
+    """Cancel `task` and wait until it ended. What it raised counts as retrieved (asyncio logs
+    no "never retrieved"), and `result()` still raises it."""
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()
+
+
 def _watch_response(line: str, revision: int) -> tuple[dict[str, str | None], int]:
     """The changes one line of the watch stream brings, and the revision they bring us to."""
     try:
@@ -151,6 +286,9 @@ def _watch_response(line: str, revision: int) -> tuple[dict[str, str | None], in
         raise StreamBroken(f"not JSON: {line[:200]!r}") from exc
     result = message.get("result") if isinstance(message, dict) else None
     if not isinstance(result, dict):
+        error = message.get("error") if isinstance(message, dict) else None
+        if isinstance(error, dict) and str(error.get("grpc_code")) == GRPC_UNAVAILABLE:
+            raise MemberFailed(str(error.get("message", line[:300])))  # "etcdserver: no leader", for one
         raise StreamBroken(f"etcd watch error: {line[:300]}")
     if result.get("compact_revision") not in (None, "0"):
         raise Compacted()
