@@ -22,7 +22,9 @@ a child read back stands for (`None` for what does not belong in the watch).
   URL}`, an ephemeral node without data. Sources followed: apache/dubbo dubbo-registry/
   dubbo-registry-zookeeper/src/main/java/org/apache/dubbo/registry/zookeeper/ZookeeperRegistry.java
   (`toUrlPath` = `toCategoryPath(url) + "/" + URL.encode(url.toFullString())`, consumers keep
-  children containing the encoded `://`), and dubbo-cluster/src/main/java/org/apache/dubbo/rpc/
+  children containing the encoded `://`), dubbo-common/src/main/java/org/apache/dubbo/common/
+  URLStrParser.java (`parseEncodedStr`: the query split at `&` and `;`, each value decoded
+  once), and dubbo-cluster/src/main/java/org/apache/dubbo/rpc/
   cluster/loadbalance/AbstractLoadBalance.java (`weight`, default 100; warmup from the URL's
   `timestamp` and `warmup` (ms, default 10 minutes), linear: weight x uptime / warmup, at least 1).
 """
@@ -204,11 +206,15 @@ class DubboLayout:
             "timestamp": str(start_ms),
             "warmup": str(warmup_ms),
             "weight": str(self.weight(instance, now_ms < start_ms + warmup_ms)),
-            DUBBO_INSTANCE_KEY: instance.instance_id,
         }
-        # Values are percent-encoded: Dubbo writes parameter values raw, so a `&` or `=` in one
-        # would split it; the sidecar's own keys are read back only by this layout.
-        params.update((key, quote(value, safe="")) for key, value in meta.items())
+        # The sidecar's own values, its metadata and the instance id, are percent-encoded: Dubbo
+        # writes parameter values raw and splits the query at `&` and `;` (URLStrParser), so an
+        # id `a&b` would be read back as `a`, and one with `%41` as `A`: another id, whose node
+        # a weight change or set_offline never finds. Only this layout reads them back. The
+        # service stays raw: Dubbo consumers match `interface` and the path as written, and
+        # sidecar.options keeps service names to characters a Dubbo URL need not encode.
+        own = {**meta, DUBBO_INSTANCE_KEY: instance.instance_id}
+        params.update((key, quote(value, safe="")) for key, value in own.items())
         query = "&".join(f"{key}={params[key]}" for key in sorted(params))  # URL.toFullString order
         url = f"{self.protocol}://{instance.address}/{instance.service}?{query}"
         return Node(dubbo_encode(url), b"")

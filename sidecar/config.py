@@ -33,6 +33,7 @@ from sidecar.options import (
     parse_health_path,
     parse_host_port,
     parse_http_url,
+    parse_instance_id,
     parse_log_format,
     parse_name,
     parse_percent,
@@ -60,6 +61,7 @@ __all__ = [
     "parse_health_path",
     "parse_host_port",
     "parse_http_url",
+    "parse_instance_id",
     "parse_log_format",
     "parse_name",
     "parse_percent",
@@ -178,7 +180,13 @@ def load_settings(
         values["advertise_admin"] = f"http://{admin}"
     if values["instance_id"] is None:
         port = values["advertise"].port if values["advertise"] else admin.port
-        values["instance_id"] = f"{values['service']}-{socket.gethostname()}-{port}"
+        default_id = f"{values['service']}-{socket.gethostname()}-{port}"
+        try:  # sethostname(2) takes any bytes: a host name may hold what an id may not
+            values["instance_id"] = parse_instance_id(default_id)
+        except ValueError as exc:
+            raise ConfigError(
+                f"--instance-id: the default <service>-<host>-<port> cannot be used: {exc}"
+            ) from None
     if values["registry"] is None:
         values["registry"] = f"sqlite://{default_state_dir() / 'registry.db'}"  # made if missing
     elif (missing := _missing_sqlite_dir(values["registry"])) is not None:

@@ -10,6 +10,7 @@ sidecar.protocol only.
 from __future__ import annotations
 
 import ipaddress
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -110,7 +111,7 @@ def parse_upstream(text: str) -> Upstream:
     name, sep, address = text.partition("=")
     if not sep or not name.strip():
         raise ValueError(f"expected NAME=HOST:PORT, got {text!r}")
-    return Upstream(name.strip(), parse_host_port(address))
+    return Upstream(parse_name(name), parse_host_port(address))
 
 
 def parse_cidr(text: str) -> IPNetwork:
@@ -136,11 +137,52 @@ def parse_health_path(text: str) -> str:
     return text
 
 
-def parse_name(text: str) -> str:
+# A service name and an instance id become keys in every registry: a Consul service and its id
+# (also in the agent API's URL paths), an etcd key `PREFIX/SERVICE/ID` (kratos), a ZooKeeper node
+# `/services/SERVICE/ID` (Curator), a Dubbo provider URL (the service raw as its path and
+# `interface`, which Dubbo consumers match as written; the id percent-encoded in a parameter).
+# A name may hold what all of them keep and read back as itself:
+# - letters, marks and digits of any script in the Basic Multilingual Plane: ZooKeeper refuses a
+#   node name with characters beyond U+FFFF (Java sees surrogates; PathUtils.validatePath);
+# - in an instance id, the ASCII punctuation of a URL path segment (RFC 3986 pchar, with % taken
+#   as itself), which every registry API and layout encodes. Spaces, controls, / (the path
+#   separator everywhere) and the rest, " # < > ? [ \ ] ^ ` { | }, are refused: more often a
+#   template left unrendered or a quoting slip than an id;
+# - in a service name only . - _ $: DNS and Kubernetes names, Java interface names (Dubbo's),
+#   nothing a Dubbo URL would have to encode;
+# - never . or .. alone: a path step to ZooKeeper and in a URL path.
+INSTANCE_ID_PUNCTUATION = "-._~!$&'()*+,;=:@%"
+SERVICE_PUNCTUATION = "-._$"
+# Small enough to keep every registry call and X-Sidecar-* header small; large enough for the
+# default id of the longest service name.
+MAX_INSTANCE_ID = 200
+# The default id <service>-<host>-<port> (a Linux host name has 64 characters at most) then stays
+# within MAX_INSTANCE_ID.
+MAX_SERVICE_NAME = 128
+_PATH_STEPS = (".", "..")
+
+
+def _checked_name(text: str, what: str, punctuation: str, longest: int) -> str:
     text = text.strip()
-    if not text or len(text) > 200 or any(c.isspace() or c == "/" for c in text):
-        raise ValueError(f"expected a name without spaces or '/', got {text!r}")
+    rule = f"{what} is 1..{longest} letters and digits (up to U+FFFF) and {punctuation}"
+    if not 0 < len(text) <= longest:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise ValueError(f"{rule}; got {len(text)} characters: {shown!r}")
+    for position, char in enumerate(text, 1):
+        if char not in punctuation and (ord(char) > 0xFFFF or unicodedata.category(char)[0] not in "LMN"):
+            raise ValueError(f"{text!r} holds {char!r} (U+{ord(char):04X}) at {position}; {rule}")
+    if text in _PATH_STEPS:
+        raise ValueError(f"{text!r} is a path step to ZooKeeper and in URLs; {rule}")
     return text
+
+
+def parse_name(text: str) -> str:
+    """A service name (--service, the NAME of --upstream, inject's --service)."""
+    return _checked_name(text, "a service name", SERVICE_PUNCTUATION, MAX_SERVICE_NAME)
+
+
+def parse_instance_id(text: str) -> str:
+    return _checked_name(text, "an instance id", INSTANCE_ID_PUNCTUATION, MAX_INSTANCE_ID)
 
 
 def parse_registry(text: str) -> str:
@@ -176,7 +218,9 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("service", parse_name, None, "service name to register (required)", "NAME"),
-    Option("instance-id", parse_name, None, "unique instance id (default <service>-<host>-<port>)", "ID"),
+    Option(
+        "instance-id", parse_instance_id, None, "unique instance id (default <service>-<host>-<port>)", "ID"
+    ),
     Option("listen", parse_host_port, None, "inbound proxy address: what consumers call", "HOST:PORT"),
     Option(
         "advertise",

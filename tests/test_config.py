@@ -12,6 +12,9 @@ from sidecar.config import HostPort, load_settings
 from sidecar.errors import ConfigError
 
 BASE = {"service": "svc", "listen": "127.0.0.1:8000", "app": "http://127.0.0.1:8080"}
+# What the start says an id and a service name may hold (sidecar.options).
+ID_RULE = "an instance id is 1..200 letters and digits (up to U+FFFF) and -._~!$&'()*+,;=:@%"
+SERVICE_RULE = "a service name is 1..128 letters and digits (up to U+FFFF) and -._$"
 
 
 def test_defaults() -> None:
@@ -94,6 +97,34 @@ def test_repeatable_options_from_env() -> None:
             {},
             "--admin 127.0.0.1:16688 and --upstream b=localhost:16688 share port 16688",
         ),
+        ({"instance_id": "a b"}, {}, f"--instance-id: 'a b' holds ' ' (U+0020) at 2; {ID_RULE}"),
+        ({"instance_id": "a/b"}, {}, f"--instance-id: 'a/b' holds '/' (U+002F) at 2; {ID_RULE}"),
+        ({"instance_id": "{{POD}}"}, {}, f"--instance-id: '{{{{POD}}}}' holds '{{' (U+007B) at 1; {ID_RULE}"),
+        ({"instance_id": "a\x7fb"}, {}, f"--instance-id: 'a\\x7fb' holds '\\x7f' (U+007F) at 2; {ID_RULE}"),
+        (
+            {"instance_id": "id-\U00020000"},
+            {},
+            "--instance-id: 'id-\U00020000' holds '\U00020000' (U+20000)",
+        ),
+        (
+            {"instance_id": ".."},
+            {},
+            f"--instance-id: '..' is a path step to ZooKeeper and in URLs; {ID_RULE}",
+        ),
+        ({"instance_id": "i" * 201}, {}, f"--instance-id: {ID_RULE}; got 201 characters: '{'i' * 40}...'"),
+        (
+            {},
+            {"SIDECAR_INSTANCE_ID": "a?b"},
+            f"SIDECAR_INSTANCE_ID: 'a?b' holds '?' (U+003F) at 2; {ID_RULE}",
+        ),
+        ({"service": "a&b"}, {}, f"--service: 'a&b' holds '&' (U+0026) at 2; {SERVICE_RULE}"),
+        ({"service": "a:b"}, {}, f"--service: 'a:b' holds ':' (U+003A) at 2; {SERVICE_RULE}"),
+        ({"service": "s" * 129}, {}, f"--service: {SERVICE_RULE}; got 129 characters"),
+        (
+            {"upstream": ["a%b=127.0.0.1:9001"]},
+            {},
+            f"--upstream: 'a%b' holds '%' (U+0025) at 2; {SERVICE_RULE}",
+        ),
     ],
 )
 def test_bad_values_name_the_option(flags: dict[str, object], env: dict[str, str], message: str) -> None:
@@ -102,6 +133,30 @@ def test_bad_values_name_the_option(flags: dict[str, object], env: dict[str, str
         load_settings({**BASE, **flags}, env=env)
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
+
+
+def test_every_character_a_name_may_hold_is_taken() -> None:
+    """Ids with `&`, `%`, `=`, `:`, `+`, every punctuation mark allowed and letters of any script,
+    up to 200 characters, and service names of DNS, Java or other scripts' letters, up to 128,
+    start as given (and as upstream names)."""
+    for instance_id in ("a&b=c%25:d+e", "-._~!$&'()*+,;=:@%", "zoë-東京-n\u0303", "é&%=:+名" * 28 + "é&%="):
+        assert load_settings({**BASE, "instance_id": instance_id}, env={}).instance_id == instance_id
+    for service in ("org.example.Demo$Inner", "orders-v2_eu", "注文", "s" * 128):
+        settings = load_settings(
+            {**BASE, "service": service, "upstream": [f"{service}=127.0.0.1:9001"]}, env={}
+        )
+        assert (settings.service, settings.upstream[0].service) == (service, service)
+
+
+def test_default_id_from_an_unusable_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host name that makes the default id <service>-<host>-<port> unusable stops the start
+    with one line naming --instance-id."""
+    monkeypatch.setattr("socket.gethostname", lambda: "build box")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(BASE, env={})
+    assert str(caught.value).startswith(
+        "--instance-id: the default <service>-<host>-<port> cannot be used: 'svc-build box-8000' holds ' '"
+    )
 
 
 def test_wildcard_binds_with_published_addresses() -> None:
@@ -168,6 +223,11 @@ def test_config_file_wrong_type(tmp_path: Path, toml: str, message: str) -> None
         (["exec", "--service", "s"], "missing '-- CMD"),
         (["run", "--service", "s", "--admin", "0.0.0.0:16999"], "give --advertise-admin URL"),
         (["run", "--service", "s", "--quiet-period", "5", "--drain-timeout", "2"], "must be below"),
+        (
+            ["run", "--service", "s", "--instance-id", "pod 7"],
+            "graceful-sidecar: --instance-id: 'pod 7' holds ' '",
+        ),
+        (["run", "--service", "a/b"], "graceful-sidecar: --service: 'a/b' holds '/' (U+002F) at 2"),
     ],
 )
 def test_cli_rejects_bad_options_with_one_line(argv: list[str], message: str) -> None:

@@ -37,9 +37,12 @@ from registry_adapters.consul import ConsulRegistry
 from registry_adapters.etcd import EtcdRegistry
 from registry_adapters.sqlite import SQLiteRegistry
 from registry_adapters.zookeeper import ZooKeeperRegistry
+from sidecar.options import INSTANCE_ID_PUNCTUATION, MAX_INSTANCE_ID, MAX_SERVICE_NAME
 from sidecar.protocol.metadata import META_ADMIN, META_WEIGHT, META_WEIGHT_OVERRIDE
 from tests.support.consul_agent import REPO_ROOT, ConsulAgent
+from tests.support.procs import await_for
 from tests.support.registry_server import RegistryServer
+from tests.support.registry_view import registered_ids, zookeeper_nodes
 
 # Bound on one awaited change; a change normally shows in well under a second.
 STEP_S = 10.0
@@ -228,6 +231,81 @@ async def test_services_are_kept_apart(
         await watch_until(watch, lambda instances: instances == [make(1), make(2)])
     async with watching(registry, other) as watch:
         await watch_until(watch, lambda instances: instances == [make(1, of=other)])
+
+
+# -- names: what an id and a service name may hold (sidecar.options) reads back in every layout --
+
+# Where a layout broke or could: `&` and `=` split a query, `%` and `+` are decoded (`%25` is
+# `%`, `+` a space), `:` ends a host; letters of other scripts, one of them with a combining mark,
+# go out as UTF-8; and all the punctuation an id may hold at once.
+ODD_IDS = ("a&b=c", "100%25%of", "h:8080+1", "zoë-東京-n\u0303", INSTANCE_ID_PUNCTUATION)
+# The longest id allowed, of characters that grow the most when encoded: `名` is %E5%90%8D in a
+# URL, and %25E5%2590%258D once Dubbo's provider URL is encoded again as a node name.
+LONGEST_ID_FILL = "é&%=:+名"
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("consul", marks=pytest.mark.consul),
+        pytest.param("etcd", marks=pytest.mark.etcd),  # go-kratos's layout, the only one
+        pytest.param("zookeeper-curator", marks=pytest.mark.zookeeper),
+        pytest.param("zookeeper-dubbo", marks=pytest.mark.zookeeper),
+    ]
+)
+def layout_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a live registry for each layout a backend publishes in (ZooKeeper has two)."""
+    kind, _, layout = request.param.partition("-")
+    if kind == "zookeeper":
+        return f"{request.getfixturevalue('zookeeper_server').url}?layout={layout}"
+    if kind in ("consul", "etcd"):
+        server: RegistryServer = request.getfixturevalue(
+            "consul_agent" if kind == "consul" else "etcd_server"
+        )
+        return server.url
+    return f"sqlite://{tmp_path / 'registry.db'}"
+
+
+async def test_odd_ids_and_names_read_back_as_themselves(layout_url: str, service: str) -> None:
+    """Ids with `&`, `%`, `=`, `:`, `+`, letters of other scripts and every punctuation mark an id
+    may hold, the longest id allowed and the longest service name, read back as themselves in
+    every layout: a weight change keeps one entry per id, set_offline and deregister leave none."""
+    unique = service.removeprefix("svc-")  # one Consul agent serves every test: ids stay apart
+    name = (f"{service}.Ünï_cødé$" + "名" * MAX_SERVICE_NAME)[:MAX_SERVICE_NAME]
+    ids = [f"{unique}{odd}" for odd in ODD_IDS]
+    ids.append((unique + LONGEST_ID_FILL * MAX_INSTANCE_ID)[:MAX_INSTANCE_ID])
+    instances = sorted(
+        (
+            Instance(
+                name, instance_id, f"10.0.0.{n}", 8080 + n, 100, {META_ADMIN: f"http://10.0.0.{n}:16688"}
+            )
+            for n, instance_id in enumerate(ids, 1)
+        ),
+        key=lambda instance: instance.instance_id,
+    )
+    reweighted = [instance.with_weight(40) for instance in instances]
+    async with open_registry(layout_url) as registry, watching(registry, name) as watch:
+        for instance in instances:
+            await registry.register(instance)
+        await watch_until(watch, lambda seen: seen == instances)
+        for instance in instances:
+            await registry.set_weight(instance.instance_id, 40)
+        await watch_until(watch, lambda seen: seen == reweighted)
+        # As others read the registry: each id as itself, and (ZooKeeper) no node left beside it.
+        assert await asyncio.to_thread(registered_ids, layout_url, name) == set(ids)
+        if layout_url.startswith("zookeeper:"):
+            assert len(await asyncio.to_thread(zookeeper_nodes, layout_url, name)) == len(ids)
+        for instance in instances[::2]:
+            await registry.set_offline(instance.instance_id)
+        await watch_until(watch, lambda seen: seen == reweighted[1::2])
+        for instance in instances:
+            await registry.deregister(instance.instance_id)
+        await watch_until(watch, lambda seen: seen == [])
+
+    async def none_left() -> bool:
+        return not await asyncio.to_thread(registered_ids, layout_url, name)
+
+    await await_for(none_left, STEP_S, "every id deregistered")
 
 
 async def test_beat_keeps_instance_alive_past_its_ttl(
