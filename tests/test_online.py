@@ -113,12 +113,12 @@ def test_weight_zero_takes_instance_out(tmp_path: Path, registry_url: str) -> No
 
 @pytest.mark.parametrize("registry_url", ["sqlite"], indirect=True)
 def test_ready_follows_app_health(tmp_path: Path, registry_url: str) -> None:
-    """Once up, /ready turns 503 after the app's health check fails a few times in a row, and
-    200 again after it passes."""
+    """Once up, /ready turns 503 (phase starting: the app is lost) after the app's health check
+    fails a few times in a row, and 200 again after it passes."""
     with demo_app(tmp_path) as app, sidecar(tmp_path, registry_url, app) as car:
         httpx.post(f"{app.url}/health", params={"healthy": "0"})
         wait_for(
-            lambda: ready(car.admin) == (503, "serving"), timeout=20, what="/ready 503 for an unhealthy app"
+            lambda: ready(car.admin) == (503, "starting"), timeout=20, what="/ready 503 for an unhealthy app"
         )
         httpx.post(f"{app.url}/health", params={"healthy": "1"})
         wait_for(lambda: ready(car.admin) == (200, "serving"), timeout=10, what="/ready 200 again")

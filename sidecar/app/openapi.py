@@ -48,7 +48,12 @@ TEXT_OR_NULL = {"type": ["string", "null"]}
 
 SCHEMAS: dict[str, Any] = {
     "Error": _object({"error": {"type": "string", "description": "what was wrong"}}),
-    "Phase": {"type": "string", "enum": list(PHASES)},
+    "Phase": {
+        "type": "string",
+        "enum": list(PHASES),
+        "description": "starting: the app is not healthy, not yet or no longer (a lost app's"
+        " instance is out of the registry until the online sequence brings it back)",
+    },
     "DrainResult": _object(
         {
             "drained": {

@@ -7,6 +7,7 @@ it first.
 
     GET  /health            503 during --startup-delay, then 200
     POST /health?healthy=0  makes /health answer 503 from now on (healthy=1 undoes it)
+    POST /health?fail=N     makes the next N checks of /health answer 503 (a blip)
     GET  /work?ms=N         answers after N ms: {"instance": .., "ms": N}
     POST /echo              streams the request body back
     POST /digest            reads the request body as it streams in: {"sha256", "bytes"}
@@ -19,7 +20,8 @@ it first.
     GET  /ws                WebSocket echo: each text or binary message comes back as it was
     GET  /stats             {"instance", "served", "inflight", "paths": [last paths seen],
                              "done": [last paths answered], "connections": TCP connections that
-                             carried a request, "waiting": [gates being waited for]}
+                             carried a request, "waiting": [gates being waited for],
+                             "health_checks": GET /health answered, "failing": blips left}
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class DemoApp:
         self.name = name
         self.healthy_at = time.monotonic() + startup_delay
         self.forced_unhealthy = False
+        self.failing = 0  # the next this many health checks fail
+        self.health_checks = 0
         self.stats_file = stats_file
         self.served = 0
         self.inflight = 0
@@ -82,10 +86,23 @@ class DemoApp:
             self.served += 1
 
     async def set_health(self, request: web.Request) -> web.Response:
+        if "fail" in request.query:
+            try:
+                self.failing = max(0, int(request.query["fail"]))
+            except ValueError:
+                return web.json_response({"error": "fail must be an integer"}, status=400)
+            return web.json_response({"failing": self.failing})
         self.forced_unhealthy = request.query.get("healthy") == "0"
-        return await self.health(request)
+        return self._health()
 
     async def health(self, request: web.Request) -> web.Response:
+        self.health_checks += 1
+        if self.failing:
+            self.failing -= 1
+            return web.json_response({"healthy": False}, status=503)
+        return self._health()
+
+    def _health(self) -> web.Response:
         healthy = time.monotonic() >= self.healthy_at and not self.forced_unhealthy
         return web.json_response({"healthy": healthy}, status=200 if healthy else 503)
 
@@ -192,6 +209,8 @@ class DemoApp:
                 "done": list(self.done),
                 "connections": self.connections,
                 "waiting": sorted(self.waiting),
+                "health_checks": self.health_checks,
+                "failing": self.failing,
             }
         )
 

@@ -1,13 +1,19 @@
-"""The app's health, as the provider side sees it: awaited before registration, then watched so
-that /ready follows it.
+"""The app's health, as the provider side sees it: awaited before registration, then watched
+until the app is lost, which is what takes the instance out of the registry (lifecycle.py).
 
-The app is another process: polling its health URL is all there is.
+The app is another process: polling its health URL is all there is, but the data path hears
+of a crash first (a refused connection, a reset) and `suspect()` makes the check come at once
+instead of at the next poll. One failed check proves little (a blip): it is confirmed by more
+checks a short interval apart, so a crash is confirmed within about a second of the first
+refused request, and within a poll interval more when no request comes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 
 import httpx
 
@@ -17,18 +23,32 @@ log = logging.getLogger("sidecar.lifecycle")
 # closely, rarely enough to be invisible in the app's logs and CPU.
 HEALTH_POLL_SECONDS = 0.2
 HEALTH_TIMEOUT_SECONDS = 2.0
-# Once up, the app's health is checked every few seconds; this many failures in a row turn
-# /ready to 503 (one blip is not worth taking an instance out), one success turns it back.
+# Once up, the app's health is checked every few seconds (and at once when the data path could
+# not reach it). An idle instance whose app crashed is thus out of the registry within this
+# plus the confirmation below, about 3 s, well within the 8 s aim.
 HEALTH_WATCH_SECONDS = 2.0
-HEALTH_FAILURES_UNHEALTHY = 3
+# This many failed checks in a row mean the app is lost: one blip is not worth taking an
+# instance out. The confirming checks come this far apart, not a poll interval: a crash under
+# traffic is then out of the registry about 1 s after the first refused request (the aim: 3 s).
+HEALTH_FAILURES_LOST = 3
+HEALTH_CONFIRM_SECONDS = 0.5
+# However many requests fail, checks come at most this often: each one is a request to the app.
+HEALTH_MIN_GAP_SECONDS = 0.25
 
 
 class AppHealth:
-    """`healthy` as far as the last checks tell; True when there is no health URL to check."""
+    """`healthy` as far as the last checks tell; True when there is no health URL to check.
+    `lost` is set once the watch has confirmed that the app stopped answering."""
 
     def __init__(self, url: str | None) -> None:
         self.url = url
         self.healthy = True
+        self.lost = asyncio.Event()
+        self._suspect = asyncio.Event()
+
+    def suspect(self) -> None:
+        """The data path could not reach the app (refused, reset, cut off): check it now."""
+        self._suspect.set()
 
     async def wait_healthy(self) -> None:
         """Return once the app answers 2xx (at once without a health URL)."""
@@ -37,24 +57,42 @@ class AppHealth:
         async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_SECONDS, trust_env=False) as client:
             while not await _healthy(client, self.url):  # noqa: ASYNC110 - another process
                 await asyncio.sleep(HEALTH_POLL_SECONDS)
+        self.healthy = True
 
     async def watch(self) -> None:
-        """After start-up, keep `healthy` up to date; runs until cancelled."""
+        """After start-up: check every HEALTH_WATCH_SECONDS, or as soon as the data path
+        suspects the app; returns once HEALTH_FAILURES_LOST checks in a row failed, with
+        `healthy` False and `lost` set. Without a health URL there is nothing to tell: it
+        returns at once, `lost` never set."""
         if self.url is None:
             return
-        failures = 0
         async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_SECONDS, trust_env=False) as client:
+            checked = time.monotonic()
             while True:
-                await asyncio.sleep(HEALTH_WATCH_SECONDS)
-                failures = 0 if await _healthy(client, self.url) else failures + 1
-                healthy = failures < HEALTH_FAILURES_UNHEALTHY
-                if healthy != self.healthy:
-                    log.warning(
-                        "app %s: /ready now %s",
-                        "healthy again" if healthy else "unhealthy",
-                        200 if healthy else 503,
-                    )
-                self.healthy = healthy
+                self._suspect.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HEALTH_WATCH_SECONDS):
+                        await self._suspect.wait()
+                await asyncio.sleep(checked + HEALTH_MIN_GAP_SECONDS - time.monotonic())
+                lost = await self._confirmed_lost(client)
+                checked = time.monotonic()
+                if lost:
+                    break
+        log.warning("app lost: %d health checks in a row failed", HEALTH_FAILURES_LOST)
+        self.healthy = False
+        self.lost.set()
+
+    async def _confirmed_lost(self, client: httpx.AsyncClient) -> bool:
+        """Check; a failure is confirmed by more checks HEALTH_CONFIRM_SECONDS apart."""
+        assert self.url is not None
+        for failed in range(HEALTH_FAILURES_LOST):
+            if failed:
+                await asyncio.sleep(HEALTH_CONFIRM_SECONDS)
+            if await _healthy(client, self.url):
+                if failed:
+                    log.info("app health: %d failed check(s), then a passing one: a blip", failed)
+                return False
+        return True
 
 
 async def _healthy(client: httpx.AsyncClient, url: str) -> bool:

@@ -8,7 +8,8 @@ upgraded ones when the drain ends. Once the drain has ended, requests are refuse
 `X-Sidecar-Refused` *without* reaching the app, which tells a consumer sidecar that retrying
 elsewhere is safe whatever the method. The same holds when the app cannot be connected to.
 What a failure to forward means (refuse, retry once, 502 or 504) is the forwarding policy's
-(sidecar.http.failures), shared with the consumer side.
+(sidecar.http.failures), shared with the consumer side. Any such failure also has the app's
+health checked at once (app_health): a crashed app leaves the registry within about a second.
 
 The bytes are the HTTP core's business (sidecar.http); this module only decides.
 """
@@ -125,6 +126,7 @@ class InboundProxy:
                 # A pooled connection the app had just closed is tried again once, when that is safe.
                 if attempt == 1 and failure.stale and failure.resendable:
                     continue
+                self.lifecycle.app.suspect()  # a crashed app is taken out without waiting for a poll
                 if not failure.sent:
                     return self._refuse(exchange, "app unreachable")  # the app never saw it
                 message = TIMED_OUT if failure.status == 504 else NOT_ANSWERED
@@ -133,6 +135,7 @@ class InboundProxy:
             # The app's X-Sidecar-* headers go: consumers must be able to trust the marks.
             await exchange.relay(response, self._marks(), close=self.lifecycle.closing, strip_marks=True)
         except UpstreamError as exc:
+            self.lifecycle.app.suspect()
             if not exchange.started:
                 failure = classify(exc, request.method, replayable, responded=True)
                 message = TIMED_OUT if failure.status == 504 else CUT_OFF

@@ -1,9 +1,13 @@
-"""The phase state machine: the online and the offline sequence, each written once, in order.
+"""The phase state machine: the online and the offline sequence, each written once, in order,
+and between them what happens when the app is lost under a live sidecar.
 
     starting -> registering -> warming -> serving -> draining -> drained
+       ^                                     |
+       +------------- the app lost ----------+   (from registering and warming too)
 
-`online()` runs as a task from start-up; `offline()` is what /shutdown, SIGTERM and SIGINT call.
-The offline sequence runs once: concurrent and later callers all get the same `DrainResult`.
+`run()` runs as a task from start-up: the online sequence, and each time the app is lost, the
+app-lost sequence and the online sequence again. `offline()` is what /shutdown, SIGTERM and
+SIGINT call; it ends `run()`. It runs once: concurrent and later callers get the same result.
 Registry failures never stop either sequence: they are recorded (for /status and metrics) and
 retried with backoff, within the drain deadline when going offline.
 """
@@ -17,6 +21,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from registry_adapters import Instance, Registry, RegistryClosed, RegistryError
@@ -123,12 +128,29 @@ class Lifecycle:
 
     async def __aenter__(self) -> Lifecycle:
         """Start the online sequence; leaving the block cancels whatever sequence still runs."""
-        self._online_task = asyncio.create_task(self.online(), name="online-sequence")
+        self._online_task = asyncio.create_task(self.run(), name="online")
         self._online_task.add_done_callback(_log_failure)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop_tasks()
+
+    async def run(self) -> None:
+        """Until the offline sequence cancels it: the online sequence, cut short whenever the
+        health watch (which step 1 starts) has lost the app; then the app-lost sequence, and
+        the online sequence again, warmup included: a restarted app is cold."""
+        while True:
+            self.app.lost.clear()
+            online = asyncio.create_task(self.online(), name="online-sequence")
+            online.add_done_callback(_log_failure)
+            try:
+                await self.app.lost.wait()
+            finally:  # also when the offline sequence begins: the app's health no longer matters
+                watch = [self._health_task] if self._health_task is not None else []
+                for task in (online, *watch):
+                    task.cancel()
+                await asyncio.wait([online, *watch])
+            await self.app_lost()
 
     async def online(self) -> None:
         # 1. Phase starting: poll the app's health URL until it answers 2xx.
@@ -213,6 +235,30 @@ class Lifecycle:
             self._metrics.weight.set(wanted[0])
             return True
 
+    # --- the app lost under a live sidecar
+
+    async def app_lost(self) -> None:
+        """The app stopped answering: out of the registry's healthy set and the consumers'
+        tables at once, as when going offline, but with no drain: nothing reaches the app (the
+        inbound proxy refuses what arrives, which consumer sidecars retry elsewhere)."""
+        # 1. Phase starting: /ready answers 503; no weight is published from now on (once a
+        #    publish under way has ended: the lock).
+        self._set_phase("starting")
+        async with self._publish_lock:
+            self.registered = False
+        self._metrics.weight.set(0)
+        log.warning("app lost: %s leaves the registry until the app answers", self.settings.instance_id)
+        # 2. Registry: out of the healthy set (Consul: maintenance; etcd, ZooKeeper: the key or
+        #    node removed; SQLite: the row marked offline), still kept alive; the next register
+        #    call brings it back. Retried while the registry is down, before any such call.
+        offline = partial(self._registry.set_offline, self.settings.instance_id)
+        taking_out = self._retry("set_offline", offline) if self._register_attempted else _done()
+        # 3. Notify every consumer that called recently, in parallel. Awaited: a notice that
+        #    came after the next registration would drop the restarted instance.
+        notice = OfflineNotice(self.settings.service, self.settings.instance_id, str(self.settings.advertise))
+        _, sent = await asyncio.gather(taking_out, self._notifier.send_all(self._consumers.recent(), notice))
+        self._count_notifications(sent)
+
     # --- the offline sequence
 
     async def offline(self) -> DrainResult:
@@ -266,8 +312,7 @@ class Lifecycle:
             deregistered=deregistering is None or (_succeeded(deregistering) and deregistering.result()),
         )
         self._metrics.drain_seconds.set(result.seconds)
-        self._metrics.notifications.labels("ok").inc(sum(sent))
-        self._metrics.notifications.labels("failed").inc(len(sent) - sum(sent))
+        self._count_notifications(sent)
         log.info("offline: %s", json.dumps(result.body()))
         self.ended.set()
         return result
@@ -322,6 +367,10 @@ class Lifecycle:
             await asyncio.sleep(pause * random.uniform(0.8, 1.2))  # jitter spreads a fleet's retries
             pause = min(pause * 2, BACKOFF_MAX_SECONDS)
 
+    def _count_notifications(self, sent: list[bool]) -> None:
+        self._metrics.notifications.labels("ok").inc(sum(sent))
+        self._metrics.notifications.labels("failed").inc(len(sent) - sum(sent))
+
     def _registry_failed(self, op: str, exc: RegistryError) -> None:
         self.registry_error = f"{op}: {exc}"
         self._metrics.registry_errors.labels(op).inc()
@@ -347,6 +396,10 @@ async def _within(awaitable: Awaitable[T], deadline: float) -> T | None:
             return await awaitable
     except TimeoutError:
         return None
+
+
+async def _done() -> bool:
+    return True
 
 
 def _succeeded(task: asyncio.Task[Any]) -> bool:
