@@ -272,7 +272,14 @@ OPTIONS: tuple[Option, ...] = (
         "upstream", parse_upstream, (), "consumer side: NAME=HOST:PORT (repeatable)", "NAME=HOST:PORT", True
     ),
     Option("token", parse_text, None, "bearer token accepted on mutating admin endpoints", "T"),
-    Option("allow", parse_cidr, LOOPBACK, "callers allowed without a token (repeatable)", "CIDR", True),
+    Option(
+        "allow",
+        parse_cidr,
+        LOOPBACK,
+        "callers allowed without a token (repeatable; replaces the default: list loopback too)",
+        "CIDR",
+        True,
+    ),
     Option("log-format", parse_log_format, None, "json or text (default: text on a TTY, else json)", "FMT"),
     Option(
         "header-timeout",

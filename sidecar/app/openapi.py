@@ -63,7 +63,12 @@ SCHEMAS: dict[str, Any] = {
             "inflight": COUNT,
             "seconds": SECONDS,
             "notified": COUNT,
-            "deregistered": {"type": "boolean"},
+            "deregistered": {"type": "boolean", "description": "an instance was taken out of the registry"},
+            "registered": {
+                "type": "boolean",
+                "description": "there was one to take out: false for a consumer-only sidecar, or one"
+                " whose registry never took its registration",
+            },
         }
     ),
     "Ready": _object({"ready": {"type": "boolean"}, "phase": _ref("Phase")}),
@@ -104,15 +109,42 @@ SCHEMAS: dict[str, Any] = {
             "inflight": COUNT,
             "dropped": {"type": "boolean"},
             "ejected": {"type": "boolean"},
+            "held": {
+                "type": "boolean",
+                "description": "kept although the registry dropped it (most of the table went at once)",
+            },
         }
     ),
     "Status": _object(
         {
             "service": {"type": "string"},
             "instance_id": {"type": "string"},
+            "role": {"enum": ["provider", "consumer-only"], "description": "consumer-only: no --listen"},
             "phase": _ref("Phase"),
             "ready": {"type": "boolean"},
-            "weight": _object({"base": WEIGHT, "current": WEIGHT, "override": {"type": ["integer", "null"]}}),
+            "weight": {
+                "description": "null for a consumer-only sidecar",
+                "oneOf": [
+                    {"type": "null"},
+                    _object({"base": WEIGHT, "current": WEIGHT, "override": {"type": ["integer", "null"]}}),
+                ],
+            },
+            "app": {
+                "description": "the app's health as the last check saw it; null without --app",
+                "oneOf": [
+                    {"type": "null"},
+                    _object(
+                        {
+                            "health": {**TEXT_OR_NULL, "description": "the health URL (null: not checked)"},
+                            "healthy": {"type": "boolean"},
+                            "last_check": {
+                                **TEXT_OR_NULL,
+                                "description": "what the last check got, and what to do about a failure",
+                            },
+                        }
+                    ),
+                ],
+            },
             "inflight": COUNT,
             "registry": _object(
                 {"kind": {"type": "string"}, "registered": {"type": "boolean"}, "last_error": TEXT_OR_NULL}

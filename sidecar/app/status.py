@@ -27,17 +27,25 @@ class StatusView:
     metrics: Metrics
 
     def status(self) -> dict[str, Any]:
-        lifecycle = self.lifecycle
+        lifecycle, app = self.lifecycle, self.lifecycle.app
+        provider = lifecycle.provider
         return {
             "service": self.settings.service,
             "instance_id": self.settings.instance_id,
+            # A consumer-only sidecar (no --listen) registers no instance: no weight, no app.
+            "role": "provider" if provider else "consumer-only",
             "phase": lifecycle.phase,
             "ready": lifecycle.ready,
             "weight": {
                 "base": self.settings.weight,
                 "current": lifecycle.current_weight(),
                 "override": lifecycle.override,
-            },
+            }
+            if provider
+            else None,
+            "app": {"health": app.url, "healthy": app.healthy, "last_check": app.last_check}
+            if self.settings.app is not None
+            else None,
             "inflight": self.tracker.count,
             "registry": {
                 "kind": self.registry_kind,

@@ -38,12 +38,14 @@ HEALTH_MIN_GAP_SECONDS = 0.25
 
 class AppHealth:
     """`healthy` as far as the last checks tell; True when there is no health URL to check.
-    `lost` is set once the watch has confirmed that the app stopped answering."""
+    `lost` is set once the watch has confirmed that the app stopped answering. `last_check`
+    says what the last check got, and what to do about a failure (for /status and the log)."""
 
     def __init__(self, url: str | None) -> None:
         self.url = url
         self.healthy = True
         self.lost = asyncio.Event()
+        self.last_check: str | None = None
         self._suspect = asyncio.Event()
 
     def suspect(self) -> None:
@@ -55,7 +57,7 @@ class AppHealth:
         if self.url is None:
             return
         async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_SECONDS, trust_env=False) as client:
-            while not await _healthy(client, self.url):  # noqa: ASYNC110 - another process
+            while not await self._check(client):  # noqa: ASYNC110 - another process
                 await asyncio.sleep(HEALTH_POLL_SECONDS)
         self.healthy = True
 
@@ -88,15 +90,34 @@ class AppHealth:
         for failed in range(HEALTH_FAILURES_LOST):
             if failed:
                 await asyncio.sleep(HEALTH_CONFIRM_SECONDS)
-            if await _healthy(client, self.url):
+            if await self._check(client):
                 if failed:
                     log.info("app health: %d failed check(s), then a passing one: a blip", failed)
                 return False
         return True
 
+    async def _check(self, client: httpx.AsyncClient) -> bool:
+        """One check; its outcome is logged when it differs from the last one (a poll five
+        times a second says why once, not five times a second)."""
+        assert self.url is not None
+        passed, outcome = await _probe(client, self.url)
+        if outcome != self.last_check:
+            log.log(logging.INFO if passed else logging.WARNING, "app health: %s", outcome)
+            self.last_check = outcome
+        return passed
 
-async def _healthy(client: httpx.AsyncClient, url: str) -> bool:
+
+async def _probe(client: httpx.AsyncClient, url: str) -> tuple[bool, str]:
+    """Whether `url` answers 2xx, and what it got in words, with what to do about a failure."""
     try:
-        return (await client.get(url)).is_success
-    except httpx.HTTPError:
-        return False  # not up (yet), or not answering
+        status = (await client.get(url)).status_code
+    except httpx.TimeoutException:
+        return False, f"GET {url} -> no answer within {HEALTH_TIMEOUT_SECONDS:g} s"
+    except httpx.HTTPError as exc:
+        reason = str(exc) or exc.__class__.__name__
+        return False, f"GET {url} -> {reason}; is the app listening there (--app)?"
+    if 200 <= status < 300:
+        return True, f"GET {url} -> {status}"
+    if status in (404, 405):  # no such path: the default /health is the usual suspect
+        return False, f"GET {url} -> {status}; set --app-health PATH, or '' to skip the check"
+    return False, f"GET {url} -> {status}"

@@ -55,7 +55,8 @@ class DrainResult:
     inflight: int
     seconds: float
     notified: int
-    deregistered: bool
+    deregistered: bool  # an instance was taken out of the registry
+    registered: bool  # there was one to take out: a register call had succeeded
 
     def body(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +89,7 @@ class Lifecycle:
         self.notified = asyncio.Event()  # set once step 3's notifications were answered or failed
         self.app = AppHealth(_health_url(settings))
         self._register_attempted = False  # a register call may have reached the registry
+        self._registered_once = False  # a register call succeeded: the registry knows the instance
         self._registered_at = 0.0  # monotonic
         self._start_ms = 0
         self._published: tuple[int, int | None] | None = None  # (weight, override) in the registry
@@ -186,7 +188,7 @@ class Lifecycle:
         await self._registry.register(instance)
         self._start_ms = start_ms
         self._registered_at = time.monotonic()
-        self.registered = True
+        self.registered = self._registered_once = True
         # What was sent, not self.override: a PUT /weight during the call is not in the registry
         # yet, and publish_weight (called next) sends it only if this says so.
         self._published = (instance.weight, override)
@@ -280,8 +282,11 @@ class Lifecycle:
         self.draining.set()
         log.info("offline: draining %s (%d in flight)", self.settings.instance_id, self._tracker.count)
         # 2. Registry: take the instance out, retried in the background until the drain deadline.
-        #    (Nothing to take out if no register call was ever made.)
+        #    (Nothing to take out if no register call was ever made. If none succeeded, the
+        #    registry has most likely never seen it: the try goes on beside the drain, which
+        #    does not wait for it, and ends with the drain.)
         deregistering = asyncio.create_task(self._deregister(deadline)) if self._register_attempted else None
+        awaited = deregistering if self._registered_once else None
         # 3. Notify every consumer that called recently, in parallel.
         notice = OfflineNotice(self.settings.service, self.settings.instance_id, str(self.settings.advertise))
         notifying = asyncio.create_task(self._notifier.send_all(self._consumers.recent(), notice))
@@ -291,7 +296,7 @@ class Lifecycle:
             # 5. Wait for the registry and the notifications, then until nothing is in flight and
             #    no request arrived for --quiet-period; by `settle_by`, which leaves the end of
             #    the drain to finish what is in flight (see FINISHING_SHARE).
-            if await _within(self._settle(notifying, deregistering, started), settle_by) is None:
+            if await _within(self._settle(notifying, awaited, started), settle_by) is None:
                 log.warning("offline: not settled in time, %d requests in flight", self._tracker.count)
             # 6. Phase drained: refuse whatever still arrives; answer /shutdown once what is in
             #    flight has finished, or at the drain deadline with what is left.
@@ -309,7 +314,8 @@ class Lifecycle:
             inflight=inflight,
             seconds=round(time.monotonic() - started, 3),
             notified=sum(sent),
-            deregistered=deregistering is None or (_succeeded(deregistering) and deregistering.result()),
+            deregistered=deregistering is not None and _succeeded(deregistering) and deregistering.result(),
+            registered=self._registered_once,
         )
         self._metrics.drain_seconds.set(result.seconds)
         self._count_notifications(sent)

@@ -83,6 +83,14 @@ class Notifier:
             else:
                 if 200 <= status < 300:
                     return True
+                if status in (401, 403):
+                    # The consumer's own admin API said no: a silence no counter explains.
+                    log.warning(
+                        "notify %s: refused with %d: give both sidecars the same --token"
+                        " (or allow this sidecar's address with the consumer's --allow)",
+                        consumer, status,
+                    )  # fmt: skip
+                    return False
                 log.info("notify %s: try %d answered %d", consumer, attempt, status)
                 if status < 500:
                     return False  # 4xx: asking again will not change the answer
