@@ -73,6 +73,18 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.upstream_held = Gauge(
+            "sidecar_upstream_held_instances",
+            "Instances an upstream keeps although its registry dropped them (a hold), by service",
+            ["service"],
+            registry=r,
+        )
+        self.upstream_holds = Counter(
+            "sidecar_upstream_holds",
+            "Holds begun: the registry dropped most of a table at once, unannounced, by service",
+            ["service"],
+            registry=r,
+        )
         self.notify_received = Counter(
             "sidecar_notify_received", "Offline notifications received from providers", registry=r
         )

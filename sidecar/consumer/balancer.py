@@ -1,5 +1,6 @@
-"""Pure policy for the consumer side: instance picking and the retry budget (the weights they
-use are read from the registry metadata by `sidecar.protocol.metadata`).
+"""Pure policy for the consumer side: instance picking, the retry budget, and when a table
+distrusts its registry (the weights they use are read from the registry metadata by
+`sidecar.protocol.metadata`).
 
 Nothing here does I/O or reads a clock by itself: times and random sources are arguments, so
 the behaviour is a function of its inputs and is tested with properties (hypothesis).
@@ -76,6 +77,17 @@ def pick(candidates: Sequence[Candidate], rng: random.Random) -> int | None:
         return candidates[index].inflight / candidates[index].weight
 
     return second if load(second) < load(first) else first
+
+
+def looks_like_stall(listed: int, vanished: int) -> bool:
+    """Whether a registry that stopped listing `vanished` instances at once, none of which said
+    it was leaving (no offline notice, no closing mark), while it still lists `listed` others,
+    more likely stalled than saw them go: the table would be empty, or most of it (more than
+    half: Envoy's default panic threshold) went at once. A stalled etcd expires every lease as
+    it resumes, a wall-clock step expires every SQLite row; instances that drain announce it.
+    Dubbo's empty protection holds only the empty case; Nacos's protect threshold and Envoy's
+    panic threshold hold below a share, as here."""
+    return vanished > listed
 
 
 class RetryBudget:

@@ -20,7 +20,7 @@ from sidecar.protocol.warmup import (
     Warmup,
 )
 
-META_START_MS = "sidecar_start_ms"  # wall-clock ms of the registration: the warmup's t = 0
+META_START_MS = "sidecar_start_ms"  # wall-clock ms of the registration (the provider's clock)
 META_WARMUP_S = "sidecar_warmup_s"
 META_WARMUP_CURVE = "sidecar_warmup_curve"
 META_WARMUP_MIN_PERCENT = "sidecar_warmup_min_percent"
@@ -61,14 +61,17 @@ class WeightSpec:
     invalid: str | None = None  # why the sidecar metadata was rejected (the registry weight is used)
 
     def at(self, now_ms: int) -> float:
+        """The weight at `now_ms` by the provider's wall clock (consumers use `at_age`, with an
+        age of their own reckoning: see sidecar.protocol.warmup)."""
+        return self.at_age((now_ms - self.start_ms) / 1000.0)
+
+    def at_age(self, age: float) -> float:
+        """The weight `age` seconds after the registration. A warming instance keeps at least
+        weight 1, as in the registry: with `sidecar_warmup_min_percent` 0 a sole instance
+        must still get traffic."""
         if self.warmup is None:
             return self.base
-        return self.base * self.warmup.factor((now_ms - self.start_ms) / 1000.0)
-
-    @property
-    def settled_ms(self) -> int:
-        """From this time on, `at` is constant: the end of the warmup (0 without one)."""
-        return 0 if self.warmup is None else self.start_ms + math.ceil(self.warmup.window * 1000)
+        return max(1.0, self.base * self.warmup.factor(age))
 
 
 # Metadata is whatever the registry returns, written by anyone: every value is checked against

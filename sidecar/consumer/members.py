@@ -1,0 +1,99 @@
+"""Consumer side: one instance as a consumer's table knows it: the weight rule its metadata
+publishes, and how far into its warmup it is, by this consumer's own monotonic clock.
+
+An instance's age is dated when the consumer first sees it, from what it knows then (see
+sidecar.protocol.warmup: the claimed age, good to the provider's clock skew, kept where the
+registry weight and the moment of sight allow it), and again when a registration anew or a
+warmup step shows; in between it runs on the consumer's monotonic clock, which no wall-clock
+step, here or at the provider, moves.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from registry_adapters import Instance
+from sidecar.protocol import metadata as meta
+from sidecar.protocol.metadata import WeightSpec, weight_spec
+from sidecar.protocol.warmup import age_after_step, age_at_first_sight
+
+log = logging.getLogger("sidecar.instances")
+
+
+@dataclass(slots=True)
+class Member:
+    instance: Instance
+    inflight: int = 0
+    ejected_until: float = 0.0
+    spec: WeightSpec = field(init=False)  # parsed from the metadata when the instance changes
+    warned: bool = field(init=False, default=False)  # about invalid metadata: once per instance
+    born_ms: int = 0  # when its warmup began, on this consumer's monotonic clock (see `reckon`)
+
+    def __post_init__(self) -> None:
+        self._parse()
+
+    def update(self, instance: Instance) -> None:
+        if instance != self.instance:
+            self.instance = instance
+            self._parse()
+
+    def _parse(self) -> None:
+        self.spec = weight_spec(self.instance.weight, self.instance.meta)
+        if self.spec.invalid is not None and not self.warned:
+            self.warned = True
+            log.warning(
+                "%s: instance %s has invalid sidecar metadata (%s); using its registry weight %g",
+                self.instance.service, self.instance.instance_id, self.spec.invalid, self.spec.base,
+            )  # fmt: skip
+
+    @property
+    def instance_id(self) -> str:
+        return self.instance.instance_id
+
+    @property
+    def start(self) -> str:
+        return start_of(self.instance)
+
+    def weight_at(self, now_ms: int) -> float:
+        return self.spec.at_age((now_ms - self.born_ms) / 1000.0)
+
+    @property
+    def settled_ms(self) -> int:
+        """From this time on, `weight_at` is constant: the end of the warmup (0 without one)."""
+        warmup = self.spec.warmup
+        return 0 if warmup is None else self.born_ms + math.ceil(warmup.window * 1000)
+
+    def reckon(self, now_ms: int, wall_ms: int, live: bool) -> None:
+        """Date the warmup of an instance seen for the first time (or registered anew). `live`:
+        it appeared while the consumer was following the registry, so it registered just now."""
+        spec, age = self.spec, 0.0
+        if spec.warmup is not None:
+            claimed = (wall_ms - spec.start_ms) / 1000.0
+            age = age_at_first_sight(spec.warmup, int(spec.base), self.instance.weight, claimed, live)
+        self.born_ms = now_ms - round(age * 1000)
+
+    def follow(self, instance: Instance, now_ms: int, wall_ms: int, live: bool) -> None:
+        """The instance as the registry lists it now. `live`: this change happened just now (the
+        consumer was following the registry, and the instance did not come back from absence)."""
+        before, warming_before = self.instance, self.spec.warmup is not None
+        if instance == before:
+            return
+        self.update(instance)
+        warmup = self.spec.warmup
+        if warmup is None:
+            return
+        registered_anew = start_of(before) != self.start
+        if registered_anew or not warming_before:  # a new registration, or an override cleared
+            self.reckon(now_ms, wall_ms, live and registered_anew)
+        elif live and before.weight != instance.weight:
+            # A warmup step of the provider, seen as it happened: it dates the warmup closely.
+            reckoned = (now_ms - self.born_ms) / 1000.0
+            age = age_after_step(warmup, int(self.spec.base), before.weight, instance.weight, reckoned)
+            self.born_ms = now_ms - round(age * 1000)
+
+
+def start_of(instance: Instance) -> str:
+    """Its sidecar_start_ms, as published: what tells one registration from the next."""
+    return instance.meta.get(meta.META_START_MS, "")
