@@ -19,6 +19,8 @@ from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 from urllib.parse import SplitResult, urlsplit
 
+from registry_adapters.reasons import shown_url
+
 
 class RegistryError(Exception):
     """Base of every error a registry backend raises."""
@@ -69,6 +71,8 @@ class Registry(Protocol):
     """
 
     kind: str
+    # Where the registry is, as messages name it, without secrets: "consul at 127.0.0.1:8500".
+    where: str
 
     async def register(self, instance: Instance) -> None:
         """Publish `instance` (create or replace) and keep it alive until deregistered."""
@@ -87,6 +91,13 @@ class Registry(Protocol):
         list, then a new list each time it changes. Raises `RegistryUnavailable` when the
         registry cannot be read; the caller decides whether to watch again. Close it with
         `contextlib.aclosing` when leaving early."""
+        ...
+
+    async def services(self) -> list[str]:
+        """The names of the services that have instances in the registry, sorted: what a
+        consumer that finds no instance of the service it wants is shown (`order` vs `orders`).
+        A service whose instances all expired or were deregistered is left out; one whose
+        instances are all out of rotation may be (where taking one out deletes it)."""
         ...
 
     async def close(self) -> None:
@@ -144,7 +155,9 @@ def open_registry(url: str) -> Registry:
         hint = difflib.get_close_matches(scheme, BACKENDS, n=1)
         did_you_mean = f"; did you mean {hint[0]}://?" if hint else ""
         known = ", ".join(f"{name}://" for name in sorted(BACKENDS))
-        raise RegistryURLError(f"unknown registry {url!r}: scheme must be one of {known}{did_you_mean}")
+        raise RegistryURLError(
+            f"unknown registry {shown_url(url)!r}: scheme must be one of {known}{did_you_mean}"
+        )
     module_name, _, class_name = BACKENDS[scheme].partition(":")
     backend = getattr(importlib.import_module(module_name), class_name)
     registry: Registry = backend.from_url(parts)

@@ -15,6 +15,8 @@ Features
   should get traffic, no polling. Malformed entries are logged and skipped.
 - `set_weight` and `set_offline` act on instances registered through this object (`set_weight`
   of another one is rejected, `set_offline` of another one does nothing).
+- `services` lists the catalog's services (`/v1/catalog/services`): every service with an
+  instance on some agent, passing or not, `consul` itself included.
 - `close()` stops the beats and leaves the instances to expire; it does not deregister.
 
 Connection string
@@ -39,6 +41,7 @@ from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, Clie
 
 from registry_adapters.base import Instance, RegistryRejected, RegistryUnavailable, RegistryURLError
 from registry_adapters.keepalive import Beats, Published, Publisher
+from registry_adapters.reasons import reason, told
 from registry_adapters.urls import query_options
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,7 @@ class ConsulRegistry(Publisher[Published]):
         super().__init__()
         self._host = f"[{host}]" if ":" in host else host  # py-consul pastes it into a URL
         self._port = port
+        self.where = f"consul at {self._host}:{port}"  # never the token
         self._token = token
         self._ttl = f"{ttl:g}s"
         self._watch_wait = watch_wait
@@ -112,11 +116,19 @@ class ConsulRegistry(Publisher[Published]):
             request = health.service(service, index=index, wait=f"{self._watch_wait:g}s", passing=True)
             limit_s = self._call_timeout if index is None else self._blocking_timeout
             header, entries = await self._call("watch", request, limit_s)
-            index = _next_index(index, header)
-            current = _instances(entries)
+            index = _next_index(self.where, index, header)
+            current = _instances(self.where, entries)
             if current != last:
                 last = current
                 yield current
+
+    async def services(self) -> list[str]:
+        _, names = await self._call("services", self._api().catalog.services())
+        if not isinstance(names, dict):
+            raise RegistryUnavailable(
+                told(self.where, "the catalog answered no list of services", "services")
+            )
+        return sorted(str(name) for name in names)
 
     async def close(self) -> None:
         self._closed = True
@@ -155,13 +167,10 @@ class ConsulRegistry(Publisher[Published]):
             async with asyncio.timeout(limit_s):
                 return await request
         except _REJECTED as exc:
-            raise RegistryRejected(f"consul {what}: {exc}") from exc
-        except ConsulException as exc:  # 5xx, and py-consul's Timeout
-            raise RegistryUnavailable(f"consul {what}: {exc}") from exc
-        except TimeoutError as exc:
-            raise RegistryUnavailable(f"consul {what}: no answer in {limit_s} s") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise RegistryUnavailable(f"consul {what}: {exc!r}") from exc
+            raise RegistryRejected(told(self.where, reason(exc), what)) from exc
+        except (ConsulException, TimeoutError, aiohttp.ClientError, OSError) as exc:
+            # 5xx and py-consul's Timeout too; aiohttp's errors carry the OSError that says why.
+            raise RegistryUnavailable(told(self.where, reason(exc, limit_s), what)) from exc
 
     async def _show(self, published: Published, *, weight_changed: bool) -> None:
         # Maintenance alone takes it out; a weight > 0 is registered (maintenance kept if offline).
@@ -238,20 +247,21 @@ def _check_id(instance_id: str) -> str:
     return f"sidecar-ttl:{instance_id}"
 
 
-def _next_index(previous: int | None, header: object) -> int | None:
+def _next_index(where: str, previous: int | None, header: object) -> int | None:
     """The index for the next blocking query, following Consul's rules for odd values."""
     try:
         index = int(str(header))
     except ValueError as exc:
-        raise RegistryUnavailable(f"consul watch: bad X-Consul-Index {header!r}") from exc
+        raise RegistryUnavailable(told(where, f"bad X-Consul-Index {header!r}", "watch")) from exc
     if previous is not None and index < previous:
         return None  # the index went backwards (agent restarted, snapshot restored): read afresh
     return max(index, 1)  # 0 would make the next query return at once, forever
 
 
-def _instances(entries: object) -> list[Instance]:
+def _instances(where: str, entries: object) -> list[Instance]:
     if not isinstance(entries, list):
-        raise RegistryUnavailable(f"consul watch: expected a list of entries, got {type(entries).__name__}")
+        why = f"expected a list of entries, got {type(entries).__name__}"
+        raise RegistryUnavailable(told(where, why, "watch"))
     found = (_instance(entry) for entry in entries)
     return sorted((i for i in found if i is not None), key=lambda i: i.instance_id)
 

@@ -28,6 +28,8 @@ Features
 - Several endpoints: each call goes first to the one that answered last, then to the others.
 - `set_weight` and `set_offline` act on instances registered through this object (`set_weight`
   of another one is rejected; `set_offline` and `deregister` of another one do nothing).
+- `services` lists the services with a key under the prefix (its first segment: kratos's
+  name), read keys only; out of rotation is no key, so such a service is not listed.
 - `close()` stops the renewals and leaves the leases to expire; it does not deregister.
 
 Connection string
@@ -52,6 +54,7 @@ from registry_adapters import kratos_layout
 from registry_adapters.base import Instance, RegistryUnavailable, RegistryURLError
 from registry_adapters.etcd_gateway import Compacted, EtcdGateway, LeaseGone, StreamBroken
 from registry_adapters.keepalive import Beats, Published, Publisher
+from registry_adapters.reasons import told
 from registry_adapters.urls import BadHost, host_list, query_options
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,7 @@ class EtcdRegistry(Publisher[_Published]):
         self._etcd = EtcdGateway(
             endpoints, call_timeout=call_timeout, watch_idle=watch_idle, probe_after=watch_probe
         )
+        self.where = self._etcd.where
         self._prefix = prefix.rstrip("/")
         self._ttl = max(1, math.ceil(ttl))
         beat_interval = beat_interval if beat_interval is not None else self._ttl / 3
@@ -179,10 +183,17 @@ class EtcdRegistry(Publisher[_Published]):
             except StreamBroken as exc:
                 broken_in_a_row += 1
                 if broken_in_a_row > 1:  # resuming did not help: let the caller back off
-                    raise RegistryUnavailable(f"etcd watch: {exc}") from exc
+                    raise RegistryUnavailable(told(self.where, str(exc), "watch")) from exc
                 log.info("etcd watch of %s resumes from revision %s: %s", service, revision, exc)
             except Compacted:
                 revision = None
+
+    async def services(self) -> list[str]:
+        self._check_open()
+        names = (
+            key[len(self._prefix) + 1 :].partition("/") for key in await self._etcd.keys(f"{self._prefix}/")
+        )
+        return sorted({service for service, slash, _ in names if service and slash})  # PREFIX/SERVICE/ID
 
     async def close(self) -> None:
         self._closed = True

@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 from registry_adapters.base import RegistryClosed, RegistryRejected, RegistryUnavailable
+from registry_adapters.reasons import reason, told
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class EtcdGateway:
         self, endpoints: list[str], *, call_timeout: float, watch_idle: float, probe_after: float
     ) -> None:
         self._endpoints = endpoints
+        self.where = "etcd at " + ",".join(_host(endpoint) for endpoint in endpoints)
         self._current = 0  # the endpoint that answered last
         self._call_timeout = call_timeout
         self._watch_idle = watch_idle
@@ -85,23 +87,24 @@ class EtcdGateway:
     async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST to the gateway, trying each endpoint; the answer's JSON, or a registry error."""
         what = path.removeprefix("/v3/")
-        failures = []
+        failures: list[tuple[str, str]] = []
         for i in self._order():
             try:
                 response = await self._http().post(self._endpoints[i] + path, json=body)
                 answer = response.json()
             except (httpx.HTTPError, ValueError) as exc:
-                failures.append(f"{self._endpoints[i]}: {exc!r}")
+                failures.append((self._endpoints[i], reason(exc, self._call_timeout)))
                 continue
             if response.status_code >= 500:
-                failures.append(f"{self._endpoints[i]}: {response.status_code} {_message(answer)}")
+                failures.append((self._endpoints[i], f"{response.status_code} {_message(answer)}"))
                 continue
             self._current = i
             if response.status_code != 200 or not isinstance(answer, dict):
-                message = f"etcd {what}: {response.status_code} {_message(answer)}"
-                raise (LeaseGone if "lease not found" in message else RegistryRejected)(message)
+                why = f"{response.status_code} {_message(answer)}"
+                refused = LeaseGone if "lease not found" in why else RegistryRejected
+                raise refused(told(self.where, why, what))
             return answer
-        raise RegistryUnavailable(f"etcd {what}: no endpoint answered ({'; '.join(failures)})")
+        raise self._none_answered(failures, what)
 
     async def put(self, key: str, value: str, lease: int | None) -> None:
         await self.call("/v3/kv/put", {"key": _b64(key), "value": _b64(value), "lease": str(lease)})
@@ -119,10 +122,16 @@ class EtcdGateway:
         revision = int(answer.get("header", {}).get("revision", 0))
         return {_unb64(kv["key"]): _unb64(kv.get("value", "")) for kv in answer.get("kvs", [])}, revision
 
+    async def keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix`, without values."""
+        body = {"key": _b64(prefix), "range_end": _b64(_end(prefix)), "keys_only": True}
+        answer = await self.call("/v3/kv/range", body)
+        return [_unb64(kv["key"]) for kv in answer.get("kvs", [])]
+
     async def grant(self, ttl: int) -> int:
         answer = await self.call("/v3/lease/grant", {"TTL": str(ttl)})
         if answer.get("error") or not answer.get("ID"):
-            raise RegistryRejected(f"etcd lease/grant: {_message(answer)}")
+            raise RegistryRejected(told(self.where, _message(answer), "lease/grant"))
         return int(answer["ID"])
 
     async def keepalive(self, lease: int) -> bool:
@@ -142,7 +151,7 @@ class EtcdGateway:
         `MemberFailed` when its member stopped answering or lost its leader, and
         `RegistryUnavailable` when no endpoint started it."""
         create = {"key": _b64(prefix), "range_end": _b64(_end(prefix)), "start_revision": str(revision + 1)}
-        failures = []
+        failures: list[tuple[str, str]] = []
         for i in self._order():
             endpoint = self._endpoints[i]
             async with AsyncExitStack() as stack:
@@ -154,16 +163,12 @@ class EtcdGateway:
                         raise StreamBroken("the stream ended before etcd answered")
                     changes, revision = _watch_response(first, revision)
                 except (httpx.HTTPError, TimeoutError, StreamBroken, MemberFailed) as exc:
-                    why = (
-                        f"no answer within {self._call_timeout:g} s"
-                        if isinstance(exc, TimeoutError)
-                        else repr(exc)
-                    )
-                    failures.append(f"{endpoint}: {why}")
+                    failures.append((endpoint, reason(exc, self._call_timeout)))
                     self._failed(i)
                     continue
                 if failures:  # the caller hears of no failure when none is left: say it here
-                    log.warning("etcd watch started on %s after %s", endpoint, "; ".join(failures))
+                    after = "; ".join(f"{failed}: {why}" for failed, why in failures)
+                    log.warning("etcd watch started on %s after %s", endpoint, after)
                 self._current = i
                 if changes:
                     yield changes, revision
@@ -176,12 +181,19 @@ class EtcdGateway:
                     return  # quiet for `watch_idle`: the caller resumes from `revision`
                 except MemberFailed as exc:
                     self._failed(i)
-                    raise MemberFailed(
-                        f"etcd watch: {endpoint} failed: {exc}; moving to the next member"
-                    ) from exc
+                    why = f"{_host(endpoint)} failed: {exc}; moving to the next member"
+                    raise MemberFailed(told(self.where, why, "watch")) from exc
                 except httpx.HTTPError as exc:
-                    raise StreamBroken(repr(exc)) from exc
-        raise RegistryUnavailable(f"etcd watch: no endpoint answered ({'; '.join(failures)})")
+                    raise StreamBroken(reason(exc)) from exc
+        raise self._none_answered(failures, "watch")
+
+    def _none_answered(self, failures: list[tuple[str, str]], what: str) -> RegistryUnavailable:
+        """The error of a call no endpoint answered: the reason, or each endpoint's if they differ."""
+        reasons = {why for _, why in failures}
+        if len(reasons) == 1:
+            return RegistryUnavailable(told(self.where, reasons.pop(), what))
+        each = "; ".join(f"{_host(endpoint)}: {why}" for endpoint, why in failures)
+        return RegistryUnavailable(told(self.where, each, what))
 
     async def _start_watch(
         self, stack: AsyncExitStack, endpoint: str, create: dict[str, str]
@@ -246,10 +258,12 @@ class EtcdGateway:
         try:
             probe.result().raise_for_status()
         except httpx.HTTPError as exc:
-            raise MemberFailed(
-                f"no answer to a status request within {self._call_timeout:g} s while the stream was"
-                f" quiet ({exc!r})"
-            ) from exc
+            why = (
+                f"status {exc.response.status_code}"
+                if isinstance(exc, httpx.HTTPStatusError)
+                else reason(exc, self._call_timeout)
+            )
+            raise MemberFailed(f"a status request while the stream was quiet: {why}") from exc
 
     def _failed(self, i: int) -> None:
         """Endpoint `i` failed: the next call starts on the one after it (unless another call
@@ -301,6 +315,10 @@ def _watch_response(line: str, revision: int) -> tuple[dict[str, str | None], in
         changes[_unb64(kv["key"])] = None if event.get("type") == "DELETE" else _unb64(kv.get("value", ""))
         revision = max(revision, int(kv.get("mod_revision", revision)))
     return changes, revision
+
+
+def _host(endpoint: str) -> str:
+    return endpoint.removeprefix("http://")
 
 
 def _end(prefix: str) -> str:

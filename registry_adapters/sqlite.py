@@ -17,6 +17,7 @@ Features
   parsed again (a table of 10,000 instances).
 - `set_weight` and `set_offline` act on instances registered through this object (`set_weight`
   of another one is rejected, `set_offline` of another one does nothing).
+- `services` lists the services with a row that has not expired (out of rotation or not).
 - `close()` stops the heartbeats and leaves the rows to expire; it does not deregister.
 - sqlite3 calls run in worker threads (`asyncio.to_thread`), each with its own connection.
 
@@ -43,6 +44,7 @@ from urllib.parse import SplitResult, unquote
 
 from registry_adapters.base import Backend, Instance, RegistryRejected, RegistryUnavailable, RegistryURLError
 from registry_adapters.keepalive import Beats, Published, not_registered
+from registry_adapters.reasons import reason, told
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class SQLiteRegistry(Backend):
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT_S,
     ) -> None:
         self.path = Path(path)
+        self.where = f"sqlite at {self.path}"
         self._ttl = ttl
         self._poll_interval = poll_interval
         self._busy_timeout = busy_timeout
@@ -112,7 +115,7 @@ class SQLiteRegistry(Backend):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RegistryURLError(
-                f"registry URL {parts.geturl()!r}: cannot create its directory: {exc}"
+                f"registry URL {parts.geturl()!r}: cannot create its directory: {reason(exc)}"
             ) from exc
         return cls(path, **options)
 
@@ -149,6 +152,9 @@ class SQLiteRegistry(Backend):
             if not self._watched[service]:
                 del self._watched[service]
 
+    async def services(self) -> list[str]:
+        return await self._run(self._read_services)
+
     async def _read_together(self, service: str) -> list[Instance]:
         """This service's live instances, from the read under way for all watched services if
         it covers this one (watches wake on the same tick and share it), else a new read."""
@@ -169,14 +175,15 @@ class SQLiteRegistry(Backend):
         """Run blocking sqlite3 work in a thread, translating its errors; every call goes
         through here, and so does the closed registry's refusal."""
         self._check_open()
+        what = work.__name__.removeprefix("_").replace("_", " ")  # "write register"
         try:
             return await asyncio.to_thread(work, *args, **kwargs)
         except sqlite3.OperationalError as exc:  # locked, unreadable, disk full: may pass
             if "no such table" in str(exc):
                 self._schema_ready = False  # the file was replaced: the next call recreates it
-            raise RegistryUnavailable(f"sqlite {self.path}: {exc}") from exc
+            raise RegistryUnavailable(told(self.where, reason(exc), what)) from exc
         except sqlite3.Error as exc:  # not a database, constraint: retrying will not help
-            raise RegistryRejected(f"sqlite {self.path}: {exc}") from exc
+            raise RegistryRejected(told(self.where, reason(exc), what)) from exc
 
     async def _beat(self, instance_id: str) -> bool:
         return await self._run(self._write_change, instance_id)
@@ -225,6 +232,14 @@ class SQLiteRegistry(Backend):
         i, meta = published.instance, json.dumps(dict(published.instance.meta))
         row = (i.instance_id, i.service, i.host, i.port, i.weight, meta, published.offline, now + self._ttl)
         db.execute("INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)  # schema order
+
+    def _read_services(self) -> list[str]:
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT DISTINCT service FROM instances WHERE expires_at > ? ORDER BY service",
+                (time.time(),),
+            ).fetchall()
+        return [service for (service,) in rows]
 
     def _read_live(self, services: list[str]) -> dict[str, list[Instance]]:
         marks = ", ".join("?" * len(services))

@@ -24,6 +24,9 @@ Features
   watches, bridged from kazoo's threads into the event loop; a lost connection ends the watch
   with `RegistryUnavailable`. Watches use a session of their own, so that closing the
   publishing session never disturbs the consumer side.
+- `services` lists the children of the layout's root (`/services`, `/dubbo`) that have an
+  instance node (Dubbo: a provider), with the reader's session; a node out of rotation is no
+  node, so such a service is not listed.
 - kazoo is thread-based: its calls are issued asynchronously and their results bridged into the
   loop (`kazoo_bridge`); only starting and stopping a session, which block, run in worker
   threads. Calls fail fast while a session is not connected.
@@ -54,8 +57,9 @@ from kazoo.retry import KazooRetry
 
 from registry_adapters import kazoo_bridge
 from registry_adapters.base import Instance, RegistryRejected, RegistryUnavailable, RegistryURLError
-from registry_adapters.kazoo_bridge import CONFLICTS, threadsafe, translated
+from registry_adapters.kazoo_bridge import CONFLICTS, Drops, said, threadsafe, translated
 from registry_adapters.keepalive import Published, Publisher
+from registry_adapters.reasons import told
 from registry_adapters.urls import BadHost, host_list, query_options
 from registry_adapters.zookeeper_layouts import LAYOUTS, Layout, make_layout
 
@@ -98,6 +102,8 @@ class ZooKeeperRegistry(Publisher[_Published]):
         super().__init__()  # its lock also serialises a publishing session's start
         self._hosts = hosts
         self._chroot = chroot
+        self.where = f"zookeeper at {hosts}{chroot}"
+        self._drops = {"reader": Drops(_kazoo_log), "publisher": Drops(_kazoo_log)}  # why not connected
         self.layout: Layout = make_layout(layout, protocol)
         self._ttl = ttl
         self._call_timeout = call_timeout
@@ -148,7 +154,7 @@ class ZooKeeperRegistry(Publisher[_Published]):
     async def watch(self, service: str) -> AsyncGenerator[list[Instance], None]:
         self._check_open()
         parent = self.layout.parent(service)
-        client = await self._session("reader")
+        client = await self._session("reader", "watch")
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
         # One callable for the whole watch: kazoo keeps a set of watchers per path, so watching
@@ -167,6 +173,18 @@ class ZooKeeperRegistry(Publisher[_Published]):
         finally:
             self._wakers.discard(changed)
 
+    async def services(self) -> list[str]:
+        client = await self._session("reader", "services")
+        children = await self._children(client, self.layout.root)
+        nodes = [self.layout.service_node(child) for child in children]
+        # `exists` tells how many children a node has, without listing them.
+        stats = await asyncio.gather(
+            *(self._call("services", client.exists_async, path) for _, path in nodes)
+        )
+        return sorted(
+            {name for (name, _), stat in zip(nodes, stats, strict=True) if stat and stat.numChildren}
+        )
+
     async def close(self) -> None:
         self._closed = True
         for task in self._resyncs:
@@ -180,24 +198,26 @@ class ZooKeeperRegistry(Publisher[_Published]):
 
     # -- sessions ---------------------------------------------------------------------------------
 
-    async def _session(self, role: str) -> KazooClient:
+    async def _session(self, role: str, what: str) -> KazooClient:
         """The connected client of `role`, started on first use: "reader" for watches,
         "publisher" for our nodes (called with `_lock` held, which serialises its start)."""
         self._check_open()  # and so never a new session after close()
         if role == "reader":
             async with self._reader_lock:
                 if self._reader is None:
-                    self._reader = await self._start(role)
+                    self._reader = await self._start(role, what)
                 client = self._reader
         else:
             if self._publisher is None:
-                self._publisher = await self._start(role)
+                self._publisher = await self._start(role, what)
             client = self._publisher
         if client.state != KazooState.CONNECTED:
-            raise RegistryUnavailable(f"zookeeper {self._hosts}: not connected ({client.state.lower()})")
+            last = self._drops[role].last
+            why = f"not connected: {said(last)}" if last else f"not connected ({client.state.lower()})"
+            raise RegistryUnavailable(told(self.where, why, what))
         return client
 
-    async def _start(self, role: str) -> KazooClient:
+    async def _start(self, role: str, what: str) -> KazooClient:
         # The chroot is set once connected, after creating it if missing: kazoo cannot create a
         # chroot through a client that already lives inside it.
         client = KazooClient(
@@ -205,8 +225,9 @@ class ZooKeeperRegistry(Publisher[_Published]):
             timeout=self._ttl,
             # Reconnect for ever, quickly: every call fails fast meanwhile, nothing waits on this.
             connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=2.0),
-            logger=_kazoo_log,
+            logger=self._drops[role],
         )
+        self._drops[role].last = None  # what an earlier session met is no reason for this one
         loop = asyncio.get_running_loop()
         client.add_listener(threadsafe(loop, lambda state: self._on_state(role, client, state)))
         try:
@@ -216,9 +237,9 @@ class ZooKeeperRegistry(Publisher[_Published]):
                     await self._call("create chroot", client.ensure_path_async, self._chroot)
                 client.chroot = self._chroot
         except KazooTimeoutError as exc:  # kazoo stopped the client already
-            raise RegistryUnavailable(
-                f"zookeeper {self._hosts}: no session in {self._call_timeout} s"
-            ) from exc
+            last = self._drops[role].last  # why: "connection refused", say, else only the timeout
+            why = said(last) if last else f"no session within {self._call_timeout:g} s"
+            raise RegistryUnavailable(told(self.where, why, what)) from exc
         except BaseException:
             await kazoo_bridge.stop(client)
             raise
@@ -275,11 +296,12 @@ class ZooKeeperRegistry(Publisher[_Published]):
                 return
             except CONFLICTS as exc:
                 if attempt == 2:
-                    raise RegistryUnavailable(f"zookeeper publish: nodes kept changing: {exc!r}") from exc
+                    why = f"nodes kept changing ({said(exc)})"
+                    raise RegistryUnavailable(told(self.where, why, "publish")) from exc
 
     async def _reconcile_once(self, published: _Published) -> None:
         instance = published.instance
-        client = await self._session("publisher")
+        client = await self._session("publisher", "publish")
         parent = self.layout.parent(instance.service)
         want = None
         if not published.hidden:
@@ -312,7 +334,7 @@ class ZooKeeperRegistry(Publisher[_Published]):
             if failures and isinstance(failures[0], CONFLICTS):
                 raise failures[0]
             if failures:
-                raise translated("publish", failures[0]) from failures[0]
+                raise translated(self.where, "publish", failures[0]) from failures[0]
 
     async def _children(self, client: KazooClient, parent: str, watch: Any = None) -> list[str]:
         try:
@@ -334,7 +356,7 @@ class ZooKeeperRegistry(Publisher[_Published]):
         self, client: KazooClient, service: str, parent: str, wake: Callable[..., None]
     ) -> list[Instance]:
         if client.state != KazooState.CONNECTED or self._closed:
-            raise RegistryUnavailable(f"zookeeper {self._hosts}: watch of {service!r} lost its connection")
+            raise RegistryUnavailable(told(self.where, "connection lost", f"watch of {service}"))
         children = await self._children(client, parent, wake)
         if self.layout.reads_data:
             found = await asyncio.gather(*(self._get(client, f"{parent}/{c}", wake) for c in children))
@@ -346,4 +368,4 @@ class ZooKeeperRegistry(Publisher[_Published]):
         return sorted(unique.values(), key=lambda i: i.instance_id)
 
     async def _call(self, what: str, start: Callable[..., Any], *args: Any) -> Any:
-        return await kazoo_bridge.call(what, self._call_timeout, start, *args)
+        return await kazoo_bridge.call(self.where, what, self._call_timeout, start, *args)

@@ -1,10 +1,11 @@
 """Where and how the ZooKeeper backend publishes an instance: the node layouts that existing
 consumers of ZooKeeper already read, so that a consumer without a sidecar sees the instance too.
 
-Pure functions of an `Instance`: no client, no I/O. Each layout answers four questions: under
+Pure functions of an `Instance`: no client, no I/O. Each layout answers five questions: under
 which parent the instances of a service live, which child (name and data) stands for an
-instance, which instance id a child belongs to (to find our own nodes again), and what instance
-a child read back stands for (`None` for what does not belong in the watch).
+instance, which instance id a child belongs to (to find our own nodes again), what instance
+a child read back stands for (`None` for what does not belong in the watch), and which service
+a child of its root stands for, with the parent of that service's instances (to list services).
 
 - `CuratorLayout`: Apache Curator's service discovery (curator-x-discovery), which Spring Cloud
   Zookeeper uses: `/services/{service}/{id}` holding Curator's JSON `ServiceInstance` with a
@@ -64,6 +65,11 @@ class Node:
 class Layout(Protocol):
     name: str
     reads_data: bool  # False: a child's name says everything (Dubbo), no read of its data
+    root: str  # the node whose children are the services
+
+    def service_node(self, child: str) -> tuple[str, str]:
+        """The service a child of `root` stands for, and the parent of its instances."""
+        ...
 
     def parent(self, service: str) -> str: ...
 
@@ -102,7 +108,10 @@ class CuratorLayout:
     reads_data = True
 
     def __init__(self, base_path: str = "/services") -> None:
-        self.base_path = base_path
+        self.base_path = self.root = base_path
+
+    def service_node(self, child: str) -> tuple[str, str]:
+        return child, f"{self.base_path}/{child}"
 
     def parent(self, service: str) -> str:
         check_name("service", service)
@@ -184,6 +193,9 @@ class DubboLayout:
     def __init__(self, root: str = "/dubbo", protocol: str = "dubbo") -> None:
         self.root = root
         self.protocol = protocol
+
+    def service_node(self, child: str) -> tuple[str, str]:
+        return unquote_plus(child), f"{self.root}/{child}/providers"  # the child is URL.encode(name)
 
     def parent(self, service: str) -> str:
         check_name("service", service)

@@ -233,6 +233,29 @@ async def test_services_are_kept_apart(
         await watch_until(watch, lambda instances: instances == [make(1, of=other)])
 
 
+async def test_services_lists_the_services_with_instances(layout_url: str, service: str) -> None:
+    """services() lists, sorted, every service that has an instance, and no longer one whose
+    instances were all deregistered (in every layout; Consul's catalog follows its agent)."""
+    other = f"{service}-other"
+    mine = [Instance(of, f"{of}-{n}", f"10.0.0.{n}", 8080 + n) for of in (service, other) for n in (1, 2)]
+    async with open_registry(layout_url) as registry:
+        for instance in mine:
+            await registry.register(instance)
+
+        async def listed(wanted: Callable[[list[str]], bool]) -> bool:
+            names = await registry.services()
+            assert names == sorted(names)
+            return wanted(names)
+
+        await await_for(lambda: listed(lambda names: {service, other} <= set(names)), STEP_S, "both listed")
+        if layout_url.startswith("sqlite:"):  # a registry of this test's own: nothing else in it
+            assert await registry.services() == [service, other]
+        for instance in mine[:2]:
+            await registry.deregister(instance.instance_id)
+        await await_for(lambda: listed(lambda names: service not in names), STEP_S, f"{service} gone")
+        assert other in await registry.services()
+
+
 # -- names: what an id and a service name may hold (sidecar.options) reads back in every layout --
 
 # Where a layout broke or could: `&` and `=` split a query, `%` and `+` are decoded (`%25` is
@@ -291,6 +314,7 @@ async def test_odd_ids_and_names_read_back_as_themselves(layout_url: str, servic
         for instance in instances:
             await registry.set_weight(instance.instance_id, 40)
         await watch_until(watch, lambda seen: seen == reweighted)
+        await await_for(lambda: has_service(registry, name), STEP_S, "the odd name listed by services()")
         # As others read the registry: each id as itself, and (ZooKeeper) no node left beside it.
         assert await asyncio.to_thread(registered_ids, layout_url, name) == set(ids)
         if layout_url.startswith("zookeeper:"):
@@ -306,6 +330,10 @@ async def test_odd_ids_and_names_read_back_as_themselves(layout_url: str, servic
         return not await asyncio.to_thread(registered_ids, layout_url, name)
 
     await await_for(none_left, STEP_S, "every id deregistered")
+
+
+async def has_service(registry: Registry, name: str) -> bool:
+    return name in await registry.services()
 
 
 async def test_beat_keeps_instance_alive_past_its_ttl(
@@ -337,7 +365,7 @@ async def test_closed_without_deregister_expires(
 async def test_closed_registry_refuses_every_call(
     registry_url: str, service: str, make: Callable[..., Instance]
 ) -> None:
-    """After close(), register, set_weight, set_offline, deregister and watch raise
+    """After close(), register, set_weight, set_offline, deregister, watch and services raise
     RegistryClosed (a RegistryError), for a registered instance as for an unknown one."""
     registry = open_registry(registry_url)
     await registry.register(make(1))
@@ -354,6 +382,8 @@ async def test_closed_registry_refuses_every_call(
             await registry.deregister(instance_id)
     with pytest.raises(RegistryClosed):
         await anext(registry.watch(service))
+    with pytest.raises(RegistryClosed):
+        await registry.services()
 
 
 @pytest.mark.parametrize(
@@ -453,8 +483,8 @@ async def test_sqlite_beat_restores_a_deleted_row(
 async def test_server_down_raises_unavailable(
     fresh_registry: RegistryServer, make: Callable[..., Instance]
 ) -> None:
-    """With the server stopped, every operation (a running watch too) fails fast with
-    RegistryUnavailable."""
+    """With the server stopped, every operation (a running watch and services too) fails fast
+    with RegistryUnavailable."""
     async with open_registry(fresh_registry.url) as registry:
         await registry.register(make(1))
         async with watching(registry, make(1).service) as watch:
@@ -472,6 +502,8 @@ async def test_server_down_raises_unavailable(
                     await registry.register(make(2))
                 with pytest.raises(RegistryUnavailable):
                     await anext(registry.watch(make(1).service))
+                with pytest.raises(RegistryUnavailable):
+                    await registry.services()
                 with pytest.raises(RegistryUnavailable):
                     await registry.deregister(make(1).instance_id)
 

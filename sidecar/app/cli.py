@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from registry_adapters import RegistryError
+from registry_adapters.reasons import shown_url
 from sidecar.config import (
     OPTIONS,
     Option,
@@ -292,7 +293,7 @@ def run_sidecar(settings: Settings) -> int:
         print(exc, file=sys.stderr)
         return exc.exit_code
     except RegistryError as exc:
-        print(f"graceful-sidecar: --registry {settings.registry}: {exc}", file=sys.stderr)
+        print(f"graceful-sidecar: --registry {shown_url(settings.registry)}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except SidecarError as exc:
         print(f"graceful-sidecar: {exc}", file=sys.stderr)

@@ -10,6 +10,10 @@ retried only for idempotent methods (the forwarding policy, sidecar.http.failure
 the provider side, says which). Every retry spends from a budget (see balancer.RetryBudget)
 and goes to an instance not tried yet. The bytes are the HTTP core's business (sidecar.http).
 
+An upstream without an instance answers 503 naming the registry it reads and the services that
+registry has (sidecar.consumer.listing), and says so in the log once, not per request: again only
+after a request has found an instance since.
+
 Memory is bounded: at most `CONNECTIONS_PER_INSTANCE` connections to each instance (further
 requests wait for one), and per request at most `REPLAYABLE_BODY_BYTES` of request body kept for
 a retry, plus the transports' 64 KiB write buffers on each side.
@@ -31,6 +35,7 @@ from registry_adapters import Instance, Registry
 from sidecar.config import Settings, Upstream
 from sidecar.consumer.balancer import RetryBudget
 from sidecar.consumer.instances import WatchedTable
+from sidecar.consumer.listing import ServiceListing
 from sidecar.errors import UpstreamError
 from sidecar.http import Exchange, Failure, HttpServer, Limits, Origin, Pool, classify, refused
 from sidecar.metrics import Metrics
@@ -78,6 +83,8 @@ class UpstreamListener:
         self.metrics = metrics
         self.watched = WatchedTable(upstream.service, registry, metrics)
         self.table = self.watched.table
+        self.listing = ServiceListing(registry, upstream.service)
+        self._lacking = False  # the log said there is no instance, and no request found one since
         self.budget = RetryBudget()
         self._rng = random.Random()
         limits = Limits(settings.header_timeout, settings.idle_timeout, settings.body_timeout)
@@ -87,6 +94,7 @@ class UpstreamListener:
     async def __aenter__(self) -> UpstreamListener:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(self.watched)
+            await stack.enter_async_context(self.listing)
             await stack.enter_async_context(self.server)
             self._stack = stack.pop_all()
         log.info("upstream %s on %s", self.service, self.upstream.listen)
@@ -112,6 +120,7 @@ class UpstreamListener:
         body = await exchange.read_body(REPLAYABLE_BODY_BYTES)  # None: too large to keep, streams
         tried: set[str] = set()
         while (member := self.table.choose(tried, self._rng)) is not None:
+            self._lacking = False
             tried.add(member.instance.instance_id)
             member.inflight += 1
             try:
@@ -122,7 +131,26 @@ class UpstreamListener:
                 return
             if not self._may_retry(retry.failure.reason):
                 return _answer(exchange, retry.failure.status, retry.message, tried)
-        _answer(exchange, 503, f"no instance of {self.service} available", tried)
+        if tried:  # every instance was tried: their failures are the news, not the registry
+            return _answer(exchange, 503, f"no instance of {self.service} available", tried)
+        await self._no_instance(exchange)
+
+    async def _no_instance(self, exchange: Exchange) -> None:
+        """503 naming the registry and its services; the log says it once, not per request."""
+        told = await self.listing.told()
+        if not self._lacking:
+            self._lacking = True
+            if "services" in told:
+                names = ", ".join(told["services"])
+                has = f"whose services are: {names}" if names else "which has no service at all"
+            else:
+                has = f"whose services could not be listed: {told['services_error']}"
+            log.warning(
+                "no instance of %s in %s, %s; answering 503 until one is there",
+                self.service, told["registry"], has,
+            )  # fmt: skip
+        body = {"error": f"no instance of {self.service} available", "tried": [], **told}
+        exchange.respond_json(503, body)
 
     async def _attempt(self, exchange: Exchange, instance: Instance, body: bytes | None) -> Retry | None:
         """One try on one instance: None once a response was relayed, or why another instance may

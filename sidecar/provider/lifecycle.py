@@ -378,7 +378,9 @@ class Lifecycle:
         self._metrics.notifications.labels("failed").inc(len(sent) - sum(sent))
 
     def _registry_failed(self, op: str, exc: RegistryError) -> None:
-        self.registry_error = f"{op}: {exc}"
+        # The adapter's message says where, why and its own operation: "consul at
+        # 127.0.0.1:8501: connection refused (register)"; `op` is the metrics label and the log's.
+        self.registry_error = str(exc)
         self._metrics.registry_errors.labels(op).inc()
         log.warning("registry %s failed: %s", op, exc)
 
