@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from registry_adapters import Instance
 from registry_adapters.sqlite import SQLiteRegistry
@@ -36,7 +35,7 @@ from sidecar.protocol.metadata import (
 )
 from tests.support.consul_agent import ConsulAgent
 from tests.support.ports import free_port
-from tests.support.procs import AppProc, SidecarProc, await_for, demo_app, sidecar, wait_for
+from tests.support.procs import AppProc, SidecarProc, await_for, demo_app, metric, sidecar, wait_for
 from tests.support.registry_view import consul_http, registered_ids, watched
 
 TOKEN = "fleet-token"
@@ -75,16 +74,6 @@ def publish(registry: str, *instances: Instance) -> None:
 
 def instance_at(service: str, instance_id: str, port: int, weight: int = 100) -> Instance:
     return Instance(service, instance_id, "127.0.0.1", port, weight)
-
-
-def metric(admin: str, sample: str, **labels: str) -> float:
-    """The value of one Prometheus sample of a sidecar, 0.0 when it is not there (yet)."""
-    text = httpx.get(f"{admin}/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == sample and all(found.labels.get(k) == v for k, v in labels.items()):
-                return float(found.value)
-    return 0.0
 
 
 @dataclass

@@ -43,13 +43,12 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.demo.loadgen import LoadGenerator
 from sidecar.demo.processes import stop_processes
 from tests.support.etcd_server import EtcdServer
 from tests.support.ports import free_port
-from tests.support.procs import SidecarProc, demo_app, sidecar, wait_for
+from tests.support.procs import SidecarProc, demo_app, metric, sidecar, wait_for
 from tests.support.zookeeper_server import ZooKeeperServer
 
 # Two requests in flight, 20 ms of work each: a request every 10 ms on average.
@@ -76,15 +75,6 @@ RECOVERY_S = 30.0
 
 def unique() -> str:
     return f"stall-{uuid.uuid4().hex[:8]}"
-
-
-def metric(admin: str, sample: str, **labels: str) -> float:
-    text = httpx.get(f"{admin}/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == sample and all(found.labels.get(k) == v for k, v in labels.items()):
-                return float(found.value)
-    return 0.0
 
 
 @dataclass

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.demo.fleet import demo_app_argv, sidecar_argv
 from sidecar.demo.ports import free_port
@@ -29,6 +30,7 @@ __all__ = [
     "await_for",
     "consumer_of",
     "demo_app",
+    "metric",
     "open_gate",
     "port_of",
     "sidecar",
@@ -196,3 +198,13 @@ class SidecarChain:
         self.provider = provider
         self.consumer = consumer
         self.consumer_url = f"http://127.0.0.1:{consumer_port}"
+
+
+def metric(admin: str, sample: str, **labels: str) -> float:
+    """The value of one Prometheus sample of a sidecar, 0.0 when it is not there (yet)."""
+    text = httpx.get(f"{admin}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == sample and all(found.labels.get(k) == v for k, v in labels.items()):
+                return float(found.value)
+    return 0.0
