@@ -14,10 +14,11 @@ which marks an app may not set (sidecar.http.fields), and a bound on every wait 
 (sidecar.http.deadline, the limits in server and fields).
 """
 
-from sidecar.http.client import Origin, Pool, UpstreamResponse
+from sidecar.http.client import Origin, UpstreamResponse
 from sidecar.http.exchange import Exchange
 from sidecar.http.failures import Failure, classify, refused
 from sidecar.http.head import IDEMPOTENT, Headers, RequestHead, ResponseHead
+from sidecar.http.pool import Pool
 from sidecar.http.server import HttpServer, Limits
 
 __all__ = [

@@ -1,15 +1,11 @@
-"""The client half of the core: keep-alive connections to the app or to provider instances.
+"""The client half of the core: one keep-alive connection to the app or to a provider instance,
+which the pool (sidecar.http.pool) lends to one request at a time.
 
-`Pool.request()` sends a request head (and a body, or a stream fed by the client's connection)
-on an idle pooled connection or a new one, and returns once the response head has arrived; 1xx
-heads on the way are handed to a callback, so `100 Continue` and `103 Early Hints` reach the
-client. The response body then flows through `UpstreamResponse.pipe_to()`, written to the client
-as it is read. A connection goes back to the pool only after a complete response on a connection
-both sides keep alive; anything else closes it.
-
-Per origin, at most `limit` connections are open at once (idle or busy); further requests wait
-for one. With 64 KiB write buffers on each side, a sidecar's memory for bodies in transit is
-bounded by connections x 128 KiB.
+A request head (and a body, or a stream fed by the client's connection) goes out on it, and the
+response head is awaited; 1xx heads on the way are handed to a callback, so `100 Continue` and
+`103 Early Hints` reach the client. The response body then flows through `pipe_to()`, written to
+the client as it is read. A connection goes back to the pool only after a complete response on a
+connection both sides keep alive; anything else closes it.
 """
 
 from __future__ import annotations
@@ -17,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httptools
 
-from sidecar.errors import ConnectFailed, UpstreamBroken, UpstreamTimeout
+from sidecar.errors import UpstreamBroken, UpstreamTimeout
 from sidecar.http.fields import MAX_RESPONSE_LINES, MAX_UNPARSED_BYTES, BadMessage, FieldReader
 from sidecar.http.flow import HIGH_WATER, Endpoint
 from sidecar.http.head import (
@@ -35,6 +31,9 @@ from sidecar.http.head import (
     status_line,
     without,
 )
+
+if TYPE_CHECKING:
+    from sidecar.http.pool import Pool
 
 log = logging.getLogger("sidecar.http")
 
@@ -320,121 +319,3 @@ class UpstreamResponse:
     def close(self) -> None:
         """Not relayed (a refusal to retry elsewhere, say): drop the connection."""
         self.connection.abort()
-
-
-class Pool:
-    """Keep-alive connections per origin, at most `limit` open per origin."""
-
-    def __init__(self, limit: int, connect_timeout: float, app_timeout: float | None = None) -> None:
-        self.limit = limit
-        self.connect_timeout = connect_timeout
-        self.app_timeout = app_timeout
-        self._idle: dict[Origin, list[UpstreamConnection]] = {}
-        self._open: dict[Origin, int] = {}
-        self._waiters: dict[Origin, deque[asyncio.Future[None]]] = {}
-
-    def open_count(self, origin: Origin) -> int:
-        """Connections open to `origin`, idle or busy."""
-        return self._open.get(origin, 0)
-
-    def waiting(self, origin: Origin) -> int:
-        """Requests waiting for a connection to `origin` (the limit is reached)."""
-        return sum(1 for waiter in self._waiters.get(origin, ()) if not waiter.done())
-
-    async def request(
-        self,
-        origin: Origin,
-        head: bytes,
-        *,
-        body: bytes = b"",
-        method: str,
-        informational: Informational | None = None,
-    ) -> UpstreamConnection:
-        """Send a request on a pooled or new connection; the caller awaits its response head
-        with `response()` after sending any streamed body."""
-        connection = await self._acquire(origin)
-        connection.send(head, body, method, informational)
-        return connection
-
-    async def response(self, connection: UpstreamConnection) -> UpstreamResponse:
-        try:
-            head = await connection.head_received()
-        except BaseException:
-            connection.abort()
-            raise
-        return UpstreamResponse(connection, head)
-
-    def release(self, connection: UpstreamConnection) -> None:
-        """A response is over: keep the connection for the next request if it can be reused."""
-        connection.feed_from(None)
-        connection.tunnel = None
-        if connection.closed or not connection.reusable:
-            connection.abort()
-            return
-        connection.resume_reading()  # to notice the peer closing it while idle
-        self._idle.setdefault(connection.origin, []).append(connection)
-        self._wake(connection.origin)
-
-    def forget(self, connection: UpstreamConnection) -> None:
-        """The connection closed (connection_lost): it no longer counts against the limit."""
-        idle = self._idle.get(connection.origin)
-        if idle and connection in idle:
-            idle.remove(connection)
-        if connection.counted:
-            connection.counted = False
-            self._open[connection.origin] -= 1
-            self._wake(connection.origin)
-
-    async def _acquire(self, origin: Origin) -> UpstreamConnection:
-        while True:
-            idle = self._idle.get(origin)
-            while idle:
-                connection = idle.pop()
-                if not connection.closed:
-                    connection.reused = True
-                    return connection
-            if self._open.get(origin, 0) < self.limit:
-                break
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.setdefault(origin, deque()).append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake(origin)  # woken, but gone: the next in line gets the connection
-                raise
-        self._open[origin] = self._open.get(origin, 0) + 1
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, connection = await loop.create_connection(
-                    lambda: UpstreamConnection(self, origin),
-                    origin.host,
-                    origin.port,
-                    ssl=origin.tls,
-                    server_hostname=origin.host if origin.tls else None,
-                )
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            self._open[origin] -= 1
-            self._wake(origin)
-            raise ConnectFailed(f"cannot connect to {origin}: {exc or 'timed out'}") from exc
-        except BaseException:
-            self._open[origin] -= 1
-            self._wake(origin)
-            raise
-        connection.counted = True
-        return connection
-
-    def _wake(self, origin: Origin) -> None:
-        waiters = self._waiters.get(origin)
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    def close(self) -> None:
-        for idle in list(self._idle.values()):
-            for connection in list(idle):
-                connection.abort()
-        self._idle.clear()

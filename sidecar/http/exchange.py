@@ -14,7 +14,7 @@ import json
 from typing import TYPE_CHECKING
 
 from sidecar.errors import UpstreamBroken
-from sidecar.http.client import Origin, Pool, UpstreamConnection, UpstreamResponse
+from sidecar.http.client import Origin, UpstreamConnection, UpstreamResponse
 from sidecar.http.fields import NONE
 from sidecar.http.flow import HIGH_WATER
 from sidecar.http.head import (
@@ -27,6 +27,7 @@ from sidecar.http.head import (
     status_line,
     upgrade_headers,
 )
+from sidecar.http.pool import Pool
 
 if TYPE_CHECKING:
     from sidecar.http.server import ServerConnection

@@ -19,21 +19,13 @@ their time, and the timer, when it fires, re-arms itself if the deadline has mov
 and in any state, --body-timeout once the client reads nothing of what it is sent (the socket's
 buffer full): a client that stopped reading is cut, its exchange, slot and app connection freed.
 
-What the core will not forward is answered in its turn, after the requests before it on the
-connection, and the connection then closes (lingering):
-    400  what llhttp will not parse without guessing (RFC 9112: Content-Length with
-         Transfer-Encoding, differing lengths, bad chunk sizes, bare LF, NUL, obs-fold, an
-         invalid method or target); no Host, two, or an invalid one; a target above the root
-         or `*` for anything but OPTIONS (sidecar.http.target); HTTP/0.9
-    405  CONNECT: the sidecar is no tunnel
-    431  a head over 64 KiB, trailers included
-    501  transfer codings other than exactly `chunked` (as nginx and Envoy answer)
-    505  a major version other than 1 (a later HTTP/1.x is read as 1.1)
-A request whose head was forwarded before its body turned out bad is cut off at the app (its
-connection aborted), so the app never sees it complete.
+What the core will not forward (sidecar.http.request_head says what, and with which status) is
+answered in its turn, after the requests before it on the connection, and the connection then
+closes (lingering). A request whose head was forwarded before its body turned out bad is cut
+off at the app (its connection aborted), so the app never sees it complete.
 
-An upgrade asked for with a body, or to h2c, is ignored (RFC 9110 section 7.8 allows it): the
-request goes on as a plain one and the connection stays HTTP/1.1.
+An upgrade the core ignores (one with a body, or to h2c: sidecar.http.request_head) goes on as a
+plain request: llhttp stops at the head of any upgrade request, and a fresh parser reads on.
 
 llhttp joins the pieces of one field line as reads bring them (httptools' `+=`: quadratic in
 the number of reads); counting what it was fed since the last sign of progress bounds that to
@@ -56,10 +48,10 @@ import httptools
 from sidecar.config import HostPort
 from sidecar.errors import StartupError
 from sidecar.http.exchange import Exchange
-from sidecar.http.fields import MAX_UNPARSED_BYTES, BadMessage, FieldReader
+from sidecar.http.fields import MAX_UNPARSED_BYTES, FieldReader
 from sidecar.http.flow import Endpoint
-from sidecar.http.head import RequestHead, serialize, status_line
-from sidecar.http.target import origin_form, valid_host
+from sidecar.http.head import serialize, status_line
+from sidecar.http.request_head import framing_only, read_request_head, refusal, request_parser
 
 log = logging.getLogger("sidecar.http")
 
@@ -100,7 +92,7 @@ class ServerConnection(Endpoint):
         self.upgrade_data = b""  # bytes behind an upgrade request's head
         self._fields = FieldReader()
         self.on_header = self._fields.on_header  # llhttp's callback, bound before the parser is made
-        self._parser = _request_parser(self)
+        self._parser = request_parser(self)
         self._queue: deque[Exchange] = deque()
         self._receiving: Exchange | None = None  # the exchange whose body is being read
         self._in_head = False
@@ -159,7 +151,7 @@ class ServerConnection(Endpoint):
         except httptools.HttpParserUpgrade as exc:
             rest = data[exc.args[0] :]
         except httptools.HttpParserError as exc:
-            self._reject(*_refusal(exc))
+            self._reject(*refusal(exc))
             return
         else:
             if self._unparsed > MAX_UNPARSED_BYTES:  # one field line still incomplete, and huge
@@ -174,10 +166,10 @@ class ServerConnection(Endpoint):
             # The request goes on as a plain one (RFC 9110 section 7.8 allows it), read on by a
             # fresh parser; a body is read from a head given to it that carries only its framing.
             self._upgrade_ignored = False
-            self._parser = _request_parser(self)
+            self._parser = request_parser(self)
             if exchange.head.has_body:
                 self._resuming = True
-                self._feed(_framing_only(exchange.head) + rest)
+                self._feed(framing_only(exchange.head) + rest)
             elif rest:
                 self._feed(rest)
         else:
@@ -202,7 +194,10 @@ class ServerConnection(Endpoint):
         if self._resuming:  # the framing-only head after an ignored upgrade: its body follows
             self._resuming = False
             return
-        exchange = self._receiving = Exchange(self, self._request_head())
+        head = read_request_head(self._parser, self._fields, b"".join(self._url))
+        # llhttp stops at the head of an upgrade request; an ignored one goes on as plain.
+        self._upgrade_ignored = self._parser.should_upgrade() and not head.upgrade
+        exchange = self._receiving = Exchange(self, head)
         if self.current is None:
             self._start(exchange)
         else:
@@ -220,47 +215,6 @@ class ServerConnection(Endpoint):
             return  # llhttp ends an upgrade request at its head; a body is still to come
         if self._receiving is not None:
             self._receiving.body_done()
-
-    def _request_head(self) -> RequestHead:
-        """The head just parsed, checked; BadMessage for one the core will not forward."""
-        parser, fields = self._parser, self._fields
-        version = parser.get_http_version()
-        if version[0] != "1":
-            raise BadMessage(505 if version[0] > "1" else 400, f"HTTP/{version} is not spoken here")
-        if version != "1.0":
-            version = "1.1"  # a later HTTP/1.x is read as 1.1 (RFC 9110 section 2.5)
-        method = parser.get_method().decode()
-        if method == "CONNECT":
-            raise BadMessage(405, "CONNECT: the sidecar is no tunnel")
-        if fields.codings and fields.codings != (b"chunked",):
-            raise BadMessage(501, "transfer codings other than chunked are not supported")
-        host = _host(fields.hosts, version)
-        target, authority = origin_form(method, b"".join(self._url))
-        chunked = bool(fields.codings)
-        length = int(fields.length) if fields.length is not None and not chunked else None
-        upgrade = parser.should_upgrade()
-        if upgrade and (chunked or length or _h2c(fields.lines)):
-            # Ignored: with a body (what `curl --http2 -d ...` sends), it could not be answered
-            # by a switch before the body; and h2c, which RFC 9113 deprecates, would open a
-            # tunnel to the app past everything the sidecar does per request.
-            upgrade, self._upgrade_ignored = False, True
-        dropped = fields.connection
-        if version == "1.0":
-            dropped |= {b"expect"}  # ignored in an HTTP/1.0 request (RFC 9110 section 10.1.1)
-        return RequestHead(
-            method=method,
-            target=target,
-            version=version,
-            headers=fields.lines,
-            host=authority if authority is not None else host,
-            # An HTTP/1.0 message with Transfer-Encoding: its framing is suspect, the connection
-            # closes after it (RFC 9112 section 6.1).
-            keep_alive=parser.should_keep_alive() and not (version == "1.0" and chunked),
-            upgrade=upgrade,
-            chunked=chunked,
-            content_length=length,
-            dropped=dropped,
-        )
 
     # --- exchanges
 
@@ -444,53 +398,3 @@ class HttpServer:
         for connection in list(self.connections):
             if connection.tunnel is not None:
                 connection.abort()
-
-
-def _host(hosts: tuple[bytes, ...], version: str) -> bytes | None:
-    """The request's one valid Host (RFC 9112 section 3.2: a MUST), None for HTTP/1.0 without."""
-    if len(hosts) > 1 or (not hosts and version == "1.1"):
-        raise BadMessage(400, "an HTTP/1.1 request needs exactly one Host header")
-    if hosts and not valid_host(hosts[0]):
-        raise BadMessage(400, "the Host header is not a valid host[:port]")
-    return hosts[0] if hosts else None
-
-
-def _request_parser(protocol: ServerConnection) -> httptools.HttpRequestParser:
-    """llhttp, reading any HTTP/x.y version (it refuses 1.2 by itself): `_request_head` decides."""
-    parser = httptools.HttpRequestParser(protocol)
-    parser.set_dangerous_leniencies(lenient_version=True)
-    return parser
-
-
-def _h2c(lines: list[tuple[bytes, bytes]]) -> bool:
-    """Whether an upgrade request asks for h2c (a pass over the head for upgrade requests only)."""
-    return any(name.lower() == b"upgrade" and b"h2c" in value.lower() for name, value in lines)
-
-
-def _framing_only(head: RequestHead) -> bytes:
-    """A head with nothing but `head`'s framing, for a fresh parser to read its body by."""
-    framing = (
-        b"Transfer-Encoding: chunked" if head.chunked else b"Content-Length: %d" % (head.content_length or 0)
-    )
-    return b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n"
-
-
-# llhttp's reasons (httptools does not expose its error codes) for what it refuses on its own
-# that is answered with another status than 400.
-_LLHTTP_STATUS = {
-    "Request has invalid `Transfer-Encoding`": 501,  # a last coding other than chunked
-    "Invalid `Transfer-Encoding` header value": 501,  # "chunked, chunked", "chunked, gzip"
-    "Pause on PRI/Upgrade": 505,  # the HTTP/2 connection preface
-}
-
-
-def _refusal(exc: httptools.HttpParserError) -> tuple[int, str]:
-    """The status and message that answer what the parser refused."""
-    cause = exc.__context__
-    if isinstance(cause, BadMessage):
-        return cause.status, f"the request has {cause}" if cause.status == 431 else str(cause)
-    reason = str(exc)
-    status = _LLHTTP_STATUS.get(reason, 400)
-    if status == 501:
-        return status, "transfer codings other than chunked are not supported"
-    return status, f"malformed request: {reason}"
