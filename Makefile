@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck tools zookeeper-server nginx bench bench-tools clean
+.PHONY: demo test lint typecheck tools zookeeper-server nginx nghttp2 bench bench-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,13 +12,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-tools: .tools/consul/usr/bin/consul .tools/etcd/usr/bin/etcd zookeeper-server nginx
+tools: .tools/consul/usr/bin/consul .tools/etcd/usr/bin/etcd .tools/h2spec/bin/h2spec zookeeper-server nginx \
+	nghttp2
 
 .tools/consul/usr/bin/consul: scripts/install-consul.sh
 	scripts/install-consul.sh
 
 .tools/etcd/usr/bin/etcd: scripts/install-etcd.sh
 	scripts/install-etcd.sh
+
+# h2spec, the HTTP/2 conformance suite, built with the machine's Go from the Go module proxy.
+.tools/h2spec/bin/h2spec: scripts/install-h2spec.sh
+	scripts/install-h2spec.sh
 
 # Debian's zookeeper and a Java runtime, through the system's apt (root): checked every time,
 # in milliseconds, since they live outside the repo.
@@ -28,6 +33,10 @@ zookeeper-server:
 # Debian's nginx, the reference of tests/test_nginx_differential.py: the same rule as above.
 nginx:
 	scripts/install-nginx.sh
+
+# Debian's nghttp2 tools (h2load, nghttpd, nghttpx), peers of the HTTP/2 tests: the same rule.
+nghttp2:
+	scripts/install-nghttp2.sh
 
 demo: $(STAMP)
 	$(BIN)/graceful-sidecar demo

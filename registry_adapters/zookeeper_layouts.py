@@ -43,6 +43,7 @@ from sidecar.protocol.metadata import (
     DEFAULT_WEIGHT,
     MAX_WEIGHT,
     META_START_MS,
+    META_WARMUP_MODE,
     META_WARMUP_S,
     META_WEIGHT,
     META_WEIGHT_OVERRIDE,
@@ -206,6 +207,10 @@ class DubboLayout:
         meta = instance.meta
         start_ms = _int(meta.get(META_START_MS)) or registered_ms
         warmup_ms = round(1000 * (_float(meta.get(META_WARMUP_S)) or 0.0))
+        if meta.get(META_WARMUP_MODE) == "latency":
+            # No clock of Dubbo's follows the app's latency: the URL carries the sidecar's own
+            # weight steps instead, and `warmup` 0 keeps Dubbo from ramping on top of them.
+            warmup_ms = 0
         params: dict[str, str] = {
             "anyhost": "false",
             "application": instance.service,

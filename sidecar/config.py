@@ -28,7 +28,10 @@ from sidecar.options import (
     IPNetwork,
     Option,
     Upstream,
+    grpc_health_service,
+    parse_app_url,
     parse_cidr,
+    parse_count,
     parse_curve,
     parse_health_path,
     parse_host_port,
@@ -55,7 +58,9 @@ __all__ = [
     "Settings",
     "Upstream",
     "default_state_dir",
+    "grpc_health_service",
     "load_settings",
+    "parse_app_url",
     "parse_cidr",
     "parse_curve",
     "parse_health_path",
@@ -103,6 +108,19 @@ class Settings:
     upstream_timeout: float
     stop_timeout: float
     command: tuple[str, ...] = field(default=())
+    warmup_mode: str = "time"  # --warmup-mode: time or latency (sidecar.provider.warming)
+    warmup_min_requests: int = 100
+
+    @property
+    def app_h2c(self) -> bool:
+        """The app speaks HTTP/2 with prior knowledge (`--app h2c://`), not HTTP/1.1."""
+        return self.app is not None and urlsplit(self.app).scheme == "h2c"
+
+    @property
+    def app_health_grpc(self) -> str | None:
+        """The service `--app-health grpc[:SERVICE]` checks ('' for the whole server); None when
+        the app's health is a path (or not checked)."""
+        return grpc_health_service(self.app_health)
 
 
 def default_state_dir() -> Path:
@@ -198,6 +216,22 @@ def load_settings(
         values["log_format"] = "text" if os.isatty(2) else "json"
     if values["listen"] is not None and values["app"] is None:
         raise ConfigError("--listen needs --app: the inbound proxy forwards to the application")
+    if (
+        values["app"] is not None
+        and grpc_health_service(values["app_health"]) is not None
+        and urlsplit(values["app"]).scheme != "h2c"
+    ):
+        # Kubernetes' grpc probe works on any port, but the sidecar speaks HTTP/1.1 to an http://
+        # app: a gRPC server behind it would get no call through.
+        raise ConfigError(
+            f"{sources['app_health']} {values['app_health']} needs {sources['app']} h2c://HOST:PORT:"
+            f" gRPC speaks HTTP/2, and {values['app']} is spoken to in HTTP/1.1"
+        )
+    if values["warmup_mode"] == "latency" and not values["warmup"]:
+        raise ConfigError(
+            f"{sources['warmup_mode']} latency needs {sources['warmup']} SEC, its upper bound"
+            " (0 turns warmup off)"
+        )
     if values["quiet_period"] >= values["drain_timeout"]:
         raise ConfigError(
             f"{sources['quiet_period']} {values['quiet_period']:g} must be below "
@@ -281,7 +315,7 @@ def _check_toml_type(option: Option, value: Any, path: str) -> None:
     if isinstance(value, list) and not option.repeatable:
         return  # _parse says "expected one value, got a list"
     types: tuple[type, ...]
-    if option.parse is parse_weight:
+    if option.parse in (parse_weight, parse_count):
         wanted, types = "an integer", (int,)
     elif option.parse in _NUMERIC:
         wanted, types = "a number", (int, float)

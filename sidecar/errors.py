@@ -12,6 +12,8 @@
                              whether it was a pooled keep-alive connection (one the peer may
                              have just closed)
         +-- UpstreamTimeout  --app-timeout passed without a byte from the app
+        +-- StreamRefused    HTTP/2: the origin refused the stream (REFUSED_STREAM, or above its
+                             GOAWAY's last stream id): it was not processed
 
 Registry backends raise `registry_adapters.RegistryError` and its subclasses; the lifecycle
 catches those at its boundary, records them in /status and metrics, and retries.
@@ -49,6 +51,10 @@ class UpstreamBroken(UpstreamError):
     def __init__(self, message: str, reused: bool = False) -> None:
         super().__init__(message)
         self.reused = reused  # a pooled keep-alive connection: the peer may have just closed it
+
+
+class StreamRefused(UpstreamError):
+    """HTTP/2: the origin says it did not process the stream; it may go anywhere again."""
 
 
 class UpstreamTimeout(UpstreamError):

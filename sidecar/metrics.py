@@ -37,6 +37,16 @@ class Metrics:
                 self.requests,
             )
         )
+        self.grpc_requests: Tally[str] = Tally()  # gRPC status -> calls through the inbound proxy
+        r.register(
+            TallyCollector(
+                "sidecar_grpc_requests",
+                "gRPC calls answered by the inbound proxy, by gRPC status (the HTTP/2 streams that "
+                "carried them are in sidecar_requests_total too)",
+                ("grpc_status",),
+                self.grpc_requests,
+            )
+        )
         self.drain_seconds = Gauge("sidecar_drain_seconds", "Duration of the last drain", registry=r)
         self.notifications = Counter(
             "sidecar_notifications",
@@ -85,6 +95,27 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        # Warmup (sidecar.provider.warming): which mode, what the latency mode measures, and why
+        # each warmup ended.
+        self.warmup_mode = Gauge(
+            "sidecar_warmup_mode", "1 for the --warmup-mode in use", ["mode"], registry=r
+        )
+        self.app_latency = Gauge(
+            "sidecar_app_latency_p90_seconds",
+            "Latency mode: the app's p90 to its response head (the last window while warming)",
+            registry=r,
+        )
+        self.warmup_reference = Gauge(
+            "sidecar_warmup_reference_p90_seconds",
+            "Latency mode: the p90 the warm peers publish, the level warming compares with (0: none)",
+            registry=r,
+        )
+        self.warmup_ended = Counter(
+            "sidecar_warmup_ended",
+            "Warmups ended, by reason: settled (latency mode: warm) or window (--warmup ran out)",
+            ["reason"],
+            registry=r,
+        )
         self.notify_received = Counter(
             "sidecar_notify_received", "Offline notifications received from providers", registry=r
         )
@@ -104,6 +135,10 @@ class Metrics:
 
     def count_request(self, status: int) -> None:
         self.requests[str(status)] += 1
+
+    def count_grpc(self, grpc_status: bytes | None) -> None:
+        """A gRPC call's status; "none" when it ended without one (reset, cut off)."""
+        self.grpc_requests[grpc_status.decode("latin-1") if grpc_status else "none"] += 1
 
     def count_upstream_request(self, service: str, status: int) -> None:
         self.upstream_requests[service, f"{status // 100}xx"] += 1

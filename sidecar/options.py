@@ -64,6 +64,35 @@ def parse_http_url(text: str) -> str:
     return text.strip().rstrip("/")
 
 
+def parse_app_url(text: str) -> str:
+    """--app: an http:// or https:// URL (HTTP/1.1, a path prefix allowed), or h2c://HOST:PORT
+    (HTTP/2 with prior knowledge, what every gRPC server speaks). An h2c app takes no path: gRPC
+    and HTTP/2 callers name the whole path, `/package.Service/Method`, and a prefix in front of it
+    would reach no method."""
+    parts = urlsplit(text.strip())
+    if parts.scheme != "h2c":
+        try:
+            return parse_http_url(text)
+        except ValueError as exc:
+            if not str(exc).startswith("expected"):
+                raise
+            raise ValueError(
+                f"expected an http:// or https:// URL, or h2c://HOST:PORT for HTTP/2 (gRPC), got {text!r}"
+            ) from None
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"bad port in {text!r}") from None
+    if not parts.hostname or port is None:
+        raise ValueError(f"expected h2c://HOST:PORT, got {text!r}")
+    if parts.path.strip("/") or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(
+            f"h2c://HOST:PORT takes no path, query or user: callers name the whole path"
+            f" (/package.Service/Method), got {text!r}"
+        )
+    return f"h2c://{parts.netloc}"
+
+
 def _float_in(text: str, low: float, high: float, what: str) -> float:
     try:
         value = float(text)
@@ -107,6 +136,22 @@ def parse_percent(text: str) -> float:
     return _float_in(text, *MIN_PERCENT_RANGE, "a percentage")
 
 
+# --warmup-mode: `time` (the clock curve) or `latency` (sidecar.provider.ramp)
+WARMUP_MODES = ("time", "latency")
+# --warmup-min-requests: a million requests is more than any warmup needs.
+MAX_MIN_REQUESTS = 1_000_000
+
+
+def parse_warmup_mode(text: str) -> str:
+    if text not in WARMUP_MODES:
+        raise ValueError(f"expected {' or '.join(WARMUP_MODES)}, got {text!r}")
+    return text
+
+
+def parse_count(text: str) -> int:
+    return _int_in(text, 0, MAX_MIN_REQUESTS)
+
+
 def parse_upstream(text: str) -> Upstream:
     name, sep, address = text.partition("=")
     if not sep or not name.strip():
@@ -131,10 +176,40 @@ def parse_text(text: str) -> str:
     return text
 
 
+# --app-health grpc[:SERVICE]: the standard gRPC health check, grpc.health.v1.Health/Check, with
+# SERVICE as the request's `service` (none: the server as a whole), as Kubernetes' grpc probe.
+GRPC_HEALTH = "grpc"
+# A gRPC service name is a protobuf full name (package.Service); 200 keeps the request small.
+MAX_GRPC_SERVICE = 200
+
+
 def parse_health_path(text: str) -> str:
+    """--app-health: a path polled over HTTP, `grpc` or `grpc:SERVICE`, or '' (no check)."""
+    if text == GRPC_HEALTH or text.startswith(GRPC_HEALTH + ":"):
+        service = text[len(GRPC_HEALTH) + 1 :]
+        if text != GRPC_HEALTH and (
+            not service or len(service) > MAX_GRPC_SERVICE or not service.isprintable() or " " in service
+        ):
+            raise ValueError(
+                f"expected grpc:SERVICE with a service name such as shop.Cart (1..{MAX_GRPC_SERVICE}"
+                f" printable characters, no space), or grpc alone for the whole server, got {text!r}"
+            )
+        return text
     if text and (not text.startswith("/") or not text.isprintable() or " " in text):
-        raise ValueError(f"expected a path such as /health (or '' to disable), got {text!r}")
+        raise ValueError(
+            f"expected a path such as /health, grpc or grpc:SERVICE (or '' to disable), got {text!r}"
+        )
     return text
+
+
+def grpc_health_service(app_health: str) -> str | None:
+    """The service a `grpc[:SERVICE]` --app-health checks ('' for the whole server); None when
+    it is no gRPC check."""
+    if app_health == GRPC_HEALTH:
+        return ""
+    if app_health.startswith(GRPC_HEALTH + ":"):
+        return app_health[len(GRPC_HEALTH) + 1 :]
+    return None
 
 
 # A service name and an instance id become keys in every registry: a Consul service and its id
@@ -229,12 +304,20 @@ OPTIONS: tuple[Option, ...] = (
         "address published in the registry (default: --listen)",
         "HOST:PORT",
     ),
-    Option("app", parse_http_url, None, "the application behind the inbound proxy", "URL"),
+    Option(
+        "app",
+        parse_app_url,
+        None,
+        "the application behind the inbound proxy: http://HOST:PORT (HTTP/1.1) or h2c://HOST:PORT"
+        " (HTTP/2 with prior knowledge: gRPC servers)",
+        "URL",
+    ),
     Option(
         "app-health",
         parse_health_path,
         "/health",
-        "health path polled until 2xx before registering; '' disables",
+        "health path polled until 2xx before registering, or grpc[:SERVICE] for the gRPC health"
+        " service (needs --app h2c://); '' disables",
         "PATH",
     ),
     Option("admin", parse_host_port, HostPort("127.0.0.1", 16688), "admin API address", "HOST:PORT"),
@@ -258,6 +341,21 @@ OPTIONS: tuple[Option, ...] = (
         DEFAULT_MIN_PERCENT,
         "floor of the warmup weight, in percent of base",
         "P",
+    ),
+    Option(
+        "warmup-mode",
+        parse_warmup_mode,
+        "time",
+        "time: the curve over --warmup; latency: the weight follows the app's latency and warmup ends"
+        " once it has settled (--warmup is then the upper bound)",
+        "MODE",
+    ),
+    Option(
+        "warmup-min-requests",
+        parse_count,
+        100,
+        "latency mode: never full weight before this many requests were served",
+        "N",
     ),
     Option("weight", parse_weight, DEFAULT_WEIGHT, f"base weight, 1..{MAX_WEIGHT}", "N"),
     Option("drain-timeout", parse_seconds, 25.0, "upper bound of a drain", "SEC"),

@@ -63,7 +63,19 @@ def test_repeatable_options_from_env() -> None:
         ({"drain_timeout": "-1"}, {}, "--drain-timeout: expected seconds between 0 and 86400"),
         ({"listen": "nope"}, {}, "--listen: expected HOST:PORT"),
         ({"listen": "127.0.0.1:99999"}, {}, "--listen: expected port in 1..65535"),
-        ({"app": "ftp://x"}, {}, "--app: expected an http:// or https:// URL"),
+        ({"app": "ftp://x"}, {}, "--app: expected an http:// or https:// URL, or h2c://HOST:PORT"),
+        ({"app": "h2c://127.0.0.1:5050/api"}, {}, "--app: h2c://HOST:PORT takes no path"),
+        ({"app": "h2c://127.0.0.1"}, {}, "--app: expected h2c://HOST:PORT, got 'h2c://127.0.0.1'"),
+        ({"app": "h2c://127.0.0.1:99999"}, {}, "--app: bad port in 'h2c://127.0.0.1:99999'"),
+        ({"app_health": "grpc:"}, {}, "--app-health: expected grpc:SERVICE with a service name"),
+        ({"app_health": "grpc:a b"}, {}, "--app-health: expected grpc:SERVICE with a service name"),
+        ({"app_health": "grpc"}, {}, "--app-health grpc needs --app h2c://HOST:PORT"),
+        (
+            {},
+            {"SIDECAR_APP_HEALTH": "grpc:cart"},
+            "SIDECAR_APP_HEALTH grpc:cart needs --app h2c://HOST:PORT: gRPC speaks HTTP/2,"
+            " and http://127.0.0.1:8080 is spoken to in HTTP/1.1",
+        ),
         ({"allow": ["10.0.0.0/33"]}, {}, "--allow: expected an IP address or CIDR block"),
         ({"upstream": ["nope"]}, {}, "--upstream: expected NAME=HOST:PORT"),
         ({"log_format": "xml"}, {}, "--log-format: expected json or text"),
@@ -71,7 +83,7 @@ def test_repeatable_options_from_env() -> None:
         ({"registry": "localhost:8500"}, {}, "--registry: expected a URL"),
         ({"service": None}, {}, "--service is required"),
         ({"app": None}, {}, "--listen needs --app"),
-        ({"app_health": "health"}, {}, "--app-health: expected a path such as /health"),
+        ({"app_health": "health"}, {}, "--app-health: expected a path such as /health, grpc or grpc:SERVICE"),
         ({"upstream": ["a=127.0.0.1:1", "a=127.0.0.1:2"]}, {}, "--upstream: a is given more than once"),
         ({"listen": "0.0.0.0:8000"}, {}, "--listen: 0.0.0.0:8000 binds every interface; give --advertise"),
         ({"listen": "[::]:8000"}, {}, "--listen: [::]:8000 binds every interface; give --advertise"),
@@ -133,6 +145,21 @@ def test_bad_values_name_the_option(flags: dict[str, object], env: dict[str, str
         load_settings({**BASE, **flags}, env=env)
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
+
+
+def test_an_h2c_app_with_the_grpc_health_check() -> None:
+    """--app h2c://HOST:PORT is an HTTP/2 app (app_h2c), with or without a trailing slash;
+    --app-health grpc and grpc:SERVICE name the service the gRPC check asks for; http:// is not h2c."""
+    settings = load_settings({**BASE, "app": "H2C://[::1]:5050/", "app_health": "grpc"}, env={})
+    assert (settings.app, settings.app_h2c, settings.app_health_grpc) == ("h2c://[::1]:5050", True, "")
+    env = {"SIDECAR_APP": "h2c://127.0.0.1:5050", "SIDECAR_APP_HEALTH": "grpc:shop.Cart"}
+    settings = load_settings({**BASE, "app": None}, env=env)
+    assert (settings.app_h2c, settings.app_health_grpc) == (True, "shop.Cart")
+    settings = load_settings({**BASE, "app": "h2c://127.0.0.1:5050", "app_health": "/healthz"}, env={})
+    assert (settings.app_h2c, settings.app_health_grpc) == (True, None)
+    plain = load_settings(BASE, env={})
+    assert (plain.app_h2c, plain.app_health_grpc) == (False, None)
+    assert load_settings({**BASE, "app_health": ""}, env={}).app_health_grpc is None
 
 
 def test_every_character_a_name_may_hold_is_taken() -> None:
@@ -228,6 +255,24 @@ def test_config_file_wrong_type(tmp_path: Path, toml: str, message: str) -> None
             "graceful-sidecar: --instance-id: 'pod 7' holds ' '",
         ),
         (["run", "--service", "a/b"], "graceful-sidecar: --service: 'a/b' holds '/' (U+002F) at 2"),
+        (
+            [
+                "run",
+                "--service",
+                "s",
+                "--listen",
+                "127.0.0.1:1",
+                "--app",
+                "http://127.0.0.1:2",
+                "--app-health",
+                "grpc",
+            ],
+            "graceful-sidecar: --app-health grpc needs --app h2c://HOST:PORT",
+        ),
+        (
+            ["run", "--service", "s", "--listen", "127.0.0.1:1", "--app", "h2c://127.0.0.1:2/v1"],
+            "graceful-sidecar: --app: h2c://HOST:PORT takes no path",
+        ),
     ],
 )
 def test_cli_rejects_bad_options_with_one_line(argv: list[str], message: str) -> None:

@@ -57,7 +57,7 @@ def page() -> str:
 
 
 def svg_of(page: str) -> ET.Element:
-    found = re.search(r"<svg.*</svg>", page, re.S)
+    found = re.search(r"<svg.*?</svg>", page, re.S)  # the roll's chart: the page's first
     assert found is not None
     return ET.fromstring(found.group(0))
 

@@ -33,6 +33,8 @@ TOKEN_SECRET = "fleet-token"
 REGISTRY = "consul://127.0.0.1:8500"
 IMAGE = "registry.test/graceful-sidecar:1"
 FLEET = ("--registry", REGISTRY, "--token-secret", TOKEN_SECRET, "--image", IMAGE)
+# The gRPC workloads among the cases: their sidecar speaks h2c to the app.
+GRPC_CASES = {"grpc-checkoutservice.yaml"}
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,8 @@ def test_every_workload_gets_the_native_sidecar(injected: dict[str, Run], case: 
         assert settings.service == obj["metadata"]["name"]
         assert settings.listen == HostPort("0.0.0.0", 8443)
         assert settings.advertise == HostPort(POD_IP, 8443)
-        assert settings.app == f"http://127.0.0.1:{app_port}"
+        scheme = "h2c" if case.name in GRPC_CASES else "http"
+        assert settings.app == f"{scheme}://127.0.0.1:{app_port}"
         assert settings.admin == HostPort("0.0.0.0", 16688)
         assert settings.advertise_admin == f"http://{POD_IP}:16688"
         probes = {
@@ -288,6 +291,10 @@ NO_PORT = NO_CONTAINERS.replace("containers: []", "containers: [{name: a, image:
 NO_PROBE = NO_CONTAINERS.replace("empty", "bare").replace(
     "containers: []", "containers: [{name: app, image: a, ports: [{containerPort: 8080}]}]"
 )
+BAD_GRPC_SERVICE = NO_PORT.replace(
+    "image: a}",
+    "image: a, ports: [{containerPort: 5050}], readinessProbe: {grpc: {port: 5050, service: 'a b'}}}",
+)
 GOOD_THEN_BAD = (MANIFESTS / "list.yaml").read_text() + "---\n" + NO_PORT
 
 
@@ -301,8 +308,22 @@ GOOD_THEN_BAD = (MANIFESTS / "list.yaml").read_text() + "---\n" + NO_PORT
         (("--listen-port", "8000"), (MANIFESTS / "multi-document.yaml").read_text(), "8000 is the sidecar's"),
         ((df.KUBERNETES / "deployment-exec.yaml",), "", "already runs `graceful-sidecar exec`"),
         ((MANIFESTS / "missing.yaml",), "", "missing.yaml: cannot read it"),
+        (
+            (),
+            BAD_GRPC_SERVICE,
+            "Deployment/empty container a: its probe cannot be the sidecar's --app-health: expected grpc:",
+        ),
     ],
-    ids=["yaml", "yaml-line", "no-containers", "no-port", "port-clash", "exec-variant", "missing-file"],
+    ids=[
+        "yaml",
+        "yaml-line",
+        "no-containers",
+        "no-port",
+        "port-clash",
+        "exec-variant",
+        "missing-file",
+        "grpc-service-with-space",
+    ],
 )
 def test_what_it_cannot_handle_is_one_line_and_exit_2(args: tuple[Any, ...], stdin: str, says: str) -> None:
     """Bad YAML or an unusable workload: one line on stderr, exit 2, nothing on stdout."""
@@ -405,3 +426,150 @@ def test_readme_example_is_real_output() -> None:
         if line.strip().startswith("# ..."):  # an elision in the excerpt
             continue
         assert any(out == line for out in lines), f"README line not in the output (in order): {line!r}"
+
+
+def test_a_grpc_workload_speaks_h2c_to_the_app_and_checks_grpc_health(injected: dict[str, Run]) -> None:
+    """Online Boutique's checkoutservice (grpc probes, Service port grpc): --app h2c://, the gRPC
+    health check, readiness on the sidecar's /ready, liveness left on the app, the Service
+    through the sidecar, and no warning."""
+    run = injected["grpc-checkoutservice.yaml"]
+    assert run.stderr == ""
+    docs = run.docs()
+    spec = find(docs, "Deployment", "checkoutservice")["spec"]["template"]["spec"]
+    settings, _ = sidecar_settings(spec)
+    assert settings.app == "h2c://127.0.0.1:5050"
+    assert settings.app_h2c
+    assert (settings.app_health, settings.app_health_grpc) == ("grpc", "")
+    (app,) = spec["containers"]
+    assert app["readinessProbe"]["httpGet"] == {"port": 16688, "path": "/ready"}
+    assert app["livenessProbe"] == {"grpc": {"port": 5050}}
+    assert app["lifecycle"]["preStop"] == {"httpGet": {"port": 16688, "path": "/shutdown"}}
+    assert find(docs, "Service", "checkoutservice")["spec"]["ports"] == [
+        {"name": "grpc", "port": 5050, "targetPort": 8443}
+    ]
+
+
+def grpc_pod(ports: str, probes: str = "") -> str:
+    """A Pod `shop` (label app: shop) whose container `server` has these ports and probes."""
+    return f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: shop, labels: {{app: shop}}}}
+spec:
+  containers:
+    - name: server
+      image: shop
+      ports: {ports}
+{probes}
+"""
+
+
+def shop_service(target: int | str, protocol: str | None = None, name: str | None = None) -> str:
+    """A Service `shop` (selecting app: shop) whose one port targets `target`, with that
+    appProtocol and name when given."""
+    port: dict[str, Any] = {"port": 80, "targetPort": target}
+    port |= {"appProtocol": protocol} if protocol else {}
+    port |= {"name": name} if name else {}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "shop"}}
+    service["spec"] = {"selector": {"app": "shop"}, "ports": [port]}
+    return "---\n" + yaml.safe_dump(service)
+
+
+PORT_5050 = "[{containerPort: 5050}]"
+NAMED_5050 = "[{{name: {name}, containerPort: 5050}}]"
+
+
+@pytest.mark.parametrize(
+    ("stdin", "app", "health"),
+    [
+        (grpc_pod(NAMED_5050.format(name="grpc")), "h2c", "grpc"),
+        (grpc_pod(NAMED_5050.format(name="grpc-api")), "h2c", "grpc"),
+        (grpc_pod(NAMED_5050.format(name="http2")), "h2c", None),
+        (grpc_pod(NAMED_5050.format(name="h2c")), "h2c", None),
+        (grpc_pod(NAMED_5050.format(name="grpc-web")), "http", None),
+        (grpc_pod(PORT_5050) + shop_service(5050, "grpc"), "h2c", "grpc"),
+        (grpc_pod(PORT_5050) + shop_service(5050, "kubernetes.io/h2c"), "h2c", None),
+        (
+            grpc_pod(NAMED_5050.format(name="api")) + shop_service("api", "h2c"),
+            "h2c",
+            None,
+        ),
+        (grpc_pod(PORT_5050) + shop_service(5050, "http"), "http", None),
+        (
+            grpc_pod(PORT_5050) + shop_service(5050, "http", name="grpc"),
+            "http",
+            None,
+        ),
+        (
+            grpc_pod(PORT_5050) + shop_service(5050, name="grpc-api"),
+            "h2c",
+            "grpc",
+        ),
+        (
+            grpc_pod(PORT_5050, "      readinessProbe: {grpc: {port: 5050, service: cart}}"),
+            "h2c",
+            "grpc:cart",
+        ),
+        (
+            grpc_pod(PORT_5050, "      livenessProbe: {grpc: {port: 5050, service: shop.Live}}"),
+            "h2c",
+            "grpc:shop.Live",
+        ),
+        (
+            grpc_pod(
+                NAMED_5050.format(name="grpc"),
+                "      readinessProbe: {httpGet: {port: 5050, path: /ready}}",
+            ),
+            "h2c",
+            "/ready",
+        ),
+    ],
+    ids=[
+        "port-grpc",
+        "port-grpc-named",
+        "port-http2",
+        "port-h2c",
+        "port-grpc-web-is-http1",
+        "service-appprotocol-grpc",
+        "service-appprotocol-k8s-h2c",
+        "service-appprotocol-h2c-by-port-name",
+        "service-appprotocol-http",
+        "service-appprotocol-http-wins-over-name-grpc",
+        "service-port-named-grpc",
+        "readiness-grpc-service",
+        "liveness-grpc-service",
+        "grpc-port-with-httpget-readiness",
+    ],
+)
+def test_what_tells_an_h2c_app(stdin: str, app: str, health: str | None) -> None:
+    """A port named grpc/h2c/http2 (grpc-web is HTTP/1.1), a Service port's appProtocol, or a grpc
+    probe gives --app h2c://; a grpc probe's service (or a gRPC port alone) gives
+    --app-health grpc[:SERVICE]; injecting the output again changes nothing."""
+    run = inject(stdin=stdin)
+    pod = find(run.docs(), "Pod", "shop")
+    settings, argv = sidecar_settings(pod["spec"])
+    assert settings.app == f"{app}://127.0.0.1:5050"
+    if health is None:
+        assert "--app-health" not in argv
+    else:
+        assert settings.app_health == health
+    assert inject(stdin=run.stdout).stdout == run.stdout
+
+
+def test_a_grpc_app_without_probe_is_warned_of_the_grpc_check() -> None:
+    """A gRPC port without a readiness probe: the sidecar calls the gRPC health check, and the
+    warning says so and how to change it."""
+    run = inject(stdin=grpc_pod(NAMED_5050.format(name="grpc")))
+    assert run.stderr.splitlines() == [
+        "graceful-sidecar inject: warning: <stdin>: Pod/shop container server: no readinessProbe"
+        " to take the health path from; the sidecar calls gRPC Health/Check on the app until SERVING"
+        " (pass --app-health PATH or grpc:SERVICE, or '' for none)"
+    ]
+
+
+def test_inject_app_health_grpc_makes_the_app_h2c() -> None:
+    """`inject --app-health grpc:cart` on a plain HTTP workload: the sidecar is told the app
+    speaks h2c, since the gRPC health check needs it."""
+    run = inject("--app-health", "grpc:cart", stdin=grpc_pod(PORT_5050))
+    settings, _ = sidecar_settings(find(run.docs(), "Pod", "shop")["spec"])
+    assert (settings.app, settings.app_health) == ("h2c://127.0.0.1:5050", "grpc:cart")

@@ -62,6 +62,8 @@ def test_registration_carries_metadata(tmp_path: Path, registry_url: str) -> Non
         assert instance.meta[meta.META_WARMUP_CURVE] == "3"
         assert instance.meta[meta.META_WEIGHT] == "200"
         assert instance.meta[meta.META_ADMIN] == car.admin
+        assert instance.meta[meta.META_PROTOCOLS] == "http/1.1,h2c"
+        assert meta.accepts_h2c(instance.meta)
 
 
 def test_warmup_steps_and_overrides_in_consul(tmp_path: Path, consul_agent: ConsulAgent) -> None:

@@ -38,7 +38,7 @@ from registry_adapters.etcd import EtcdRegistry
 from registry_adapters.sqlite import SQLiteRegistry
 from registry_adapters.zookeeper import ZooKeeperRegistry
 from sidecar.options import INSTANCE_ID_PUNCTUATION, MAX_INSTANCE_ID, MAX_SERVICE_NAME
-from sidecar.protocol.metadata import META_ADMIN, META_WEIGHT, META_WEIGHT_OVERRIDE
+from sidecar.protocol.metadata import META_ADMIN, META_PROTOCOLS, META_WEIGHT, META_WEIGHT_OVERRIDE, PROTOCOLS
 from tests.support.consul_agent import REPO_ROOT, ConsulAgent
 from tests.support.procs import await_for
 from tests.support.registry_server import RegistryServer
@@ -104,7 +104,8 @@ def make(service: str) -> Callable[..., Instance]:
     """Instances of `service` with ids unique to this test (one Consul agent serves them all)."""
 
     def make(n: int = 1, *, of: str = service, weight: int = 100, port: int = 8080) -> Instance:
-        meta = {META_WEIGHT: str(weight), META_ADMIN: f"http://10.0.0.{n}:16688"}
+        # Every key a provider sidecar publishes that its consumers read back, `/` and `,` included.
+        meta = {META_WEIGHT: str(weight), META_ADMIN: f"http://10.0.0.{n}:16688", META_PROTOCOLS: PROTOCOLS}
         return Instance(of, f"{of}-{n}", f"10.0.0.{n}", port + n, weight, meta)
 
     return make

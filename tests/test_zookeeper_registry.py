@@ -29,7 +29,14 @@ from kazoo.client import KazooClient
 from registry_adapters import Instance, Registry, RegistryUnavailable, open_registry
 from registry_adapters.zookeeper import ZooKeeperRegistry
 from registry_adapters.zookeeper_layouts import CuratorLayout, DubboLayout, dubbo_encode
-from sidecar.protocol.metadata import META_START_MS, META_WARMUP_S, META_WEIGHT, META_WEIGHT_OVERRIDE
+from sidecar.protocol.metadata import (
+    META_PROTOCOLS,
+    META_START_MS,
+    META_WARMUP_S,
+    META_WEIGHT,
+    META_WEIGHT_OVERRIDE,
+    PROTOCOLS,
+)
 from tests import test_registry_contract as contract
 from tests.support.consul_agent import REPO_ROOT
 from tests.support.procs import demo_app, sidecar, wait_for
@@ -195,7 +202,8 @@ def test_dubbo_layout_reads_a_dubbo_provider() -> None:
 def test_dubbo_layout_reads_back_what_it_writes() -> None:
     """A sidecar's node reads back as the instance: its id and metadata from the parameters."""
     instance = sidecar_instance(
-        weight=70, **{META_WEIGHT_OVERRIDE: "70", "sidecar_admin": "http://h:1/x?a=b&c"}
+        weight=70,
+        **{META_WEIGHT_OVERRIDE: "70", "sidecar_admin": "http://h:1/x?a=b&c", META_PROTOCOLS: PROTOCOLS},
     )
     layout = DubboLayout(protocol="tri")
     node = layout.node(instance, 0, 0)

@@ -197,7 +197,8 @@ def add_inject_options(parser: argparse.ArgumentParser) -> None:
         "--app-health",
         type=checked(parse_health_path),
         metavar="PATH",
-        help="the sidecar's --app-health (default: the app's former readiness httpGet path)",
+        help="the sidecar's --app-health: PATH, grpc[:SERVICE] or '' (default: from the app's former"
+        " readiness probe, its httpGet path or grpc[:SERVICE] for a grpc probe)",
     )
     parser.add_argument(
         "--drain-timeout",

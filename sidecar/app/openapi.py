@@ -61,6 +61,11 @@ SCHEMAS: dict[str, Any] = {
                 "description": "false: --drain-timeout passed with requests in flight",
             },
             "inflight": COUNT,
+            "inflight_streams": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "of inflight, the HTTP/2 streams (gRPC calls among them)",
+            },
             "seconds": SECONDS,
             "notified": COUNT,
             "deregistered": {"type": "boolean", "description": "an instance was taken out of the registry"},
@@ -78,18 +83,46 @@ SCHEMAS: dict[str, Any] = {
             "base": {"type": "integer", "minimum": 1, "maximum": MAX_WEIGHT},
             "current": WEIGHT,
             "override": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_WEIGHT},
-            "warmup": _object(
-                {
-                    "window_s": SECONDS,
-                    "curve": {"type": "number"},
-                    "min_percent": {"type": "number", "minimum": 0, "maximum": 100},
-                    "elapsed_s": SECONDS,
-                    "active": {"type": "boolean"},
-                }
-            ),
+            "warmup": _ref("Warmup"),
         },
         # PUT and DELETE add whether the registry took the new weight at once (else it is retried).
         {"published": {"type": "boolean"}},
+    ),
+    "Warmup": _object(
+        {
+            "mode": {"enum": ["time", "latency"], "description": "--warmup-mode"},
+            "window_s": {**SECONDS, "description": "--warmup: the window (time), the upper bound (latency)"},
+            "curve": {"type": "number"},
+            "min_percent": {"type": "number", "minimum": 0, "maximum": 100},
+            "min_requests": COUNT,
+            "elapsed_s": SECONDS,
+            "active": {"type": "boolean"},
+            "served": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "description": "latency mode: requests measured since the registration",
+            },
+            "latency_p90_ms": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "latency mode: the app's p90, the last window while warming",
+            },
+            "reference_p90_ms": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "latency mode: the p90 the service's warm peers publish",
+            },
+            "peers": COUNT,
+            "published_p90_ms": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "latency mode, serving: the p90 this instance publishes for warming peers",
+            },
+            "ended": {
+                "enum": ["settled", "window", None],
+                "description": "why the last warmup ended: settled (warm) or window (--warmup ran out)",
+            },
+        }
     ),
     "WeightChange": _object({"weight": WEIGHT}),
     "Notification": _object(
@@ -126,7 +159,14 @@ SCHEMAS: dict[str, Any] = {
                 "description": "null for a consumer-only sidecar",
                 "oneOf": [
                     {"type": "null"},
-                    _object({"base": WEIGHT, "current": WEIGHT, "override": {"type": ["integer", "null"]}}),
+                    _object(
+                        {
+                            "base": WEIGHT,
+                            "current": WEIGHT,
+                            "override": {"type": ["integer", "null"]},
+                            "warmup": _ref("Warmup"),
+                        }
+                    ),
                 ],
             },
             "app": {

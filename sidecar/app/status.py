@@ -40,6 +40,7 @@ class StatusView:
                 "base": self.settings.weight,
                 "current": lifecycle.current_weight(),
                 "override": lifecycle.override,
+                "warmup": self.warmup(),
             }
             if provider
             else None,
@@ -58,19 +59,18 @@ class StatusView:
         }
 
     def weight(self) -> dict[str, Any]:
-        lifecycle, warmup = self.lifecycle, self.lifecycle.warmup
+        lifecycle = self.lifecycle
         return {
             "base": self.settings.weight,
             "current": lifecycle.current_weight(),
             "override": lifecycle.override,
-            "warmup": {
-                "window_s": warmup.window,
-                "curve": warmup.curve,
-                "min_percent": warmup.min_percent,
-                "elapsed_s": round(lifecycle.since_registered(), 3),
-                "active": lifecycle.phase == "warming",
-            },
+            "warmup": self.warmup(),
         }
+
+    def warmup(self) -> dict[str, Any]:
+        """Its mode, how far it is, the latency it measures, and why it ended."""
+        lifecycle = self.lifecycle
+        return lifecycle.warming.report(lifecycle.since_registered(), lifecycle.phase == "warming")
 
     def metrics_text(self) -> bytes:
         return self.metrics.render()

@@ -198,6 +198,15 @@ class InstanceTable:
         if member is not None:
             member.ejected_until = now + EJECT_SECONDS
 
+    def follow_weight(self, instance_id: str, mark: bytes | None) -> None:
+        """A response's X-Sidecar-Weight (None: it had none): a provider in latency warmup mode
+        says its weight on every response, and picks follow it from the next one on."""
+        if mark is None:
+            return
+        member = self.members.get(instance_id)
+        if member is not None and member.follow_mark(mark):
+            self._built_ms = None  # the weights are summed again at the next pick
+
     def usable(self) -> list[Member]:
         return [m for instance_id, m in self.members.items() if instance_id not in self._dropped]
 

@@ -6,6 +6,10 @@ sidecar.protocol.warmup: the claimed age, good to the provider's clock skew, kep
 registry weight and the moment of sight allow it), and again when a registration anew or a
 warmup step shows; in between it runs on the consumer's monotonic clock, which no wall-clock
 step, here or at the provider, moves.
+
+A provider in latency warmup mode computes its weight itself and says it on every response
+(`X-Sidecar-Weight`): the consumer takes it at once (`follow_mark`) and keeps it until the
+registry's weight changes, whichever news is the later.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from sidecar.protocol.warmup import age_after_step, age_at_first_sight
 
 log = logging.getLogger("sidecar.instances")
 
+# A weight is at most 65535: a mark longer than this is no sidecar's.
+MARK_DIGITS = 5
+
 
 @dataclass(slots=True)
 class Member:
@@ -30,14 +37,30 @@ class Member:
     spec: WeightSpec = field(init=False)  # parsed from the metadata when the instance changes
     warned: bool = field(init=False, default=False)  # about invalid metadata: once per instance
     born_ms: int = 0  # when its warmup began, on this consumer's monotonic clock (see `reckon`)
+    mark: float | None = None  # the weight its last response said (latency warmup mode)
 
     def __post_init__(self) -> None:
         self._parse()
 
     def update(self, instance: Instance) -> None:
         if instance != self.instance:
+            if instance.weight != self.instance.weight:
+                self.mark = None  # the registry's weight is the later news now
             self.instance = instance
             self._parse()
+            if not self.spec.marked:
+                self.mark = None
+
+    def follow_mark(self, value: bytes) -> bool:
+        """The weight a response of this instance said; whether that changed its weight. Only a
+        provider in latency mode is followed, and only an integer a sidecar could send."""
+        if not self.spec.marked or not value.isdigit() or len(value) > MARK_DIGITS:
+            return False
+        weight = float(min(int(value), meta.MAX_WEIGHT))
+        if weight == self.mark:
+            return False
+        self.mark = weight
+        return True
 
     def _parse(self) -> None:
         self.spec = weight_spec(self.instance.weight, self.instance.meta)
@@ -57,6 +80,8 @@ class Member:
         return start_of(self.instance)
 
     def weight_at(self, now_ms: int) -> float:
+        if self.mark is not None:
+            return self.mark
         return self.spec.at_age((now_ms - self.born_ms) / 1000.0)
 
     @property

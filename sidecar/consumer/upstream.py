@@ -37,9 +37,10 @@ from sidecar.consumer.balancer import RetryBudget
 from sidecar.consumer.instances import WatchedTable
 from sidecar.consumer.listing import ServiceListing
 from sidecar.errors import UpstreamError
-from sidecar.http import Exchange, Failure, HttpServer, Limits, Origin, Pool, classify, refused
+from sidecar.http import AnyExchange, Failure, HttpServer, Limits, Origin, Pool, classify, refused
 from sidecar.metrics import Metrics
 from sidecar.protocol import headers as wire
+from sidecar.protocol.metadata import accepts_h2c
 
 log = logging.getLogger("sidecar.upstream")
 
@@ -108,11 +109,11 @@ class UpstreamListener:
     def drop(self, instance_id: str) -> bool:
         return self.watched.drop(instance_id)
 
-    async def handle(self, exchange: Exchange) -> None:
+    async def handle(self, exchange: AnyExchange) -> None:
         await self._handle(exchange)
         self.metrics.count_upstream_request(self.service, exchange.status)
 
-    async def _handle(self, exchange: Exchange) -> None:
+    async def _handle(self, exchange: AnyExchange) -> None:
         self.budget.on_request(time.monotonic())
         if not self.watched.answered.is_set():
             with contextlib.suppress(TimeoutError):
@@ -135,7 +136,7 @@ class UpstreamListener:
             return _answer(exchange, 503, f"no instance of {self.service} available", tried)
         await self._no_instance(exchange)
 
-    async def _no_instance(self, exchange: Exchange) -> None:
+    async def _no_instance(self, exchange: AnyExchange) -> None:
         """503 naming the registry and its services; the log says it once, not per request."""
         told = await self.listing.told()
         if not self._lacking:
@@ -152,18 +153,20 @@ class UpstreamListener:
         body = {"error": f"no instance of {self.service} available", "tried": [], **told}
         exchange.respond_json(503, body)
 
-    async def _attempt(self, exchange: Exchange, instance: Instance, body: bytes | None) -> Retry | None:
+    async def _attempt(self, exchange: AnyExchange, instance: Instance, body: bytes | None) -> Retry | None:
         """One try on one instance: None once a response was relayed, or why another instance may
         be tried (and what to answer if none may)."""
         request = exchange.head
         headers = [*request.end_to_end(DROPPED), self.consumer_header]
-        head = request.to_bytes(instance.address.encode(), headers)
         replayable = body is not None  # kept whole; a streamed body is used up once sent
+        # HTTP/2 to a provider sidecar that takes it, when the client speaks it (gRPC); else
+        # HTTP/1.1, which every provider takes.
+        origin = Origin(instance.host, instance.port, h2c=exchange.http2 and accepts_h2c(instance.meta))
         try:
-            response = await exchange.forward(self.pool, _origin(instance), head, body)
+            response = await exchange.forward(self.pool, origin, instance.address.encode(), headers, body)
         except UpstreamError as exc:
             failure = classify(exc, request.method, replayable)
-            if failure.reason in EJECTED:
+            if failure.reason in EJECTED or failure.reason == "refused":  # refused: an HTTP/2 stream
                 self.table.eject(instance.instance_id, time.monotonic())
             if failure.reason == "connect":
                 message = f"cannot connect to {instance.address}"
@@ -171,8 +174,13 @@ class UpstreamListener:
                 message = f"{instance.address} failed: {exc}"
             if failure.resendable:
                 return Retry(failure, message)
+            if failure.reason == "refused":  # not processed, but its body is gone: the client's
+                refusal = [(wire.REFUSED_NAME, instance.instance_id.encode())]
+                exchange.refuse({"error": message, "tried": [instance.instance_id]}, refusal)
+                return None
             _answer(exchange, failure.status, message)
             return None
+        self.table.follow_weight(instance.instance_id, response.header(wire.WEIGHT))  # latency warmup
         # A refusal is a 503 (an app's own headers never get past its provider sidecar, but a
         # mark on another status is no refusal whoever set it).
         if response.status == 503 and response.header(wire.REFUSED) is not None:
@@ -215,11 +223,7 @@ class UpstreamListener:
         }
 
 
-def _origin(instance: Instance) -> Origin:
-    return Origin(instance.host, instance.port)
-
-
-def _answer(exchange: Exchange, status: int, message: str, tried: set[str] | None = None) -> None:
+def _answer(exchange: AnyExchange, status: int, message: str, tried: set[str] | None = None) -> None:
     exchange.respond_json(status, {"error": message, "tried": sorted(tried or ())})
 
 

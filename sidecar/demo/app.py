@@ -8,7 +8,8 @@ it first.
     GET  /health            503 during --startup-delay, then 200
     POST /health?healthy=0  makes /health answer 503 from now on (healthy=1 undoes it)
     POST /health?fail=N     makes the next N checks of /health answer 503 (a blip)
-    GET  /work?ms=N         answers after N ms: {"instance": .., "ms": N}
+    GET  /work?ms=N         answers after N ms: {"instance": .., "ms": N}; a cold app (below) takes
+                            N ms times its cold factor
     POST /echo              streams the request body back
     POST /digest            reads the request body as it streams in: {"sha256", "bytes"}
     GET  /bytes?n=N         streams N bytes
@@ -21,7 +22,14 @@ it first.
     GET  /stats             {"instance", "served", "inflight", "paths": [last paths seen],
                              "done": [last paths answered], "connections": TCP connections that
                              carried a request, "waiting": [gates being waited for],
-                             "health_checks": GET /health answered, "failing": blips left}
+                             "health_checks": GET /health answered, "failing": blips left,
+                             "cold_factor": what the next /work takes times its ms}
+
+A cold app, for the latency warmup's tests and benchmark (`--cold-factor F`, 10 by default):
+`--cold-requests N` makes /work F times slower for its first request, decaying linearly to
+its warm speed at the Nth, as a JIT warms with the code it runs; `--cold-seconds S` makes it F
+times slower for the first S seconds after the start, then warm at once, as a cache that fills
+with time, however much traffic it gets. Both given: the slower of the two.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import FrameType
 
 from aiohttp import WSMsgType, web
@@ -48,9 +57,29 @@ CHUNK = 64 * 1024
 GATE_WAIT_SECONDS = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class Cold:
+    """A scripted cold start: `factor` times slower at first (1: always warm)."""
+
+    factor_at_start: float = 10.0
+    requests: int = 0  # decaying linearly to warm at this many /work requests (0: not by requests)
+    seconds: float = 0.0  # slow for this long after the start, then warm (0: not by time)
+
+    def factor(self, worked: int, age: float) -> float:
+        slow = self.factor_at_start - 1
+        by_requests = 1 + slow * max(0.0, 1 - worked / self.requests) if self.requests else 1.0
+        by_time = self.factor_at_start if age < self.seconds else 1.0
+        return max(by_requests, by_time)
+
+
 class DemoApp:
-    def __init__(self, name: str, startup_delay: float, stats_file: str | None) -> None:
+    def __init__(
+        self, name: str, startup_delay: float, stats_file: str | None, cold: Cold | None = None
+    ) -> None:
         self.name = name
+        self.cold = cold or Cold()
+        self.started = time.monotonic()
+        self.worked = 0  # /work requests begun: how far a --cold-requests app has warmed
         self.healthy_at = time.monotonic() + startup_delay
         self.forced_unhealthy = False
         self.failing = 0  # the next this many health checks fail
@@ -111,8 +140,14 @@ class DemoApp:
             ms = max(0, min(600_000, int(request.query.get("ms", "0"))))
         except ValueError:
             return web.json_response({"error": "ms must be an integer"}, status=400)
-        await asyncio.sleep(ms / 1000)
+        factor = self.cold_factor()
+        self.worked += 1
+        await asyncio.sleep(ms * factor / 1000)
         return web.json_response({"instance": self.name, "ms": ms})
+
+    def cold_factor(self) -> float:
+        """How many times slower than warm the next /work is (see the module's docstring)."""
+        return self.cold.factor(self.worked, time.monotonic() - self.started)
 
     async def echo(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
@@ -211,6 +246,7 @@ class DemoApp:
                 "waiting": sorted(self.waiting),
                 "health_checks": self.health_checks,
                 "failing": self.failing,
+                "cold_factor": self.cold_factor(),
             }
         )
 
@@ -251,8 +287,12 @@ def main() -> None:
     parser.add_argument("--name", default="demo")
     parser.add_argument("--startup-delay", type=float, default=0.0, help="seconds /health answers 503")
     parser.add_argument("--stats-file", default=None, help="where to record in-flight requests at SIGTERM")
+    parser.add_argument("--cold-factor", type=float, default=10.0, help="how much slower /work is when cold")
+    parser.add_argument("--cold-requests", type=int, default=0, help="cold, decaying, for this many /work")
+    parser.add_argument("--cold-seconds", type=float, default=0.0, help="cold for this long after the start")
     args = parser.parse_args()
-    demo = DemoApp(args.name, args.startup_delay, args.stats_file)
+    cold = Cold(max(1.0, args.cold_factor), max(0, args.cold_requests), max(0.0, args.cold_seconds))
+    demo = DemoApp(args.name, args.startup_delay, args.stats_file, cold)
     signal.signal(signal.SIGTERM, demo.on_sigterm)
     web.run_app(demo.application(), host=args.host, port=args.port, print=None, handle_signals=False)
 

@@ -32,13 +32,18 @@ APP_STARTUP_DELAY_SECONDS = 0.3
 
 
 def demo_app_argv(
-    port: int, name: str, stats_file: Path | None = None, startup_delay: float = 0.0
+    port: int,
+    name: str,
+    stats_file: Path | None = None,
+    startup_delay: float = 0.0,
+    extra: Sequence[str] = (),
 ) -> list[str]:
-    """The bundled demo app (sidecar/demo/app.py) on 127.0.0.1:`port`."""
+    """The bundled demo app (sidecar/demo/app.py) on 127.0.0.1:`port`; `extra`: more of its
+    options (a cold start: `--cold-requests N`, `--cold-seconds S`)."""
     argv = [sys.executable, "-m", "sidecar.demo.app", "--port", str(port), "--name", name]
     if stats_file is not None:
         argv += ["--stats-file", str(stats_file)]
-    return [*argv, "--startup-delay", str(startup_delay)]
+    return [*argv, "--startup-delay", str(startup_delay), *extra]
 
 
 def sidecar_argv(registry: str, admin_port: int, *args: str) -> list[str]:
@@ -129,17 +134,19 @@ class Fleet:
     def _sidecar_argv(self, admin_port: int, *args: str) -> list[str]:
         return sidecar_argv(self.registry, admin_port, *self.sidecar_args, *args)
 
-    def _app_argv(self, port: int, name: str, stats_file: Path) -> list[str]:
+    def _app_argv(self, port: int, name: str, stats_file: Path, app_args: Sequence[str]) -> list[str]:
         if self.app_command is not None:
-            return [*self.app_command, "--port", str(port), "--name", name]
-        return demo_app_argv(port, name, stats_file, self.app_startup_delay)
+            return [*self.app_command, "--port", str(port), "--name", name, *app_args]
+        return demo_app_argv(port, name, stats_file, self.app_startup_delay, app_args)
 
-    def start_provider(self, name: str, *args: str) -> Provider:
-        """An app and its provider sidecar (instance id `name`); returns once /ready answers 200."""
+    def start_provider(self, name: str, *args: str, app_args: Sequence[str] = ()) -> Provider:
+        """An app (with `app_args`) and its provider sidecar (instance id `name`, with `args`);
+        returns once /ready answers 200."""
         app_port, listen_port, admin_port = free_port(), free_port(), free_port()
         stats_file = self.workdir / f"{name}-stats.json"
         started = time.monotonic()
-        app = spawn(self._app_argv(app_port, name, stats_file), self.workdir / f"app-{name}.log")
+        app_argv = self._app_argv(app_port, name, stats_file, app_args)
+        app = spawn(app_argv, self.workdir / f"app-{name}.log")
         app_url, listen = f"http://127.0.0.1:{app_port}", f"127.0.0.1:{listen_port}"
         identity = ("--service", self.service, "--instance-id", name)
         argv = self._sidecar_argv(admin_port, *identity, "--listen", listen, "--app", app_url, *args)

@@ -323,7 +323,10 @@ def chart(timeline: Timeline) -> str:
     return "\n".join(parts)
 
 
-def render(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], figure: str, notes: str) -> str:
+def render(
+    title: str, header: Sequence[str], rows: Sequence[Sequence[str]], figure: str, notes: str, more: str = ""
+) -> str:
+    """The page: the table, the figure and its notes, then `more` (HTML: further sections)."""
     head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
@@ -338,5 +341,6 @@ td{{white-space:nowrap}}td:first-child,th:first-child{{text-align:left}}</style>
 <h2>Share of traffic per instance, stops and failed requests over time</h2>
 {figure}
 <p>{html.escape(notes)}</p>
+{more}
 </body></html>
 """

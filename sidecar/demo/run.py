@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sidecar.demo import ramps
 from sidecar.demo.fleet import Fleet, Provider
 from sidecar.demo.loadgen import LoadGenerator, Sample
 from sidecar.demo.processes import print_log_tails
@@ -148,7 +149,8 @@ def report(rolls: list[tuple[Roll, list[Sample]]], timeline: Timeline) -> str:
         f"each {BUCKET_SECONDS:g} s; failed requests count when they failed."
     )
     title = "graceful-sidecar demo: rolling restart under load"
-    return render(title, HEADER, rows, chart(timeline), notes)
+    # The warmup ramps come from bench/latency_warmup.py's last run (sidecar.demo.ramps says why).
+    return render(title, HEADER, rows, chart(timeline), notes, ramps.section(ramps.load()))
 
 
 def run(workdir: Path, registry: str) -> int:

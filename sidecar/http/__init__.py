@@ -1,4 +1,6 @@
-"""The data path's HTTP/1.1 core: asyncio Protocols and llhttp (httptools).
+"""The data path's protocol cores: HTTP/1.1 on asyncio Protocols and llhttp (httptools), and
+HTTP/2 with prior knowledge (h2c) on the `h2` state machine (sidecar.http.h2c), on the same
+ports: a connection that opens with HTTP/2's preface is handed over to it.
 
 `HttpServer` parses client request heads and hands each to a handler as an `Exchange`; the
 handler decides (forward, refuse, retry elsewhere) and the core moves the bytes: heads rewritten
@@ -17,14 +19,20 @@ which marks an app may not set (sidecar.http.fields), and a bound on every wait 
 from sidecar.http.client import Origin, UpstreamResponse
 from sidecar.http.exchange import Exchange
 from sidecar.http.failures import Failure, classify, refused
+from sidecar.http.h2c.exchange import H2Response, StreamExchange
 from sidecar.http.head import IDEMPOTENT, Headers, RequestHead, ResponseHead
 from sidecar.http.pool import Pool
 from sidecar.http.server import HttpServer, Limits
 
+# What a policy handles: a request on HTTP/1.1, or a stream on HTTP/2; one interface.
+AnyExchange = Exchange | StreamExchange
+
 __all__ = [
     "IDEMPOTENT",
+    "AnyExchange",
     "Exchange",
     "Failure",
+    "H2Response",
     "Headers",
     "HttpServer",
     "Limits",
@@ -32,6 +40,7 @@ __all__ = [
     "Pool",
     "RequestHead",
     "ResponseHead",
+    "StreamExchange",
     "UpstreamResponse",
     "classify",
     "refused",

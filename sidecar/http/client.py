@@ -45,6 +45,7 @@ class Origin:
     host: str
     port: int
     tls: ssl.SSLContext | None = field(default=None, compare=False)
+    h2c: bool = False  # it speaks HTTP/2 with prior knowledge (sidecar.http.h2c.client)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -87,6 +88,7 @@ class UpstreamConnection(Endpoint):
         self._unparsed = 0  # bytes fed since the parser last showed progress (a body, a message)
         self._pending: list[bytes] = []  # body bytes read before the client side was attached
         self._pending_size = 0
+        self._piece: asyncio.Future[None] | None = None  # awaited by next_piece()
         self._sink: Endpoint | None = None
         self._chunked_out = False
         self.upgrade_data = b""  # bytes after a 101 response head: the new protocol's first
@@ -140,6 +142,20 @@ class UpstreamConnection(Endpoint):
         self.resume_reading()
         return self._done
 
+    async def next_piece(self) -> bytes | None:
+        """The body piece by piece, for a relay that is not a byte stream (to HTTP/2): what has
+        arrived, None at the end; raises UpstreamError if it broke off."""
+        assert self._done is not None
+        while not self._pending:
+            if self._done.done():
+                self._done.result()
+                return None
+            self._piece = self._loop.create_future()
+            self.resume_reading()
+            await asyncio.wait((self._piece, self._done), return_when=asyncio.FIRST_COMPLETED)
+        pieces, self._pending, self._pending_size = self._pending, [], 0
+        return b"".join(pieces)
+
     # --- asyncio.Protocol
 
     def data_received(self, data: bytes) -> None:
@@ -171,6 +187,7 @@ class UpstreamConnection(Endpoint):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._timer.cancel()
+        self.wake_drain()
         self.pool.forget(self)
         if self.tunnel is not None or self.tunnel_done is not None:
             self.tunnel_lost()
@@ -242,6 +259,8 @@ class UpstreamConnection(Endpoint):
             return
         self._pending.append(data)
         self._pending_size += len(data)
+        if self._piece is not None and not self._piece.done():
+            self._piece.set_result(None)
         if self._pending_size > HIGH_WATER:
             self.pause_reading()
 

@@ -30,6 +30,7 @@ from sidecar.http.head import (
 from sidecar.http.pool import Pool
 
 if TYPE_CHECKING:
+    from sidecar.http.h2c.exchange import H2Response
     from sidecar.http.server import ServerConnection
 
 # A response body up to this size (with a Content-Length) is read whole before its head goes
@@ -39,6 +40,10 @@ WHOLE_BODY_BYTES = HIGH_WATER
 
 class Exchange:
     """One request on a client connection, and the response the handler gives it."""
+
+    http2 = False
+    grpc = False  # gRPC is HTTP/2's only
+    grpc_status: bytes | None = None
 
     def __init__(self, connection: ServerConnection, head: RequestHead) -> None:
         self.connection = connection
@@ -52,6 +57,7 @@ class Exchange:
         self._body_size = 0
         self._body_sink: UpstreamConnection | None = None
         self._body_waiter: asyncio.Future[None] | None = None
+        self._piecewise = False  # the body is taken by next_piece()
         self.task: asyncio.Task[None] | None = None
 
     def header(self, name: bytes) -> bytes | None:
@@ -86,8 +92,23 @@ class Exchange:
             return
         self._body.append(data)
         self._body_size += len(data)
-        if self._body_size > HIGH_WATER and self._body_waiter is None:
+        if self._piecewise and self._body_waiter is not None and not self._body_waiter.done():
+            self._body_waiter.set_result(None)
+        if self._body_size > HIGH_WATER and (self._body_waiter is None or self._piecewise):
             self.connection.pause_reading()
+
+    async def next_piece(self) -> bytes | None:
+        """The body piece by piece, for a relay that is not a byte stream (to HTTP/2): what has
+        arrived, None at its end. The client is read only while pieces are taken."""
+        self._piecewise = True
+        while not self._body:
+            if self.body_complete:
+                return None
+            self._body_waiter = asyncio.get_running_loop().create_future()
+            self.connection.resume_reading()
+            await self._body_waiter
+        pieces, self._body, self._body_size = self._body, [], 0
+        return b"".join(pieces)
 
     def body_done(self) -> None:
         self.body_complete = True
@@ -117,9 +138,24 @@ class Exchange:
 
     # --- forwarding and relaying
 
-    async def forward(self, pool: Pool, origin: Origin, head: bytes, body: bytes | None) -> UpstreamResponse:
-        """Send this request to `origin` (`body` as read by `read_body`, or None to stream it) and
-        return the response head; 1xx responses on the way go to the client at once."""
+    async def forward(
+        self,
+        pool: Pool,
+        origin: Origin,
+        host: bytes,
+        headers: Headers,
+        body: bytes | None,
+        prefix: bytes = b"",
+    ) -> UpstreamResponse | H2Response:
+        """Send this request to `origin` (with `host`, the end-to-end `headers` to forward, its
+        target under `prefix`; `body` as read by `read_body`, or None to stream it) and return
+        the response head; 1xx responses on the way go to the client at once. An origin that
+        speaks HTTP/2 gets it translated (sidecar.http.h2c.translate)."""
+        if origin.h2c:
+            from sidecar.http.h2c.translate import forward_to_h2
+
+            return await forward_to_h2(self, pool, origin, host, headers, body, prefix)
+        head = self.head.to_bytes(host, headers, prefix)
         sent = b"" if body is None else body
         upstream = await pool.request(
             origin, head, body=sent, method=self.head.method, informational=self._info
@@ -135,12 +171,17 @@ class Exchange:
             self.connection.write(head)
 
     async def relay(
-        self, response: UpstreamResponse, extra: Headers, close: bool, strip_marks: bool = False
+        self, response: UpstreamResponse | H2Response, extra: Headers, close: bool, strip_marks: bool = False
     ) -> None:
         """Send `response` to the client, its body as it arrives, with `extra` headers; `close`
         ends the client connection after it; `strip_marks` removes the X-Sidecar-* headers the
         origin sent. Raises UpstreamError if the body is cut off (the client connection is then
         closed: the status line is already out)."""
+        if not isinstance(response, UpstreamResponse):
+            from sidecar.http.h2c.translate import relay_h2
+
+            await relay_h2(self, response, extra, close, strip_marks)
+            return
         upstream, head = response.connection, response.head
         if head.status == 101:
             await self._splice(response, strip_marks)
@@ -240,6 +281,11 @@ class Exchange:
         if self.head.method == "HEAD":
             body = b""
         self.connection.write(serialize(status_line(status), [*headers, *framing]) + body)
+
+    def refuse(self, body: object, headers: Headers) -> None:
+        """Not forwarded, and the client may send it elsewhere: 503 (the caller's headers say
+        it was refused: X-Sidecar-Refused)."""
+        self.respond_json(503, body, headers, close=True)
 
     def respond_json(
         self, status: int, body: object, headers: Headers | None = None, close: bool = False

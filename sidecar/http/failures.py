@@ -6,6 +6,7 @@ forwarding to a provider instance) meet the same failures and must read them the
     failure                          sent  may go again                  answer  reason
     ConnectFailed                    no    yes, any method               503     connect
     503 with X-Sidecar-Refused       no    if the body was kept          503     refused
+    StreamRefused (HTTP/2)           no    if the body was kept          503     refused
     UpstreamBroken / UpstreamError   yes   idempotent and body kept      502     broken
     UpstreamTimeout                  yes   idempotent and body kept      504     timeout
     any of them once a response      yes   no                            502/504 broken/timeout
@@ -25,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sidecar.errors import ConnectFailed, UpstreamBroken, UpstreamError, UpstreamTimeout
+from sidecar.errors import ConnectFailed, StreamRefused, UpstreamBroken, UpstreamError, UpstreamTimeout
 from sidecar.http.head import IDEMPOTENT
 
 Reason = Literal["connect", "refused", "broken", "timeout"]
@@ -50,6 +51,8 @@ def classify(error: UpstreamError, method: str, replayable: bool, *, responded: 
     if isinstance(error, ConnectFailed) and not responded:
         # Not even connected: nothing was sent, a streamed body is still unread.
         return Failure("connect", sent=False, resendable=True, status=503)
+    if isinstance(error, StreamRefused) and not responded:
+        return refused(replayable)
     resendable = method in IDEMPOTENT and replayable and not responded
     if isinstance(error, UpstreamTimeout):
         return Failure("timeout", sent=True, resendable=resendable, status=504)
@@ -58,6 +61,7 @@ def classify(error: UpstreamError, method: str, replayable: bool, *, responded: 
 
 
 def refused(replayable: bool) -> Failure:
-    """A provider sidecar's 503 with X-Sidecar-Refused: its app never saw the request, which may
-    go elsewhere whatever its method, if its body was kept (a streamed one was used up)."""
+    """A provider sidecar's 503 with X-Sidecar-Refused, or an HTTP/2 origin's REFUSED_STREAM: the
+    app never saw the request, which may go elsewhere whatever its method, if its body was kept
+    (a streamed one was used up)."""
     return Failure("refused", sent=False, resendable=replayable, status=503)

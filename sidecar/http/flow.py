@@ -43,6 +43,7 @@ class Endpoint(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._last_read = 0.0  # loop time of the last read, or of the end of a pause of ours
         self._stalled_since: float | None = None  # loop time the peer stopped reading our writes
+        self._drain: asyncio.Future[None] | None = None  # awaited by `drained()`
         self._timer = Deadline(self._deadline, self._expired)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -74,6 +75,7 @@ class Endpoint(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writing_paused = False
         self._stalled_since = None
+        self.wake_drain()
         if self.feeder is not None:
             self.feeder.resume_reading()
 
@@ -93,6 +95,19 @@ class Endpoint(asyncio.Protocol):
         self.feeder = feeder
         if feeder is not None and self._writing_paused:
             feeder.pause_reading()
+
+    async def drained(self) -> None:
+        """Once our write buffer is below its high-water mark (for writers that await, rather
+        than pause a feeder: a relay to or from HTTP/2)."""
+        while self._writing_paused and not self.closed:
+            if self._drain is None or self._drain.done():
+                self._drain = self._loop.create_future()
+            await asyncio.shield(self._drain)
+
+    def wake_drain(self) -> None:
+        """Writable again, or closed: whoever awaits `drained()` looks again."""
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
 
     def write(self, data: bytes) -> None:
         if not self.closed:

@@ -5,7 +5,8 @@ at a time.
 its head; `release()` takes the connection back once its response is over, if both sides keep it
 alive (sidecar.http.client says when). Per origin, at most `limit` connections are open at once
 (idle or busy); further requests wait for one. With 64 KiB write buffers on each side, a
-sidecar's memory for bodies in transit is bounded by connections x 128 KiB.
+sidecar's memory for bodies in transit is bounded by connections x 128 KiB. Origins that speak
+HTTP/2 (h2c) are the business of `h2`, a few multiplexed connections each (sidecar.http.h2c).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections import deque
 
 from sidecar.errors import ConnectFailed
 from sidecar.http.client import Informational, Origin, UpstreamConnection, UpstreamResponse
+from sidecar.http.h2c.client import H2Pool
 
 
 class Pool:
@@ -28,6 +30,7 @@ class Pool:
         self._idle: dict[Origin, list[UpstreamConnection]] = {}
         self._open: dict[Origin, int] = {}
         self._waiters: dict[Origin, deque[asyncio.Future[None]]] = {}
+        self.h2 = H2Pool(connect_timeout, app_timeout)  # the origins that speak h2c
 
     def open_count(self, origin: Origin) -> int:
         """Connections open to `origin`, idle or busy."""
@@ -130,6 +133,7 @@ class Pool:
                 return
 
     def close(self) -> None:
+        self.h2.close()
         for idle in list(self._idle.values()):
             for connection in list(idle):
                 connection.abort()

@@ -50,6 +50,8 @@ from sidecar.errors import StartupError
 from sidecar.http.exchange import Exchange
 from sidecar.http.fields import MAX_UNPARSED_BYTES, FieldReader
 from sidecar.http.flow import Endpoint
+from sidecar.http.h2c.exchange import StreamExchange
+from sidecar.http.h2c.server import PREFACE, H2ServerConnection
 from sidecar.http.head import serialize, status_line
 from sidecar.http.request_head import framing_only, read_request_head, refusal, request_parser
 
@@ -69,7 +71,7 @@ SHUTDOWN_GRACE_SECONDS = 1.0
 LINGER_QUIET_SECONDS = 5.0
 LINGER_SECONDS = 30.0
 
-Handler = Callable[[Exchange], Awaitable[None]]
+Handler = Callable[[Exchange | StreamExchange], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,8 @@ class ServerConnection(Endpoint):
         self._lingering = False
         self._served = False  # an exchange ran: from then on, waiting is idleness, not a late head
         self._since = 0.0  # loop time the current wait began: a head, idleness, lingering
+        self._sniffing = True  # the first bytes may be HTTP/2's preface (h2c, prior knowledge)
+        self._sniffed = b""
 
     # --- asyncio.Protocol
 
@@ -127,14 +131,35 @@ class ServerConnection(Endpoint):
             self.upgrade_data += data
             self.pause_reading()
             return
+        if self._sniffing:
+            data = self._sniff(data)
+            if not data:
+                return
         self._feed(data)
+
+    def _sniff(self, data: bytes) -> bytes:
+        """A connection's first bytes: HTTP/2's preface hands it over to an H2ServerConnection
+        (the same port serves both); anything else is HTTP/1.1's, returned to be parsed."""
+        seen = self._sniffed + data
+        if not PREFACE.startswith(seen[: len(PREFACE)]):
+            self._sniffing, self._sniffed = False, b""
+            return seen
+        if len(seen) < len(PREFACE):
+            self._sniffed = seen  # a preface cut short by the network: wait for the rest
+            return b""
+        self._timer.cancel()
+        self.server.connections.discard(self)
+        http2 = H2ServerConnection(self.server, self.peer)
+        self.transport.set_protocol(http2)
+        http2.connection_made(self.transport)
+        http2.data_received(seen)
+        return b""
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._timer.cancel()
-        self.server.connections.discard(self)
-        if self.server.stopping and not self.server.connections:
-            self.server.all_closed.set()
+        self.wake_drain()
+        self.server.forget(self)
         if self.tunnel is not None:
             self.tunnel_lost()
         for exchange in (self.current, *self._queue):
@@ -305,6 +330,17 @@ class ServerConnection(Endpoint):
         """Draining: close once idle for DRAIN_IDLE_SECONDS (at once if it has been already)."""
         self._timer.watch()
 
+    def drain(self) -> None:
+        """Draining: an idle connection closes (see DRAIN_IDLE_SECONDS); one in an exchange
+        closes after its response (Connection: close)."""
+        if self.is_idle():
+            self.close_when_idle()
+
+    def end_drain(self) -> None:
+        """The drain is over: a spliced (upgraded) connection is cut."""
+        if self.tunnel is not None:
+            self.abort()
+
     # --- the one timer (sidecar.http.deadline)
 
     def _deadline(self) -> float | None:
@@ -349,7 +385,7 @@ class HttpServer:
         self.handler = handler
         self.limits = limits
         self.option = option  # names the flag in a start-up error
-        self.connections: set[ServerConnection] = set()
+        self.connections: set[ServerConnection | H2ServerConnection] = set()
         self.draining = False
         self.stopping = False  # no longer listening: every response closes its connection
         self.all_closed = asyncio.Event()  # set once stopping and no connection is left
@@ -385,16 +421,22 @@ class HttpServer:
             connection.abort()
         await self._server.wait_closed()
 
+    def forget(self, connection: ServerConnection | H2ServerConnection) -> None:
+        """`connection` closed."""
+        self.connections.discard(connection)
+        if self.stopping and not self.connections:
+            self.all_closed.set()
+
     def close_idle(self) -> None:
         """Draining: close every connection that is not in an exchange (see DRAIN_IDLE_SECONDS),
-        now and from now on, so that clients go elsewhere."""
+        now and from now on, so that clients go elsewhere; HTTP/2 ones get GOAWAY (two steps:
+        sidecar.http.h2c.server) and close once their streams are done."""
         self.draining = True
         for connection in list(self.connections):
-            if connection.is_idle():
-                connection.close_when_idle()
+            connection.drain()
 
     def close_upgraded(self) -> None:
-        """Close every spliced (upgraded) connection: the drain has ended."""
+        """The drain has ended: close every spliced (upgraded) connection, and every HTTP/2
+        connection with a stream still open (a long streaming call)."""
         for connection in list(self.connections):
-            if connection.tunnel is not None:
-                connection.abort()
+            connection.end_drain()

@@ -10,6 +10,10 @@ port is pointed at the sidecar's, or consumers would bypass it.
 Injecting is idempotent: an injected pod is recognised (the sidecar by its name, the app's probe
 by the admin port), and what inject would write is what is already there.
 
+A gRPC (or other HTTP/2) app gets `--app h2c://` and, from its `grpc` probe, `--app-health
+grpc[:SERVICE]` (sidecar.kubernetes.app_protocol tells it). Its liveness probe stays on the app,
+as every app's: it tells the kubelet to restart the app, which is the app's to answer.
+
 Why `--allow $(HOST_IP)`: the kubelet sends the preStop GET from the node, and an httpGet hook
 cannot read a Secret for the token header; most network plugins make that request come from the
 node's IP. Where one does not, add the header by hand (deploy/kubernetes/deployment.yaml).
@@ -24,7 +28,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.errors import InjectError
+from sidecar.kubernetes.app_protocol import (
+    GRPC_HEALTH,
+    H2cServicePort,
+    grpc_action,
+    grpc_health_arg,
+    h2c_service_ports,
+    speaks_h2c,
+)
 from sidecar.kubernetes.manifests import load_documents, render
+from sidecar.options import parse_health_path
 
 SIDECAR_NAME = "graceful-sidecar"
 ADMIN_PORT = 16688  # the design's admin port; preStop and probes name it by number
@@ -90,11 +103,13 @@ def inject_sources(sources: list[tuple[str, str]], options: InjectOptions, warn:
         raise InjectError(REGISTRY_REQUIRED)
     documents = [(name, doc) for name, text in sources for doc in load_documents(name, text)]
     originals = [copy.deepcopy(doc.data) for _, doc in documents]
+    # Before any pod: a Service's appProtocol tells how the app speaks, and it may come later.
+    h2c_ports = [port for _, doc in documents for obj in objects(doc.data) for port in h2c_service_ports(obj)]
     pods = [
         pod
         for name, doc in documents
         for obj in objects(doc.data)
-        if (pod := inject_object(name, obj, options, warn)) is not None
+        if (pod := inject_object(name, obj, options, warn, h2c_ports)) is not None
     ]
     for _, doc in documents:
         for obj in objects(doc.data):
@@ -125,7 +140,13 @@ def objects(data: Any) -> Iterator[dict[str, Any]]:
         yield data
 
 
-def inject_object(source: str, obj: dict[str, Any], options: InjectOptions, warn: Warn) -> InjectedPod | None:
+def inject_object(
+    source: str,
+    obj: dict[str, Any],
+    options: InjectOptions,
+    warn: Warn,
+    h2c_ports: list[H2cServicePort],
+) -> InjectedPod | None:
     """Inject the pod spec of a workload or Pod in place; None for any other object."""
     kind = obj.get("kind")
     if kind != "Pod" and kind not in WORKLOAD_KINDS:
@@ -141,15 +162,24 @@ def inject_object(source: str, obj: dict[str, Any], options: InjectOptions, warn
     labels = pod_meta.get("labels") or {}
     if not isinstance(labels, dict):
         raise InjectError(f"{where}: metadata.labels is not a mapping")
-    app_port, app_ports = inject_pod_spec(where, name, pod_meta, spec, options, warn)
     namespace = metadata.get("namespace")
-    return InjectedPod(namespace, {str(k): str(v) for k, v in labels.items()}, app_port, app_ports)
+    pod_labels = {str(k): str(v) for k, v in labels.items()}
+    services = [port for port in h2c_ports if port.selects(namespace, pod_labels)]
+    app_port, app_ports = inject_pod_spec(where, name, pod_meta, spec, options, warn, services)
+    return InjectedPod(namespace, pod_labels, app_port, app_ports)
 
 
 def inject_pod_spec(
-    where: str, name: str, pod_meta: dict[str, Any], spec: dict[str, Any], options: InjectOptions, warn: Warn
+    where: str,
+    name: str,
+    pod_meta: dict[str, Any],
+    spec: dict[str, Any],
+    options: InjectOptions,
+    warn: Warn,
+    h2c_ports: list[H2cServicePort],
 ) -> tuple[int, frozenset[str]]:
-    """Add the sidecar to one pod spec; returns the app's port and the names it goes by."""
+    """Add the sidecar to one pod spec; returns the app's port and the names it goes by.
+    `h2c_ports`: the Service ports that declare HTTP/2 and select this pod."""
     containers = container_list(spec, "containers", where)
     if not containers:
         raise InjectError(f"{where}: no containers to put the sidecar beside")
@@ -168,12 +198,18 @@ def inject_pod_spec(
     app_name = f"{where} container {app.get('name', '?')}"
     init = container_list(spec, "initContainers", where)
     existing = next((c for c in init if c.get("name") == SIDECAR_NAME), None)
+    names = frozenset(n for n, port in declared_ports(app).items() if port == app_port)
+    h2c = speaks_h2c(app, app_port, names, previous_arg(existing, "--app"), h2c_ports, options.app_health)
     app_health = options.app_health
     if app_health is None:
-        app_health = former_health_path(app, app_name, app_port, existing, warn)
+        app_health = former_health_path(app, app_name, app_port, existing, warn, h2c == "grpc")
+        try:  # a probe's path or service the sidecar would refuse at its start
+            parse_health_path(app_health or "")
+        except ValueError as exc:
+            raise InjectError(f"{app_name}: its probe cannot be the sidecar's --app-health: {exc}") from None
     drain = options.drain_timeout if options.drain_timeout is not None else DEFAULT_DRAIN_SECONDS
     stop = options.stop_timeout if options.stop_timeout is not None else DEFAULT_STOP_SECONDS
-    sidecar = sidecar_container(options, options.service or name, app_port, app_health)
+    sidecar = sidecar_container(options, options.service or name, app_port, app_health, h2c is not None)
     if existing is None:
         init.append(sidecar)
     else:
@@ -203,12 +239,11 @@ def inject_pod_spec(
         raise InjectError(f"{where}: metadata.annotations is not a mapping")
     # The app's own stop time: it documents the grace period's budget (tests/test_deploy.py).
     annotations[APP_STOP_ANNOTATION] = f"{stop:g}"
-    names = frozenset(n for n, port in declared_ports(app).items() if port == app_port)
     return app_port, names
 
 
 def sidecar_container(
-    options: InjectOptions, service: str, app_port: int, app_health: str | None
+    options: InjectOptions, service: str, app_port: int, app_health: str | None, h2c: bool = False
 ) -> dict[str, Any]:
     listen = options.listen_port
     args = [
@@ -220,7 +255,8 @@ def sidecar_container(
         "--advertise",
         f"$(POD_IP):{listen}",
     ]
-    args += ["--app", f"http://127.0.0.1:{app_port}", "--admin", f"0.0.0.0:{ADMIN_PORT}"]
+    scheme = "h2c" if h2c else "http"
+    args += ["--app", f"{scheme}://127.0.0.1:{app_port}", "--admin", f"0.0.0.0:{ADMIN_PORT}"]
     args += ["--advertise-admin", f"http://$(POD_IP):{ADMIN_PORT}"]
     # The kubelet's preStop comes from the node (see the module's docstring); --allow replaces the
     # loopback default, hence loopback again.
@@ -291,25 +327,52 @@ def merge_sidecar(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
 
 
 def former_health_path(
-    app: dict[str, Any], app_name: str, app_port: int, sidecar: dict[str, Any] | None, warn: Warn
+    app: dict[str, Any],
+    app_name: str,
+    app_port: int,
+    sidecar: dict[str, Any] | None,
+    warn: Warn,
+    grpc: bool = False,
 ) -> str | None:
-    """The app's health path for --app-health: its readiness probe's, when that was an httpGet;
-    on an injected pod (the probe is the sidecar's), what the sidecar was given before."""
+    """The app's health check for --app-health: its readiness probe's path when that was an
+    httpGet, `grpc[:SERVICE]` when it was a grpc probe (or, failing a readiness probe to take it
+    from, its liveness probe was); on an injected pod (the probe is the sidecar's), what the
+    sidecar was given before. A gRPC app (`grpc`) without either is checked with the gRPC health
+    check rather than GET /health (None: the sidecar's default)."""
+    liveness = grpc_action(app, "livenessProbe")
+    fallback = grpc_health_arg(liveness) if liveness is not None else GRPC_HEALTH if grpc else None
+    if fallback is None:
+        polls, options = "polls GET /health on the app", "--app-health PATH"
+    else:
+        service = fallback.partition(":")[2]
+        called = f'Health/Check("{service}")' if service else "Health/Check"
+        polls, options = f"calls gRPC {called} on the app", "--app-health PATH or grpc:SERVICE"
     probe = app.get("readinessProbe")
     if not isinstance(probe, dict):
-        if sidecar is None:
+        if sidecar is not None:
+            return previous_arg(sidecar, "--app-health")
+        if liveness is None:
             warn(
-                f"{app_name}: no readinessProbe to take the health path from; the sidecar polls"
-                " GET /health on the app until 2xx (pass --app-health PATH, or '' for none)"
+                f"{app_name}: no readinessProbe to take the health path from; the sidecar {polls}"
+                f" until {'2xx' if fallback is None else 'SERVING'} (pass {options}, or '' for none)"
             )
-        return previous_arg(sidecar, "--app-health")
+        return fallback
+    action = grpc_action(app, "readinessProbe")
+    if action is not None:
+        port = action.get("port")
+        if isinstance(port, int) and port != app_port:
+            warn(
+                f"{app_name}: its readinessProbe is on port {port}, not the app's {app_port}: the"
+                f" sidecar checks gRPC health on port {app_port} (--app-health)"
+            )
+        return grpc_health_arg(action)
     action = probe.get("httpGet")
     if not isinstance(action, dict):
         warn(
             f"{app_name}: its readinessProbe {describe_handler(probe)} is replaced by the sidecar's /ready;"
-            " the sidecar polls GET /health on the app (pass --app-health PATH, or '' for none)"
+            f" the sidecar {polls} (pass {options}, or '' for none)"
         )
-        return None
+        return fallback
     port = resolve_port(action.get("port"), app)
     if port == ADMIN_PORT:
         return previous_arg(sidecar, "--app-health")

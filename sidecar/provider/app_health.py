@@ -6,6 +6,10 @@ of a crash first (a refused connection, a reset) and `suspect()` makes the check
 instead of at the next poll. One failed check proves little (a blip): it is confirmed by more
 checks a short interval apart, so a crash is confirmed within about a second of the first
 refused request, and within a poll interval more when no request comes.
+
+What one check is depends on the app: `GET` of the health path (over HTTP/1.1, or over HTTP/2
+with prior knowledge for an `h2c://` app), or with `--app-health grpc[:SERVICE]` the standard
+gRPC health check (grpc_health.py). The cadence, the confirmations and suspect() are the same.
 """
 
 from __future__ import annotations
@@ -14,8 +18,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from urllib.parse import urlsplit
 
 import httpx
+
+from sidecar.config import grpc_health_service
+from sidecar.provider.grpc_health import GrpcTarget
+from sidecar.provider.grpc_health import check as grpc_check
 
 log = logging.getLogger("sidecar.lifecycle")
 
@@ -41,8 +50,12 @@ class AppHealth:
     `lost` is set once the watch has confirmed that the app stopped answering. `last_check`
     says what the last check got, and what to do about a failure (for /status and the log)."""
 
-    def __init__(self, url: str | None) -> None:
-        self.url = url
+    def __init__(self, url: str | None, grpc: GrpcTarget | None = None) -> None:
+        """`url`: the health path's URL (`h2c://` for an app that speaks HTTP/2); `grpc`: the
+        gRPC health check's target instead. Neither: the app is not checked."""
+        self.url = url or (grpc.describe() if grpc is not None else None)  # as /status shows it
+        self._grpc = grpc
+        self._h2c = url is not None and url.startswith(H2C_PREFIX)
         self.healthy = True
         self.lost = asyncio.Event()
         self.last_check: str | None = None
@@ -56,7 +69,7 @@ class AppHealth:
         """Return once the app answers 2xx (at once without a health URL)."""
         if self.url is None:
             return
-        async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_SECONDS, trust_env=False) as client:
+        async with self._client() as client:
             while not await self._check(client):  # noqa: ASYNC110 - another process
                 await asyncio.sleep(HEALTH_POLL_SECONDS)
         self.healthy = True
@@ -68,7 +81,7 @@ class AppHealth:
         returns at once, `lost` never set."""
         if self.url is None:
             return
-        async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_SECONDS, trust_env=False) as client:
+        async with self._client() as client:
             checked = time.monotonic()
             while True:
                 self._suspect.clear()
@@ -100,24 +113,60 @@ class AppHealth:
         """One check; its outcome is logged when it differs from the last one (a poll five
         times a second says why once, not five times a second)."""
         assert self.url is not None
-        passed, outcome = await _probe(client, self.url)
+        if self._grpc is not None:
+            passed, outcome = await grpc_check(self._grpc, HEALTH_TIMEOUT_SECONDS)
+        elif self._h2c:
+            passed, outcome = await _probe(client, "http://" + self.url.removeprefix(H2C_PREFIX), self.url)
+        else:
+            passed, outcome = await _probe(client, self.url)
         if outcome != self.last_check:
             log.log(logging.INFO if passed else logging.WARNING, "app health: %s", outcome)
             self.last_check = outcome
         return passed
 
+    def _client(self) -> httpx.AsyncClient:
+        """The HTTP client of the path checks: HTTP/2 with prior knowledge to an h2c app."""
+        if self._h2c:
+            return httpx.AsyncClient(timeout=HEALTH_TIMEOUT_SECONDS, trust_env=False, http1=False, http2=True)
+        return httpx.AsyncClient(timeout=HEALTH_TIMEOUT_SECONDS, trust_env=False)
 
-async def _probe(client: httpx.AsyncClient, url: str) -> tuple[bool, str]:
-    """Whether `url` answers 2xx, and what it got in words, with what to do about a failure."""
+
+H2C_PREFIX = "h2c://"
+
+
+def health_checks(app: str | None, app_health: str) -> tuple[str | None, GrpcTarget | None]:
+    """What `--app` and `--app-health` ask to check: the health path's URL, or the target of the
+    gRPC health check (`--app-health grpc[:SERVICE]`); (None, None) for no check."""
+    if not app or not app_health:
+        return None, None
+    service = grpc_health_service(app_health)
+    if service is None:
+        return app + "/" + app_health.lstrip("/"), None
+    parts = urlsplit(app)
+    assert parts.hostname is not None  # validated by options: h2c:// has a host and a port
+    assert parts.port is not None
+    return None, GrpcTarget(parts.hostname, parts.port, service)
+
+
+async def _probe(client: httpx.AsyncClient, url: str, shown: str | None = None) -> tuple[bool, str]:
+    """Whether `url` answers 2xx, and what it got in words (`shown` naming it, for an h2c app),
+    with what to do about a failure."""
+    h2c = shown is not None
+    shown = shown or url
+    # A gRPC server answers a GET with a reset stream or an error status: its health is the
+    # gRPC check's to tell.
+    fix = "PATH (or grpc for a gRPC server)" if h2c else "PATH"
     try:
         status = (await client.get(url)).status_code
     except httpx.TimeoutException:
-        return False, f"GET {url} -> no answer within {HEALTH_TIMEOUT_SECONDS:g} s"
+        return False, f"GET {shown} -> no answer within {HEALTH_TIMEOUT_SECONDS:g} s"
     except httpx.HTTPError as exc:
         reason = str(exc) or exc.__class__.__name__
-        return False, f"GET {url} -> {reason}; is the app listening there (--app)?"
+        if h2c and isinstance(exc, httpx.RemoteProtocolError):
+            return False, f"GET {shown} -> {reason}; set --app-health {fix}, or '' to skip the check"
+        return False, f"GET {shown} -> {reason}; is the app listening there (--app)?"
     if 200 <= status < 300:
-        return True, f"GET {url} -> {status}"
-    if status in (404, 405):  # no such path: the default /health is the usual suspect
-        return False, f"GET {url} -> {status}; set --app-health PATH, or '' to skip the check"
-    return False, f"GET {url} -> {status}"
+        return True, f"GET {shown} -> {status}"
+    if status in (404, 405, 415):  # no such path: the default /health is the usual suspect
+        return False, f"GET {shown} -> {status}; set --app-health {fix}, or '' to skip the check"
+    return False, f"GET {shown} -> {status}"

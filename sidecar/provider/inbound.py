@@ -7,6 +7,8 @@ drop this instance at once; idle keep-alive connections are closed when draining
 upgraded ones when the drain ends. Once the drain has ended, requests are refused with 503 and
 `X-Sidecar-Refused` *without* reaching the app, which tells a consumer sidecar that retrying
 elsewhere is safe whatever the method. The same holds when the app cannot be connected to.
+On HTTP/2 the same holds per stream, in HTTP/2's own words: GOAWAY when draining starts, and
+RST_STREAM with REFUSED_STREAM for a refused stream (sidecar.http.h2c).
 What a failure to forward means (refuse, retry once, 502 or 504) is the forwarding policy's
 (sidecar.http.failures), shared with the consumer side. Any such failure also has the app's
 health checked at once (app_health): a crashed app leaves the registry within about a second.
@@ -19,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from contextlib import AsyncExitStack
 from types import TracebackType
 from urllib.parse import urlsplit
 
 from sidecar.config import Settings
 from sidecar.errors import UpstreamError
-from sidecar.http import Exchange, Headers, HttpServer, Limits, Origin, Pool, classify
+from sidecar.http import AnyExchange, Headers, HttpServer, Limits, Origin, Pool, classify
 from sidecar.metrics import Metrics
 from sidecar.protocol import headers as wire
 from sidecar.provider.inflight import ConsumerBook, InflightTracker
@@ -42,6 +45,7 @@ DROPPED = frozenset({wire.CONSUMER, b"x-forwarded-for"})
 TIMED_OUT = "the app sent nothing within --app-timeout"
 NOT_ANSWERED = "the app closed the connection without answering"
 CUT_OFF = "the response was cut off mid-body"
+NOT_HTTP2 = "gRPC needs an app that speaks HTTP/2: --app h2c://HOST:PORT"
 
 
 class InboundProxy:
@@ -98,28 +102,33 @@ class InboundProxy:
         await self.lifecycle.ended.wait()
         self.server.close_upgraded()
 
-    async def handle(self, exchange: Exchange) -> None:
+    async def handle(self, exchange: AnyExchange) -> None:
         if self.lifecycle.refusing:
             self._refuse(exchange, "drained")
         else:
             consumer = exchange.header(wire.CONSUMER)
             if consumer:
                 self.consumers.remember(consumer.decode("latin-1"), exchange.peer)
-            with self.tracker.track():
+            with self.tracker.track(stream=exchange.http2):
                 await self._forward(exchange)
         self.metrics.count_request(exchange.status)
+        if exchange.grpc:
+            self.metrics.count_grpc(exchange.grpc_status)
 
-    async def _forward(self, exchange: Exchange) -> None:
+    async def _forward(self, exchange: AnyExchange) -> None:
         request = exchange.head
+        if exchange.http2 and exchange.grpc and not self.origin.h2c:
+            return self._error(exchange, 502, NOT_HTTP2)
         headers = request.end_to_end(DROPPED)
         if exchange.peer:
             chain = [value for name, value in request.headers if name.lower() == b"x-forwarded-for"]
             headers.append((b"X-Forwarded-For", b", ".join([*chain, exchange.peer.encode()])))
-        head = request.to_bytes(request.host or self.authority, headers, self.prefix)
+        host = request.host or self.authority
         replayable = not request.has_body  # a body streams to the app: once read, it is gone
+        started = time.monotonic()
         for attempt in (1, 2):
             try:
-                response = await exchange.forward(self.pool, self.origin, head, None)
+                response = await exchange.forward(self.pool, self.origin, host, headers, None, self.prefix)
                 break
             except UpstreamError as exc:
                 failure = classify(exc, request.method, replayable)
@@ -131,6 +140,7 @@ class InboundProxy:
                     return self._refuse(exchange, "app unreachable")  # the app never saw it
                 message = TIMED_OUT if failure.status == 504 else NOT_ANSWERED
                 return self._error(exchange, failure.status, message)
+        self.lifecycle.warming.record(time.monotonic() - started)  # latency warmup: the app's latency
         try:
             # The app's X-Sidecar-* headers go: consumers must be able to trust the marks.
             await exchange.relay(response, self._marks(), close=self.lifecycle.closing, strip_marks=True)
@@ -144,14 +154,16 @@ class InboundProxy:
             log.info("response to %s cut short: %s", request.method, exc)
 
     def _marks(self) -> Headers:
-        return [(wire.CLOSING_NAME, self.instance_id)] if self.lifecycle.closing else []
+        if self.lifecycle.closing:
+            return [(wire.CLOSING_NAME, self.instance_id)]
+        return self.lifecycle.weight_marks()  # latency warmup mode: X-Sidecar-Weight
 
-    def _refuse(self, exchange: Exchange, why: str) -> None:
+    def _refuse(self, exchange: AnyExchange, why: str) -> None:
         body = {"error": f"instance {self.instance_id.decode()} refused the request: {why}"}
         headers = [(wire.REFUSED_NAME, self.instance_id), *self._marks()]
-        exchange.respond_json(503, {**body, "instance_id": self.instance_id.decode()}, headers, close=True)
+        exchange.refuse({**body, "instance_id": self.instance_id.decode()}, headers)
 
-    def _error(self, exchange: Exchange, status: int, message: str) -> None:
+    def _error(self, exchange: AnyExchange, status: int, message: str) -> None:
         body = {"error": message, "instance_id": self.instance_id.decode()}
         exchange.respond_json(status, body, self._marks(), close=self.lifecycle.closing)
 
@@ -160,4 +172,4 @@ def _origin(app_url: str) -> Origin:
     parts = urlsplit(app_url)
     assert parts.hostname is not None  # validated by options.parse_http_url
     tls = ssl.create_default_context() if parts.scheme == "https" else None
-    return Origin(parts.hostname, parts.port or (443 if tls else 80), tls)
+    return Origin(parts.hostname, parts.port or (443 if tls else 80), tls, h2c=parts.scheme == "h2c")

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 class InflightTracker:
     def __init__(self) -> None:
         self._count = 0
+        self.streams = 0  # of which HTTP/2 streams
         self._idle = asyncio.Event()
         self._idle.set()
         self._arrived = asyncio.Event()
@@ -32,8 +33,10 @@ class InflightTracker:
         return self._count
 
     @contextmanager
-    def track(self) -> Iterator[None]:
+    def track(self, stream: bool = False) -> Iterator[None]:
+        """One request (or HTTP/2 `stream`) in flight while inside the block."""
         self._count += 1
+        self.streams += stream
         self.last_arrival = time.monotonic()
         self._idle.clear()
         self._arrived.set()
@@ -41,6 +44,7 @@ class InflightTracker:
             yield
         finally:
             self._count -= 1
+            self.streams -= stream
             if self._count == 0:
                 self._idle.set()
 

@@ -30,9 +30,10 @@ from sidecar.metrics import Metrics
 from sidecar.protocol import metadata
 from sidecar.protocol.notice import OfflineNotice
 from sidecar.protocol.warmup import Warmup
-from sidecar.provider.app_health import AppHealth
+from sidecar.provider.app_health import AppHealth, health_checks
 from sidecar.provider.inflight import ConsumerBook, InflightTracker
 from sidecar.provider.notify import Notifier
+from sidecar.provider.warming import Headers, Warming
 
 log = logging.getLogger("sidecar.lifecycle")
 T = TypeVar("T")
@@ -53,6 +54,7 @@ BACKOFF_MAX_SECONDS = 5.0
 class DrainResult:
     drained: bool
     inflight: int
+    inflight_streams: int  # of `inflight`, the HTTP/2 streams (gRPC calls among them)
     seconds: float
     notified: int
     deregistered: bool  # an instance was taken out of the registry
@@ -79,6 +81,7 @@ class Lifecycle:
         self._notifier = notifier
         self._metrics = metrics
         self.warmup = Warmup(settings.warmup, settings.warmup_curve, settings.warmup_min_percent)
+        self.warming = Warming(settings, metrics)  # step 4, by the clock or by the app's latency
         self.phase = "starting"
         self.registered = False
         self.registry_error: str | None = None
@@ -87,12 +90,13 @@ class Lifecycle:
         self.draining = asyncio.Event()  # set at step 1 of the offline sequence
         self.ended = asyncio.Event()  # set when the offline sequence has its result
         self.notified = asyncio.Event()  # set once step 3's notifications were answered or failed
-        self.app = AppHealth(_health_url(settings))
+        self.app = AppHealth(*health_checks(settings.app, settings.app_health))
         self._register_attempted = False  # a register call may have reached the registry
         self._registered_once = False  # a register call succeeded: the registry knows the instance
         self._registered_at = 0.0  # monotonic
         self._start_ms = 0
-        self._published: tuple[int, int | None] | None = None  # (weight, override) in the registry
+        # (weight, override, published p90 in ms) as the registry has them
+        self._published: tuple[int, int | None, float | None] | None = None
         self._publish_lock = asyncio.Lock()
         self._online_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -120,7 +124,13 @@ class Lifecycle:
             return self.override
         if not self.registered:
             return 0
-        return self.warmup.weight(self.settings.weight, time.monotonic() - self._registered_at)
+        return self.warming.weight(self.settings.weight, time.monotonic() - self._registered_at)
+
+    def weight_marks(self) -> Headers:
+        """The weight mark of a response (latency warmup mode; none while not registered)."""
+        if not (self.registered and self.warming.latency_mode):
+            return []  # the default mode pays nothing per response
+        return self.warming.mark(self.current_weight())
 
     def since_registered(self) -> float:
         """Seconds since the registration (the warmup's t), 0 while not registered."""
@@ -165,15 +175,16 @@ class Lifecycle:
         await asyncio.sleep(self.settings.register_delay)
         # 3. Register with the sidecar metadata (retried while the registry is down); ready.
         if self.provider:
+            self.warming.restart()  # a new registration warms up anew: the app may be cold
             await self._retry("register", self._register_now)
             await self.publish_weight()  # an override set while starting (weight 0, say)
             log.info("online: %s registered as %s", self.settings.service, self.settings.instance_id)
         warming = self.warmup.window > 0 and self.provider
         self._set_phase("warming" if warming else "serving")
-        # 4. Warmup: raise the registry weight in steps until the window has passed.
-        while warming and (elapsed := time.monotonic() - self._registered_at) < self.warmup.window:
-            await self.publish_weight()
-            await asyncio.sleep(min(self.warmup.step_seconds(), self.warmup.window - elapsed))
+        # 4. Warmup: raise the registry weight in steps, by the clock or as the app's latency
+        #    comes down, until it ends (--warmup at the latest).
+        if warming:
+            await self.warming.warm(self._registry, self.publish_weight, self._registered_at)
         self._set_phase("serving")
         # 5. From now on, retry any weight the registry failed to take (a PUT /weight during an
         #    outage, say); a no-op while the registry is in line.
@@ -191,18 +202,19 @@ class Lifecycle:
         self.registered = self._registered_once = True
         # What was sent, not self.override: a PUT /weight during the call is not in the registry
         # yet, and publish_weight (called next) sends it only if this says so.
-        self._published = (instance.weight, override)
+        self._published = (instance.weight, override, self.warming.published_ms())
         self._metrics.weight.set(instance.weight)
 
     def _instance(self, start_ms: int) -> Instance:
         advertise = self.settings.advertise
         assert advertise is not None  # only providers register
         fields = metadata.published(
-            start_ms, self.warmup, self.settings.weight, self.settings.advertise_admin, self.override
-        )
+            start_ms, self.warmup, self.settings.weight, self.settings.advertise_admin, self.override,
+            mode=self.settings.warmup_mode, latency_ms=self.warming.published_ms(),
+        )  # fmt: skip
         # Registries such as Consul cannot publish weight 0 at registration: set_weight(0) follows.
         if self.override is None and not self.registered:
-            weight = self.warmup.weight(self.settings.weight, 0)  # registering now: t = 0
+            weight = self.warming.weight(self.settings.weight, 0)  # registering now: t = 0
         else:
             weight = max(1, self.current_weight())
         return Instance(
@@ -219,11 +231,12 @@ class Lifecycle:
         async with self._publish_lock:
             if not self.registered or self.closing:
                 return False
-            wanted = (self.current_weight(), self.override)
+            self.warming.latency_to_publish()  # serving in latency mode: its p90, for warming peers
+            wanted = (self.current_weight(), self.override, self.warming.published_ms())
             if wanted == self._published:
                 return True
             try:
-                if self._published is None or wanted[1] != self._published[1]:
+                if self._published is None or wanted[1:] != self._published[1:]:
                     await self._registry.register(self._instance(self._start_ms))  # the metadata changed
                 await self._registry.set_weight(self.settings.instance_id, wanted[0])
             except RegistryClosed:
@@ -303,7 +316,7 @@ class Lifecycle:
             self.refusing = True
             self._set_phase("drained")
             await _within(self._tracker.wait_idle(), deadline)
-            inflight = self._tracker.count
+            inflight, streams = self._tracker.count, self._tracker.streams
         finally:  # also when a second signal cuts the sequence short
             for task in (notifying, deregistering):
                 if task is not None and not task.done():
@@ -312,6 +325,7 @@ class Lifecycle:
         result = DrainResult(
             drained=inflight == 0,
             inflight=inflight,
+            inflight_streams=streams,
             seconds=round(time.monotonic() - started, 3),
             notified=sum(sent),
             deregistered=deregistering is not None and _succeeded(deregistering) and deregistering.result(),
@@ -389,12 +403,6 @@ class Lifecycle:
             log.info("phase %s -> %s", self.phase, phase)
         self.phase = phase
         self._metrics.set_phase(phase)
-
-
-def _health_url(settings: Settings) -> str | None:
-    if not settings.app or not settings.app_health:
-        return None
-    return settings.app + "/" + settings.app_health.lstrip("/")
 
 
 async def _within(awaitable: Awaitable[T], deadline: float) -> T | None:

@@ -84,6 +84,12 @@ class HandProviders:
         self._steps.append(step)
         self._registered_at[instance_id] = registered_at
 
+    def register_plain(self, service: str, instance_id: str, port: int) -> None:
+        """Register an instance with no sidecar metadata at all (an app registered by other
+        means, or a provider sidecar of a release that published less)."""
+        assert self._registry is not None
+        self._call(self._registry.register(Instance(service, instance_id, "127.0.0.1", port)))
+
     def age(self, instance_id: str) -> float:
         """How far into its warmup the instance truly is now."""
         return time.monotonic() - self._registered_at[instance_id]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,11 +61,17 @@ class AppProc:
 
 @contextmanager
 def demo_app(
-    tmp_path: Path, name: str = "app", startup_delay: float = 0.0, wait: bool = True
+    tmp_path: Path,
+    name: str = "app",
+    startup_delay: float = 0.0,
+    wait: bool = True,
+    *,
+    cold: Sequence[str] = (),
 ) -> Iterator[AppProc]:
+    """The demo app; `cold`: its cold-start options (`--cold-requests N`, `--cold-seconds S`)."""
     port = free_port()
     stats_file = tmp_path / f"{name}-{port}-stats.json"
-    argv = demo_app_argv(port, name, stats_file, startup_delay)
+    argv = demo_app_argv(port, name, stats_file, startup_delay, cold)
     proc = spawn(argv, tmp_path / f"{name}-{port}.log")
     app = AppProc(proc, port, stats_file)
     try:
