@@ -91,14 +91,14 @@ class H2ClientConnection(H2Endpoint):
                 self._timer.watch()
 
     def _deadline(self) -> float | None:
-        stalled = super()._deadline()
-        if self.streams or self.closed:
+        stalled = super()._deadline()  # or lingering
+        if self.streams or self.closed or self._lingering_since is not None:
             return stalled
         idle = self._since + IDLE_SECONDS
         return idle if stalled is None else min(idle, stalled)
 
     def _expired(self) -> None:
-        if self._stalled_since is not None:
+        if self._stalled_since is not None or self._lingering_since is not None:
             super()._expired()
         elif not self.streams:
             self.close()

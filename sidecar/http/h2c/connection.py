@@ -38,6 +38,8 @@ log = logging.getLogger("sidecar.http")
 # reach the connection's bound alone. The connection's own window is the real bound.
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 1024 * 1024
+# After a GOAWAY for an error, what the peer still sends is read and discarded this long at most.
+LINGER_SECONDS = 2.0
 # As on HTTP/1.1 (sidecar.http.fields): the largest header list this side accepts.
 MAX_HEADER_LIST_BYTES = 64 * 1024
 
@@ -200,6 +202,7 @@ class H2Endpoint(asyncio.Protocol):
         self._writing_paused = False
         self._stalled_since: float | None = None  # loop time the peer stopped reading us
         self._flush_scheduled = False
+        self._lingering_since: float | None = None  # loop time of linger()
         self._timer = Deadline(self._deadline, self._expired)
 
     def _settings(self) -> dict[h2.settings.SettingCodes, int]:
@@ -216,13 +219,14 @@ class H2Endpoint(asyncio.Protocol):
         self.flush()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering_since is not None:
+            return  # after our GOAWAY: read and discarded (see linger)
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             # h2 has queued the GOAWAY with the error's code: send it, then close.
             log.info("HTTP/2 protocol error from %s: %s", self._peer_name(), exc)
-            self.flush()
-            self.close()
+            self.linger()
             return
         for event in events:
             self._dispatch(event)
@@ -425,12 +429,16 @@ class H2Endpoint(asyncio.Protocol):
     # --- the one timer
 
     def _deadline(self) -> float | None:
+        if self._lingering_since is not None:
+            return self._lingering_since + LINGER_SECONDS
         if self._stalled_since is not None:
             return self._stalled_since + self.body_timeout
         return None
 
     def _expired(self) -> None:
-        if self._stalled_since is not None:
+        if self._lingering_since is not None:
+            self.abort()
+        elif self._stalled_since is not None:
             log.info("HTTP/2 peer %s read nothing for --body-timeout: connection closed", self._peer_name())
             self.abort()
 
@@ -442,6 +450,20 @@ class H2Endpoint(asyncio.Protocol):
         if not self.closed:
             self.flush()
             self.transport.close()
+
+    def linger(self) -> None:
+        """End the connection after a GOAWAY that reports an error: send what is queued, shut
+        our side, and read (and discard) what the peer still sends until it closes, for at most
+        LINGER_SECONDS. Closing at once with its bytes unread would make the kernel answer with
+        a reset, which may reach the peer before the GOAWAY does (nginx's lingering close)."""
+        if self.closed or self._lingering_since is not None:
+            return
+        self.flush()
+        self._lingering_since = self._loop.time()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.transport.resume_reading()
+        self._timer.watch()
 
     def abort(self) -> None:
         if not self.closed:

@@ -202,7 +202,7 @@ class H2ServerConnection(H2Endpoint):
         log.warning("HTTP/2 client %s: %s; connection closed (ENHANCE_YOUR_CALM)", self.peer, why)
         self.write_raw(goaway(self.last_accepted, ErrorCodes.ENHANCE_YOUR_CALM))
         self.abort_streams()
-        self.close()
+        self.linger()
 
     # --- draining (see the module's docstring)
 
@@ -246,14 +246,14 @@ class H2ServerConnection(H2Endpoint):
     # --- the one timer: the stall bound (H2Endpoint), and idleness
 
     def _deadline(self) -> float | None:
-        stalled = super()._deadline()
-        if self.tasks or self.closed:
+        stalled = super()._deadline()  # or lingering
+        if self.tasks or self.closed or self._lingering_since is not None:
             return stalled
         idle = self._since + self.server.limits.idle_timeout
         return idle if stalled is None else min(idle, stalled)
 
     def _expired(self) -> None:
-        if self._stalled_since is not None:
+        if self._stalled_since is not None or self._lingering_since is not None:
             super()._expired()
         elif not self.tasks and not self.closed:
             self.write_raw(goaway(self.last_accepted))
