@@ -246,3 +246,15 @@ def test_a_streaming_call_past_the_drain_timeout_is_cut(tmp_path: Path, registry
             error = grpc_client.failure(lambda: list(call))
     assert (body["drained"], body["inflight"], body["inflight_streams"]) == (False, 1, 1)
     assert error.code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+
+
+def test_latency_warmup_marks_http2_responses(tmp_path: Path, registry: str) -> None:
+    """In latency warmup mode the provider's weight mark goes out on HTTP/2 responses too (a
+    gRPC call's initial metadata), where a consumer sidecar reads it."""
+    with grpc_provider(tmp_path, registry, "p1", "--warmup-mode", "latency", "--warmup", "60") as (_, car):
+        chan = grpc_client.channel(f"127.0.0.1:{port_of(car)}")
+        with chan:
+            call = grpc_client.server_stream_call(chan, 1, 1, 0.0, 10)
+            list(call)
+            metadata = dict(call.initial_metadata())
+    assert int(metadata["x-sidecar-weight"]) >= 1
