@@ -72,11 +72,12 @@ def warm_peer(tmp_path: Path, registry: str) -> Iterator[SidecarProc]:
 
 
 def test_weight_rises_as_the_app_warms_and_consumers_follow_it(tmp_path: Path) -> None:
-    """A JIT-like app: the weight starts at the floor, rises window by window as its latency
-    falls, ends at the base once it stopped falling (no warm peer: its own latency is the
-    reference) and enough requests were served; the consumer sidecar's table follows each step
-    from the responses' marks; the registry weight is written at most once a second; /status,
-    /weight and the metrics say the mode, the latency and why the warmup ended."""
+    """A JIT-like app: the weight starts at the floor, rises as its latency falls (to the
+    ceiling at once when the requests show a steady fall, window by window otherwise), ends at
+    the base once it stopped falling (no warm peer: its own latency is the reference) and enough
+    requests were served; the consumer sidecar's table follows the steps from the responses'
+    marks; the registry weight is written at most once a second; /status, /weight and the
+    metrics say the mode, the latency and why the warmup ended."""
     registry = f"sqlite://{tmp_path / 'registry.db'}"
     args = (*LATENCY, "--warmup", "120", "--instance-id", "cold-1")
     with (
@@ -108,11 +109,14 @@ def test_weight_rises_as_the_app_warms_and_consumers_follow_it(tmp_path: Path) -
             weight for weight, before in itertools.pairwise([FLOOR, *provider_weights]) if weight != before
         ]
         rises = sum(after > before for before, after in itertools.pairwise([FLOOR, *changes]))
-        assert rises >= 3, f"the weight rose step by step: {changes}"  # (a stalled host may halve one)
+        assert rises >= 1, f"the weight rose before the end: {changes}"
         steps = sorted({weight for weight in provider_weights if FLOOR < weight < 100})
-        assert len(steps) >= 3, f"several steps between the floor and the base: {steps}"
+        assert steps, f"a weight between the floor and the base: {steps}"
+        # The weight the app warmed at most of the time (the ceiling, from its first tens of
+        # requests on): the consumer followed it there, not just to the end.
+        longest = max(steps, key=provider_weights.count)
         consumer_steps = {weight for _, weight in seen if FLOOR < weight < 100}
-        assert len(consumer_steps & set(steps)) >= 2, f"the consumer followed them: {seen}"
+        assert longest in consumer_steps, f"the consumer followed it: {seen}"
         writes = metric(car.admin, "sidecar_registry_operations_total", op="set_weight")
         assert writes <= elapsed + 2, f"{writes} registry writes in {elapsed:.1f} s"
         status = car.status()

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from sidecar.provider.ramp import (
     CEILING,
     FALL,
+    PROBE_WINDOWS,
     RAN_OUT,
     REPUBLISH_SECONDS,
     SETTLED,
@@ -25,6 +26,7 @@ from sidecar.provider.ramp import (
     run_out,
     should_publish,
     start,
+    trend_z,
     weight,
 )
 
@@ -145,6 +147,81 @@ def test_a_faster_window_never_gets_less_weight(
     faster = after_window(state, window(median, spread), reference)
     slower = after_window(state, window(median * 1.5, spread), reference)
     assert faster.share >= slower.share
+
+
+def ramp_through_samples(ramp: Ramp, samples: list[float], size: int, reference: float | None) -> list[Ramp]:
+    """Every state of `ramp` as windows of `size` of these latencies (in order) arrive."""
+    states = [ramp]
+    for index in range(0, len(samples) - size + 1, size):
+        states.append(after_window(states[-1], measure(samples[index : index + size]), reference))
+    return states
+
+
+@given(
+    floors,
+    min_requests,
+    st.floats(min_value=0.002, max_value=0.05),
+    st.integers(min_value=5, max_value=20),
+    st.integers(min_value=3, max_value=12),
+)
+def test_a_steady_fall_per_request_goes_to_the_ceiling(
+    floor: float, needed: int, fall: float, size: int, count: int
+) -> None:
+    """A JIT at its floor: each request a little faster than the one before (0.2% to 5%: far
+    less than FALL per window at the low end, yet over TREND_FALL in two windows), and from the
+    second window on the share is at the ceiling (the trend over the requests), confirmed as
+    the fall goes on, until it ends."""
+    samples = [1.0 * (1 - fall) ** index for index in range(size * count)]
+    reference = samples[-1] / 100  # far below: never warm, the trend alone decides
+    states = ramp_through_samples(start(floor, needed), samples, size, reference)
+    assert states[1].share == min(floor / 100, CEILING)
+    for state in states[2:]:
+        assert state.full or state.share == CEILING
+
+
+@given(floors, min_requests, st.integers(min_value=5, max_value=20), st.integers(min_value=0, max_value=10))
+def test_a_probe_that_the_latency_does_not_confirm_is_undone(
+    floor: float, needed: int, size: int, flat_windows: int
+) -> None:
+    """A burst of falling latencies (a host stall's recovery, a cache that looked like a JIT
+    for a few requests) sends the share to the ceiling; flat windows after it do not confirm
+    it, and within PROBE_WINDOWS windows the share is back at the floor, and stays there."""
+    falling = [2.0 - index / 100 for index in range(2 * size)]
+    # Flat at the median of the window that sent it up: no fall since, by rank or by FALL.
+    flat = [measure(falling[size:]).p50] * (size * (PROBE_WINDOWS + flat_windows))
+    states = ramp_through_samples(start(floor, needed), falling + flat, size, 0.01)
+    base = min(floor / 100, CEILING)
+    assert states[2].share == CEILING
+    for state in states[2 + PROBE_WINDOWS :]:
+        assert state.share == base
+
+
+@given(
+    floors,
+    min_requests,
+    st.lists(latencies, min_size=1, max_size=200),
+    st.integers(min_value=5, max_value=20),
+)
+def test_latencies_that_never_fall_never_raise_the_share(
+    floor: float, needed: int, values: list[float], size: int
+) -> None:
+    """A cache that fills with time, or an app that more traffic slows down: each request as
+    slow as the one before or slower, above the warm level: the share never leaves the floor."""
+    samples = sorted(values)
+    reference = samples[0] / 2
+    for state in ramp_through_samples(start(floor, needed), samples, size, reference):
+        assert state.share == min(floor / 100, CEILING)
+
+
+@given(st.lists(latencies, max_size=40))
+def test_the_trend_is_negative_only_for_a_fall(values: list[float]) -> None:
+    """The trend's z-score: below zero for latencies in falling order, above for rising, zero
+    for equal ones, and bounded by the steadiest fall of that many requests."""
+    ordered = sorted(values)
+    assert trend_z(ordered) >= 0
+    assert trend_z(ordered[::-1]) <= 0
+    assert trend_z([1.0] * len(values)) == 0
+    assert trend_z(values) >= trend_z(sorted(values, reverse=True))
 
 
 @given(floors, min_requests, windows, bases)
