@@ -120,6 +120,7 @@ class UpstreamListener:
                 await asyncio.wait_for(self.watched.answered.wait(), FIRST_ANSWER_WAIT_SECONDS)
         body = await exchange.read_body(REPLAYABLE_BODY_BYTES)  # None: too large to keep, streams
         tried: set[str] = set()
+        retry: Retry | None = None
         while (member := self.table.choose(tried, self._rng)) is not None:
             self._lacking = False
             tried.add(member.instance.instance_id)
@@ -132,6 +133,10 @@ class UpstreamListener:
                 return
             if not self._may_retry(retry.failure.reason):
                 return _answer(exchange, retry.failure.status, retry.message, tried)
+        if exchange.http2 and retry is not None and retry.failure.reason == "refused":
+            # The last instance refused it unprocessed too: so does this sidecar, with
+            # REFUSED_STREAM, which an HTTP/2 client (gRPC's above all) tries again by itself.
+            return exchange.refuse({"error": retry.message, "tried": sorted(tried)}, [])
         if tried:  # every instance was tried: their failures are the news, not the registry
             return _answer(exchange, 503, f"no instance of {self.service} available", tried)
         await self._no_instance(exchange)
@@ -166,7 +171,9 @@ class UpstreamListener:
             response = await exchange.forward(self.pool, origin, instance.address.encode(), headers, body)
         except UpstreamError as exc:
             failure = classify(exc, request.method, replayable)
-            if failure.reason in EJECTED or failure.reason == "refused":  # refused: an HTTP/2 stream
+            # Not for a refused HTTP/2 stream: REFUSED_STREAM may only mean "not now" (its
+            # concurrent streams are all taken); a draining provider is dropped by its notice.
+            if failure.reason in EJECTED:
                 self.table.eject(instance.instance_id, time.monotonic())
             if failure.reason == "connect":
                 message = f"cannot connect to {instance.address}"

@@ -20,7 +20,8 @@ from h2.errors import ErrorCodes
 
 from sidecar.errors import ConnectFailed, StreamRefused, UpstreamBroken, UpstreamTimeout
 from sidecar.http.client import Origin
-from sidecar.http.h2c.connection import H2Endpoint, Headers, Stream, StreamGone
+from sidecar.http.h2c.connection import H2Endpoint
+from sidecar.http.h2c.stream import Headers, Stream, StreamGone
 
 log = logging.getLogger("sidecar.http")
 
@@ -29,6 +30,9 @@ log = logging.getLogger("sidecar.http")
 # connection (a TCP loss, one busy core at the origin) does not hold every call.
 CONNECTIONS_PER_ORIGIN = 4
 STREAMS_BEFORE_ANOTHER = 50
+# What a new connection carries before the origin's SETTINGS came: RFC 9113 recommends at least
+# 100 concurrent streams, which a provider sidecar advertises (and nghttpd and Envoy too).
+ASSUMED_MAX_STREAMS = 100
 # An origin's connection without a stream closes after this: before a provider sidecar's
 # --idle-timeout (60 s by default) closes it, so that a stream never races that close.
 IDLE_SECONDS = 30.0
@@ -51,6 +55,10 @@ class H2ClientConnection(H2Endpoint):
     @property
     def usable(self) -> bool:
         limit = self.h2.remote_settings.max_concurrent_streams
+        if not self.peer_settings:
+            # Unlimited until the origin's SETTINGS say otherwise (RFC 9113 section 6.5.2),
+            # but a burst that outruns them would be refused past the origin's own limit.
+            limit = min(limit, ASSUMED_MAX_STREAMS)
         return not self.closed and self.goaway_last is None and len(self.streams) < limit
 
     def open(self, headers: Headers, end: bool) -> Stream:

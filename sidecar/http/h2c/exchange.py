@@ -23,7 +23,7 @@ from h2.errors import ErrorCodes
 
 from sidecar.errors import StreamRefused, UpstreamBroken, UpstreamError
 from sidecar.http.fields import NONE
-from sidecar.http.h2c.connection import Headers, Stream, StreamGone
+from sidecar.http.h2c.stream import Headers, Stream, StreamGone
 from sidecar.http.head import REQUEST_CORE_WRITTEN, RequestHead, get
 from sidecar.http.target import join
 

@@ -36,8 +36,9 @@ import h2.settings
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
-from sidecar.http.h2c.connection import GracefulState, H2Endpoint, Headers, Stream
+from sidecar.http.h2c.connection import GracefulState, H2Endpoint
 from sidecar.http.h2c.exchange import StreamExchange, request_head
+from sidecar.http.h2c.stream import Headers, Stream
 
 if TYPE_CHECKING:
     from sidecar.http.server import HttpServer
@@ -148,7 +149,9 @@ class H2ServerConnection(H2Endpoint):
         if self.refuse_above is not None and stream_id > self.refuse_above:
             self._refuse(stream)  # drained: this stream never reaches the app
             return
-        if len(self.tasks) >= MAX_CONCURRENT_STREAMS:
+        if len(self.streams) >= MAX_CONCURRENT_STREAMS:
+            # Open streams count, as the client counts them (RFC 9113 section 5.1.2): one whose
+            # both halves ended does not, even if its task is still finishing.
             self._refuse(stream)
             return
         head = request_head(headers, ended)

@@ -18,8 +18,8 @@ from h2.errors import ErrorCodes
 from sidecar.errors import UpstreamBroken
 from sidecar.http.client import Origin, UpstreamConnection, UpstreamResponse
 from sidecar.http.fields import NONE
-from sidecar.http.h2c.connection import Headers, Stream, StreamGone
 from sidecar.http.h2c.exchange import H2Response, StreamExchange, h2_headers, marks_of
+from sidecar.http.h2c.stream import Headers, Stream, StreamGone
 from sidecar.http.head import BODYLESS_STATUS, framed, serialize, status_line
 from sidecar.http.pool import Pool
 from sidecar.http.target import join
