@@ -4,10 +4,15 @@ Each listener picks from a `WatchedTable` (sidecar.consumer.instances): the regi
 locally by what this listener learns (a closing mark drops an instance; a refused connection,
 or silence past --upstream-timeout, ejects it for a few seconds).
 
-Retries are only for requests the provider never processed: a 503 with `X-Sidecar-Refused`, or
-a connection that could not be made. A connection that broke after the request was sent is
-retried only for idempotent methods (the forwarding policy, sidecar.http.failures, shared with
-the provider side, says which). Every retry spends from a budget (see balancer.RetryBudget)
+Each request, and each HTTP/2 stream (each gRPC call of a client's one connection), is balanced
+on its own; an HTTP/2 client's streams go on as HTTP/2 to a provider whose metadata says it takes
+it, over a few multiplexed connections (sidecar.http.h2c.client), and as HTTP/1.1 otherwise.
+
+Retries are only for requests the provider never processed: a 503 with `X-Sidecar-Refused`, an
+HTTP/2 stream refused (REFUSED_STREAM, or above the provider's GOAWAY), or a connection that
+could not be made. A connection that broke after the request was sent is retried only for
+idempotent methods (the forwarding policy, sidecar.http.failures, shared with the provider
+side, says which). Every retry spends from a budget (see balancer.RetryBudget)
 and goes to an instance not tried yet. The bytes are the HTTP core's business (sidecar.http).
 
 An upstream without an instance answers 503 naming the registry it reads and the services that

@@ -1,4 +1,6 @@
-"""The server half of the core: client connections as asyncio Protocols driven by llhttp.
+"""The server half of the core: client connections as asyncio Protocols driven by llhttp. One
+whose first bytes are HTTP/2's connection preface (h2c, prior knowledge) is handed over to
+sidecar.http.h2c.server, on the same port.
 
 Each parsed request head becomes an `Exchange`, handed to the policy's handler (the inbound
 proxy or an upstream listener) in a task of its own; requests on one connection are answered in
