@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from typing import cast
 
 import h2.config
@@ -38,7 +39,7 @@ log = logging.getLogger("sidecar.http")
 # reach the connection's bound alone. The connection's own window is the real bound.
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 1024 * 1024
-# After a GOAWAY for an error, what the peer still sends is read and discarded this long at most.
+# A connection it ends, the sidecar reads (and discards) what the peer still sends this long at most.
 LINGER_SECONDS = 2.0
 # As on HTTP/1.1 (sidecar.http.fields): the largest header list this side accepts.
 MAX_HEADER_LIST_BYTES = 64 * 1024
@@ -207,10 +208,19 @@ class H2Endpoint(asyncio.Protocol):
 
     # --- sending
 
-    def send_headers(self, stream: Stream, headers: Headers, end: bool = False) -> None:
+    @contextlib.contextmanager
+    def _sending(self, stream: Stream) -> Iterator[None]:
+        """Around a send on `stream`: StreamGone if it is over, before or as h2 finds out."""
         if stream.reset_code is not None or self.closed:
             raise StreamGone(stream.reset_code or ErrorCodes.CANCEL)
-        self.h2.send_headers(stream.id, headers, end_stream=end)
+        try:
+            yield
+        except h2.exceptions.StreamClosedError as exc:
+            raise StreamGone(stream.reset_code or ErrorCodes.STREAM_CLOSED) from exc
+
+    def send_headers(self, stream: Stream, headers: Headers, end: bool = False) -> None:
+        with self._sending(stream):
+            self.h2.send_headers(stream.id, headers, end_stream=end)
         if end:
             self._sent_end(stream)
         self.schedule_flush()
@@ -219,21 +229,21 @@ class H2Endpoint(asyncio.Protocol):
         """Send `data` as the windows allow, waiting for them; raises StreamGone if reset."""
         view = memoryview(data)
         while True:
-            if stream.reset_code is not None or self.closed:
-                raise StreamGone(stream.reset_code or ErrorCodes.CANCEL)
-            if not view:
-                break
-            window = 0 if self._writing_paused else self.h2.local_flow_control_window(stream.id)
-            if window <= 0:
-                await self._writable_again()
-                continue
-            size = min(window, self.h2.max_outbound_frame_size, len(view))
-            last = size == len(view)
-            self.h2.send_data(stream.id, view[:size].tobytes(), end_stream=end and last)
-            view = view[size:]
-            self.schedule_flush()
+            with self._sending(stream):
+                if not view:
+                    break
+                window = 0 if self._writing_paused else self.h2.local_flow_control_window(stream.id)
+                if window > 0:
+                    size = min(window, self.h2.max_outbound_frame_size, len(view))
+                    last = size == len(view)
+                    self.h2.send_data(stream.id, view[:size].tobytes(), end_stream=end and last)
+                    view = view[size:]
+                    self.schedule_flush()
+                    continue
+            await self._writable_again()
         if end and not data:
-            self.h2.end_stream(stream.id)
+            with self._sending(stream):
+                self.h2.end_stream(stream.id)
             self.schedule_flush()
         if end:
             self._sent_end(stream)
@@ -241,8 +251,13 @@ class H2Endpoint(asyncio.Protocol):
     def send_small(self, stream: Stream, data: bytes) -> None:
         """The whole of a small body the sidecar wrote itself, and the stream's end; what the
         window does not allow yet follows as it opens."""
-        if len(data) <= min(self.h2.local_flow_control_window(stream.id), self.h2.max_outbound_frame_size):
-            self.h2.send_data(stream.id, data, end_stream=True)
+        with self._sending(stream):
+            fits = len(data) <= min(
+                self.h2.local_flow_control_window(stream.id), self.h2.max_outbound_frame_size
+            )
+            if fits:
+                self.h2.send_data(stream.id, data, end_stream=True)
+        if fits:
             self._sent_end(stream)
             self.schedule_flush()
         else:
@@ -250,12 +265,11 @@ class H2Endpoint(asyncio.Protocol):
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     def end_stream(self, stream: Stream, trailers: Headers | None = None) -> None:
-        if stream.reset_code is not None or self.closed:
-            raise StreamGone(stream.reset_code or ErrorCodes.CANCEL)
-        if trailers:
-            self.h2.send_headers(stream.id, trailers, end_stream=True)
-        else:
-            self.h2.end_stream(stream.id)
+        with self._sending(stream):
+            if trailers:
+                self.h2.send_headers(stream.id, trailers, end_stream=True)
+            else:
+                self.h2.end_stream(stream.id)
         self._sent_end(stream)
         self.schedule_flush()
 
@@ -344,23 +358,25 @@ class H2Endpoint(asyncio.Protocol):
         return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
 
     def close(self) -> None:
-        if not self.closed:
-            self.flush()
-            self.transport.close()
+        """End the connection (a GOAWAY said so, or it has nothing left to do): see linger."""
+        self.linger()
 
     def linger(self) -> None:
-        """End the connection after a GOAWAY that reports an error: send what is queued, shut
-        our side, and read (and discard) what the peer still sends until it closes, for at most
-        LINGER_SECONDS. Closing at once with its bytes unread would make the kernel answer with
-        a reset, which may reach the peer before the GOAWAY does (nginx's lingering close)."""
+        """End the connection: send what is queued, shut our side, and read (and discard) what
+        the peer still sends until it closes, for at most LINGER_SECONDS. Closing at once with
+        its bytes unread (a PING behind its GOAWAY, a WINDOW_UPDATE) would make the kernel answer
+        with a reset, which may reach the peer before our last frames do (nginx's lingering
+        close)."""
         if self.closed or self._lingering_since is not None:
             return
         self.flush()
         self._lingering_since = self._loop.time()
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self.transport.resume_reading()
-        self._timer.watch()
+            self.transport.resume_reading()
+            self._timer.watch()
+        else:
+            self.transport.close()
 
     def abort(self) -> None:
         if not self.closed:
