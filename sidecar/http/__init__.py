@@ -21,8 +21,8 @@ from sidecar.http.exchange import Exchange
 from sidecar.http.failures import Failure, classify, refused
 from sidecar.http.h2c.exchange import H2Response, StreamExchange
 from sidecar.http.head import IDEMPOTENT, Headers, RequestHead, ResponseHead
+from sidecar.http.listener import HttpServer, Limits
 from sidecar.http.pool import Pool
-from sidecar.http.server import HttpServer, Limits
 
 # What a policy handles: a request on HTTP/1.1, or a stream on HTTP/2; one interface.
 AnyExchange = Exchange | StreamExchange

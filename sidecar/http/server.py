@@ -37,25 +37,23 @@ MAX_UNPARSED_BYTES, at most a few microseconds a read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from types import TracebackType
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import httptools
 
-from sidecar.config import HostPort
-from sidecar.errors import StartupError
 from sidecar.http.exchange import Exchange
 from sidecar.http.fields import MAX_UNPARSED_BYTES, FieldReader
 from sidecar.http.flow import Endpoint
-from sidecar.http.h2c.exchange import StreamExchange
 from sidecar.http.h2c.server import PREFACE, H2ServerConnection
 from sidecar.http.head import serialize, status_line
 from sidecar.http.request_head import framing_only, read_request_head, refusal, request_parser
+
+if TYPE_CHECKING:
+    from sidecar.http.listener import HttpServer
 
 log = logging.getLogger("sidecar.http")
 
@@ -65,22 +63,10 @@ log = logging.getLogger("sidecar.http")
 # retry (a POST on a connection closed under it). Clients that are really idle go at once.
 # A second covers the gaps of a busy client even on a loaded machine (0.25 s did not, in tests).
 DRAIN_IDLE_SECONDS = 1.0
-# When the sidecar stops, its connections get this long to close by themselves: requests still
-# running finish (answered with Connection: close), idle ones close as when draining.
-SHUTDOWN_GRACE_SECONDS = 1.0
 # nginx's lingering_timeout and lingering_time: a client still sending after its response gets
 # this much silence, and this much in all, to notice the response and stop.
 LINGER_QUIET_SECONDS = 5.0
 LINGER_SECONDS = 30.0
-
-Handler = Callable[[Exchange | StreamExchange], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    header_timeout: float = 10.0
-    idle_timeout: float = 60.0
-    body_timeout: float = 60.0
 
 
 class ServerConnection(Endpoint):
@@ -377,68 +363,3 @@ class ServerConnection(Endpoint):
             self.abort()  # its exchange is cancelled: the slot and the app connection are freed
         else:  # waiting for a head, idle, or lingering: nothing is lost
             self.close()
-
-
-class HttpServer:
-    """Async context manager: serves `handler` on `address` while inside the block."""
-
-    def __init__(self, address: HostPort, handler: Handler, limits: Limits, option: str) -> None:
-        self.address = address
-        self.handler = handler
-        self.limits = limits
-        self.option = option  # names the flag in a start-up error
-        self.connections: set[ServerConnection | H2ServerConnection] = set()
-        self.draining = False
-        self.stopping = False  # no longer listening: every response closes its connection
-        self.all_closed = asyncio.Event()  # set once stopping and no connection is left
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> HttpServer:
-        loop = asyncio.get_running_loop()
-        try:
-            self._server = await loop.create_server(
-                lambda: ServerConnection(self), self.address.host, self.address.port, reuse_address=True
-            )
-        except OSError as exc:
-            raise StartupError(f"{self.option} {self.address}: cannot listen ({exc.strerror})") from exc
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._server is None:
-            return
-        # Aborting a keep-alive connection would cut a request its client has just sent on it
-        # (found by bench/soak.py: a consumer sidecar's SIGTERM under load). So: stop listening,
-        # answer whatever arrives with Connection: close, close idle connections as when
-        # draining, and wait for every connection to close by itself; abort what is left after
-        # SHUTDOWN_GRACE_SECONDS.
-        self._server.close()
-        self.stopping = True
-        self.close_idle()
-        if self.connections:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.all_closed.wait(), SHUTDOWN_GRACE_SECONDS)
-        for connection in list(self.connections):
-            connection.abort()
-        await self._server.wait_closed()
-
-    def forget(self, connection: ServerConnection | H2ServerConnection) -> None:
-        """`connection` closed."""
-        self.connections.discard(connection)
-        if self.stopping and not self.connections:
-            self.all_closed.set()
-
-    def close_idle(self) -> None:
-        """Draining: close every connection that is not in an exchange (see DRAIN_IDLE_SECONDS),
-        now and from now on, so that clients go elsewhere; HTTP/2 ones get GOAWAY (two steps:
-        sidecar.http.h2c.server) and close once their streams are done."""
-        self.draining = True
-        for connection in list(self.connections):
-            connection.drain()
-
-    def close_upgraded(self) -> None:
-        """The drain has ended: close every spliced (upgraded) connection, and every HTTP/2
-        connection with a stream still open (a long streaming call)."""
-        for connection in list(self.connections):
-            connection.end_drain()

@@ -41,7 +41,7 @@ from sidecar.http.h2c.exchange import StreamExchange, request_head
 from sidecar.http.h2c.stream import Headers, Stream
 
 if TYPE_CHECKING:
-    from sidecar.http.server import HttpServer
+    from sidecar.http.listener import HttpServer
 
 log = logging.getLogger("sidecar.http")
 
