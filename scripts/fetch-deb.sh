@@ -50,7 +50,7 @@ apt_opts=(
 )
 apt-get "${apt_opts[@]}" -qq update
 (cd "$work/archives" && apt-get "${apt_opts[@]}" -qq download "$package")
-deb="$(ls "$work/archives/${package}"_*.deb | head -n1)"
+deb="$(ls "$work/archives/${package}"_*.deb | sed -n 1p)"
 # Unpacked next to the final place, then moved: an interrupted run leaves no half-made one.
 rm -rf "$dest.partial"
 dpkg -x "$deb" "$dest.partial"

@@ -6,4 +6,4 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 binary="$root/.tools/consul/usr/bin/consul"
 [ -x "$binary" ] && exit 0
 "$root/scripts/fetch-deb.sh" bullseye consul
-"$binary" version | head -n1
+"$binary" version | sed -n 1p  # sed reads it all: head would leave consul a SIGPIPE (141 under pipefail)

@@ -6,4 +6,4 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 binary="$root/.tools/etcd/usr/bin/etcd"
 [ -x "$binary" ] && exit 0
 "$root/scripts/fetch-deb.sh" bookworm etcd-server etcd
-"$binary" --version | head -n1
+"$binary" --version | sed -n 1p  # not head: SIGPIPE under pipefail

@@ -39,4 +39,4 @@ for pkg in "${missing[@]}"; do
   fi
 done
 apt-get -qq install -y --no-install-recommends "${missing[@]}" >/dev/null
-/usr/bin/h2load --version | head -n1
+/usr/bin/h2load --version | sed -n 1p  # not head: SIGPIPE under pipefail
