@@ -340,9 +340,14 @@ class ZooKeeperRegistry(Publisher[_Published]):
         try:
             children: list[str] = await self._call("list", client.get_children_async, parent, watch)
         except NoNodeError:
-            if watch is not None:  # be told when the parent appears
-                await self._call("exists", client.exists_async, parent, watch)
-            return []
+            if watch is None:
+                return []
+            # Be told when the parent appears. If it appeared since the read above (the first
+            # provider registering just then), `exists` sets a watch on its data, not on its
+            # children: read them now, or this watch would miss them until something else moves.
+            if await self._call("exists", client.exists_async, parent, watch) is None:
+                return []
+            return await self._children(client, parent, watch)
         return sorted(children)
 
     async def _get(self, client: KazooClient, path: str, watch: Any = None) -> tuple[bytes, Any] | None:
