@@ -462,3 +462,39 @@ test_dubbo_register_again_replaces_metadata = contract.test_register_again_repla
 test_dubbo_unknown_instances = contract.test_unknown_instances
 test_dubbo_services_are_kept_apart = contract.test_services_are_kept_apart
 test_dubbo_closed_without_deregister_expires = contract.test_closed_without_deregister_expires
+
+
+async def test_watch_sees_a_service_created_between_its_two_reads(
+    zookeeper_server: ZooKeeperServer, make: Callable[..., Instance], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch that found no service node, then finds it created just before it asks to be told
+    of its creation (the first provider registering at that moment), reads its instances at once
+    instead of waiting for a change that never comes."""
+    instance = make()
+    layout = CuratorLayout()
+    parent = layout.parent(instance.service)
+    node = layout.node(instance, registered_ms=int(time.time() * 1000), now_ms=int(time.time() * 1000))
+    real_exists = KazooClient.exists_async
+    writer = raw_client(zookeeper_server)
+
+    raced: list[str] = []
+
+    def exists_after_a_registration(client: KazooClient, path: str, watch: object = None) -> object:
+        if path == parent and client is not writer and not raced:  # the race, made to happen
+            raced.append(path)
+            writer.create(f"{parent}/{node.name}", node.data, makepath=True)
+        return real_exists(client, path, watch)
+
+    monkeypatch.setattr(KazooClient, "exists_async", exists_after_a_registration)
+    try:
+        async with (
+            open_registry(zookeeper_server.url) as registry,
+            watching(registry, instance.service) as watch,
+        ):
+            found = await watch_until(watch, lambda instances: bool(instances))
+    finally:
+        writer.delete(parent, recursive=True)
+        writer.stop()
+        writer.close()
+    assert raced == [parent]
+    assert [i.instance_id for i in found] == [instance.instance_id]
