@@ -109,8 +109,7 @@ class H2ServerConnection(H2Endpoint):
         self.refuse_above: int | None = None  # step 2 of the drain done: streams above, refused
         self.draining = False
         self._ping: bytes | None = None  # step 1's PING
-        self._since = self._loop.time()  # the connection has had no stream since
-        now = self._loop.time()
+        now = self._since = self._loop.time()  # the connection has had no stream since
         self._resets = TokenBucket(RESET_BURST, RESET_RATE, now)
         self._empties = TokenBucket(EMPTY_BURST, EMPTY_RATE, now)
 
@@ -147,16 +146,15 @@ class H2ServerConnection(H2Endpoint):
     def _on_request(self, stream_id: int, headers: Headers, ended: bool) -> None:
         stream = Stream(self, stream_id)
         if self.refuse_above is not None and stream_id > self.refuse_above:
-            self._refuse(stream)  # drained: this stream never reaches the app
+            self.reset(stream, ErrorCodes.REFUSED_STREAM)  # drained: it never reaches the app
             return
         if len(self.streams) >= MAX_CONCURRENT_STREAMS:
             # Open streams count, as the client counts them (RFC 9113 section 5.1.2): one whose
             # both halves ended does not, even if its task is still finishing.
-            self._refuse(stream)
+            self.reset(stream, ErrorCodes.REFUSED_STREAM)
             return
         head = request_head(headers, ended)
         if head is None:  # h2 checked the pseudo-headers; this is what HTTP/1.1 also refuses
-            self.streams[stream_id] = stream
             self.reset(stream, ErrorCodes.PROTOCOL_ERROR)
             return
         self.streams[stream_id] = stream
@@ -164,10 +162,6 @@ class H2ServerConnection(H2Endpoint):
         self.last_accepted = stream_id
         exchange = StreamExchange(self, stream, head)
         self.tasks[stream_id] = self._loop.create_task(self._run(exchange))
-
-    def _refuse(self, stream: Stream) -> None:
-        self.streams[stream.id] = stream
-        self.reset(stream, ErrorCodes.REFUSED_STREAM)
 
     async def _run(self, exchange: StreamExchange) -> None:
         try:
@@ -242,9 +236,6 @@ class H2ServerConnection(H2Endpoint):
     def abort_streams(self) -> None:
         for stream in list(self.streams.values()):
             self.reset(stream, ErrorCodes.CANCEL)
-
-    def is_idle(self) -> bool:
-        return not self.tasks
 
     # --- the one timer: the stall bound (H2Endpoint), and idleness
 
