@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck tools zookeeper-server nginx nghttp2 bench bench-tools clean
+.PHONY: demo test lint typecheck tools zookeeper-server nginx nghttp2 interop bench bench-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 tools: .tools/consul/usr/bin/consul .tools/etcd/usr/bin/etcd .tools/h2spec/bin/h2spec zookeeper-server nginx \
-	nghttp2
+	nghttp2 interop
 
 .tools/consul/usr/bin/consul: scripts/install-consul.sh
 	scripts/install-consul.sh
@@ -37,6 +37,11 @@ nginx:
 # Debian's nghttp2 tools (h2load, nghttpd, nghttpx), peers of the HTTP/2 tests: the same rule.
 nghttp2:
 	scripts/install-nghttp2.sh
+
+# The interop peers (interop/*/: Spring Cloud, Dubbo, go-kratos, grpc-go), built with Maven and Go
+# once per content (scripts/build-interop.sh keeps each build in ~/.cache): checked every time.
+interop:
+	scripts/build-interop.sh
 
 demo: $(STAMP)
 	$(BIN)/graceful-sidecar demo
