@@ -305,7 +305,7 @@ class ZooKeeperRegistry(Publisher[_Published]):
         parent = self.layout.parent(instance.service)
         want = None
         if not published.hidden:
-            want = self.layout.node(instance, published.registered_ms, int(time.time() * 1000))
+            want = self.layout.node(instance, published.registered_ms)
         children = await self._children(client, parent)
         wanted_name = want.name if want is not None else None
         stale = [c for c in children if self.layout.owner(c) == instance.instance_id and c != wanted_name]

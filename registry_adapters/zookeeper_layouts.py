@@ -27,7 +27,8 @@ a child of its root stands for, with the parent of that service's instances (to 
   URLStrParser.java (`parseEncodedStr`: the query split at `&` and `;`, each value decoded
   once), and dubbo-cluster/src/main/java/org/apache/dubbo/rpc/
   cluster/loadbalance/AbstractLoadBalance.java (`weight`, default 100; warmup from the URL's
-  `timestamp` and `warmup` (ms, default 10 minutes), linear: weight x uptime / warmup, at least 1).
+  `timestamp` and `warmup` (ms, default 10 minutes), linear: weight x uptime / warmup, at least 1;
+  Dubbo 3.0-3.3.6's ZooKeeper registry strips `timestamp`, so only `weight` reaches them all).
 """
 
 from __future__ import annotations
@@ -43,10 +44,6 @@ from sidecar.protocol.metadata import (
     DEFAULT_WEIGHT,
     MAX_WEIGHT,
     META_START_MS,
-    META_WARMUP_MODE,
-    META_WARMUP_S,
-    META_WEIGHT,
-    META_WEIGHT_OVERRIDE,
 )
 
 log = logging.getLogger(__name__)
@@ -74,7 +71,7 @@ class Layout(Protocol):
 
     def parent(self, service: str) -> str: ...
 
-    def node(self, instance: Instance, registered_ms: int, now_ms: int) -> Node: ...
+    def node(self, instance: Instance, registered_ms: int) -> Node: ...
 
     def owner(self, child: str) -> str | None: ...
 
@@ -118,7 +115,7 @@ class CuratorLayout:
         check_name("service", service)
         return f"{self.base_path}/{service}"
 
-    def node(self, instance: Instance, registered_ms: int, now_ms: int) -> Node:
+    def node(self, instance: Instance, registered_ms: int) -> Node:
         check_name("instance id", instance.instance_id)
         metadata = {**instance.meta, CURATOR_WEIGHT_KEY: str(instance.weight)}
         document = {
@@ -202,15 +199,10 @@ class DubboLayout:
         check_name("service", service)
         return f"{self.root}/{dubbo_encode(service)}/providers"
 
-    def node(self, instance: Instance, registered_ms: int, now_ms: int) -> Node:
+    def node(self, instance: Instance, registered_ms: int) -> Node:
         check_name("instance id", instance.instance_id)
         meta = instance.meta
         start_ms = _int(meta.get(META_START_MS)) or registered_ms
-        warmup_ms = round(1000 * (_float(meta.get(META_WARMUP_S)) or 0.0))
-        if meta.get(META_WARMUP_MODE) == "latency":
-            # No clock of Dubbo's follows the app's latency: the URL carries the sidecar's own
-            # weight steps instead, and `warmup` 0 keeps Dubbo from ramping on top of them.
-            warmup_ms = 0
         params: dict[str, str] = {
             "anyhost": "false",
             "application": instance.service,
@@ -218,11 +210,14 @@ class DubboLayout:
             "dynamic": "true",
             "interface": instance.service,
             "side": "provider",
-            # Dubbo warms the instance up by itself from these two; without `warmup` it would
-            # assume 10 minutes, so a sidecar without warmup publishes 0.
             "timestamp": str(start_ms),
-            "warmup": str(warmup_ms),
-            "weight": str(self.weight(instance, now_ms < start_ms + warmup_ms)),
+            # The sidecar's own weight steps (or the latency ramp), with `warmup` 0 so that a
+            # Dubbo that ramps from `timestamp` (2.7, and 3.x after apache/dubbo#16033) does not
+            # ramp again on top of them, and would otherwise assume 10 minutes. Dubbo 3.0 to
+            # 3.3.6 drop `timestamp` from what their ZooKeeper registry reads and never ramp: the
+            # weight is what reaches every version (tests/test_interop_dubbo.py).
+            "warmup": "0",
+            "weight": str(instance.weight),
         }
         # The sidecar's own values, its metadata and the instance id, are percent-encoded: Dubbo
         # writes parameter values raw and splits the query at `&` and `;` (URLStrParser), so an
@@ -235,16 +230,6 @@ class DubboLayout:
         query = "&".join(f"{key}={params[key]}" for key in sorted(params))  # URL.toFullString order
         url = f"{self.protocol}://{instance.address}/{instance.service}?{query}"
         return Node(dubbo_encode(url), b"")
-
-    @staticmethod
-    def weight(instance: Instance, warming: bool) -> int:
-        """The `weight` parameter. While the sidecar's own warmup runs (and no override is set),
-        the base weight: Dubbo ramps it up itself from `timestamp` and `warmup`, and the
-        sidecar's steps on top of that would warm the instance up twice."""
-        base = _weight(instance.meta.get(META_WEIGHT))
-        if warming and base and META_WEIGHT_OVERRIDE not in instance.meta:
-            return base
-        return instance.weight
 
     def owner(self, child: str) -> str | None:
         parsed = _parse_dubbo(child)
@@ -308,14 +293,6 @@ def _int(text: object) -> int | None:
         return int(str(text)) if text is not None else None
     except ValueError:
         return None
-
-
-def _float(text: object) -> float | None:
-    try:
-        value = float(str(text)) if text is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and value == value and abs(value) != float("inf") else None
 
 
 LAYOUTS = ("curator", "dubbo")

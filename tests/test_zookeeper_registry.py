@@ -119,7 +119,7 @@ def dubbo_params(name: str) -> dict[str, str]:
 def test_curator_node_is_what_spring_cloud_reads() -> None:
     """The Curator node holds exactly Curator's ServiceInstance properties, a Spring Cloud
     ZookeeperInstance payload, and the weight in the payload's metadata."""
-    node = CuratorLayout().node(sidecar_instance(weight=40), 1764500001234, 0)
+    node = CuratorLayout().node(sidecar_instance(weight=40), 1764500001234)
     document = json.loads(node.data)
     assert node.name == "orders-10.0.0.9-8080"
     assert set(document) == CURATOR_PROPERTIES
@@ -150,7 +150,7 @@ def test_curator_layout_skips_what_gets_no_traffic() -> None:
     """Disabled instances, weight 0 and malformed JSON are left out of the watch."""
     layout = CuratorLayout()
     disabled = {**SPRING_CLOUD_NODE, "enabled": False}
-    zero = json.loads(layout.node(sidecar_instance(weight=0), 0, 0).data)
+    zero = json.loads(layout.node(sidecar_instance(weight=0), 0).data)
     assert layout.parse("orders", "a", json.dumps(disabled).encode()) is None
     assert layout.parse("orders", "b", json.dumps(zero).encode()) is None
     assert layout.parse("orders", "c", b"{not json") is None
@@ -163,9 +163,9 @@ def test_dubbo_encode_is_java_urlencoder() -> None:
 
 
 def test_dubbo_node_is_a_provider_url() -> None:
-    """The Dubbo node's name is the encoded provider URL with timestamp, warmup (ms) and weight;
+    """The Dubbo node's name is the encoded provider URL with timestamp, warmup 0 and the weight;
     its parameters sorted as URL.toFullString writes them; Dubbo's consumers keep it."""
-    node = DubboLayout().node(sidecar_instance(weight=100), 1764500001234, 1764500100000)
+    node = DubboLayout().node(sidecar_instance(weight=100), 1764500001234)
     assert node.data == b""
     assert "%3A%2F%2F" in node.name  # ZookeeperRegistry.toUrlsWithoutEmpty's filter
     assert unquote_plus(node.name).startswith("dubbo://10.0.0.9:8080/orders?")
@@ -174,23 +174,20 @@ def test_dubbo_node_is_a_provider_url() -> None:
     assert params["interface"] == "orders"
     assert params["side"] == "provider"
     assert params["dynamic"] == "true"
-    assert (params["timestamp"], params["warmup"], params["weight"]) == ("1764500000000", "30000", "100")
+    assert (params["timestamp"], params["warmup"], params["weight"]) == ("1764500000000", "0", "100")
     assert params["sidecar_instance_id"] == "orders-10.0.0.9-8080"
 
 
-def test_dubbo_warmup_is_left_to_dubbo() -> None:
-    """During the sidecar's warmup the Dubbo node carries the base weight (Dubbo ramps it up from
-    timestamp and warmup itself), so the sidecar's warmup steps do not change the node; after
-    the warmup, and with an override, the weight given is published."""
+def test_dubbo_node_carries_the_sidecars_weight() -> None:
+    """The Dubbo node carries the weight the sidecar publishes (its warmup steps, an override),
+    with `warmup` 0: Dubbo 3.0-3.3.6 read no `timestamp` and would not ramp by themselves, and a
+    Dubbo that does must not ramp on top of the steps."""
     layout = DubboLayout()
-    during, after = 1764500010000, 1764500040000  # 10 s and 40 s into a 30 s warmup
-    assert layout.node(sidecar_instance(weight=12), 0, during) == layout.node(
-        sidecar_instance(100), 0, during
-    )
-    assert dubbo_params(layout.node(sidecar_instance(weight=12), 0, during).name)["weight"] == "100"
-    assert dubbo_params(layout.node(sidecar_instance(weight=60), 0, after).name)["weight"] == "60"
+    for weight in (12, 60, 100):
+        params = dubbo_params(layout.node(sidecar_instance(weight=weight), 0).name)
+        assert (params["weight"], params["warmup"]) == (str(weight), "0")
     overridden = sidecar_instance(weight=7, **{META_WEIGHT_OVERRIDE: "7"})
-    assert dubbo_params(layout.node(overridden, 0, during).name)["weight"] == "7"
+    assert dubbo_params(layout.node(overridden, 0).name)["weight"] == "7"
 
 
 def test_dubbo_layout_reads_a_dubbo_provider() -> None:
@@ -206,7 +203,7 @@ def test_dubbo_layout_reads_back_what_it_writes() -> None:
         **{META_WEIGHT_OVERRIDE: "70", "sidecar_admin": "http://h:1/x?a=b&c", META_PROTOCOLS: PROTOCOLS},
     )
     layout = DubboLayout(protocol="tri")
-    node = layout.node(instance, 0, 0)
+    node = layout.node(instance, 0)
     assert unquote_plus(node.name).startswith("tri://")
     assert layout.parse("orders", node.name, b"") == instance
     assert layout.owner(node.name) == instance.instance_id
@@ -302,9 +299,8 @@ async def test_chroot_is_created(zookeeper_server: ZooKeeperServer, make: Callab
 
 def test_sidecarless_consumer_sees_warmup_and_departure(tmp_path: Path, zk_url: str, layout: str) -> None:
     """What a consumer without a sidecar reads while a real sidecar warms up and shuts down:
-    Curator's metadata weight rises in steps; Dubbo's node keeps one name, with the base weight,
-    the warmup in ms and the registration time for Dubbo's own ramp; the node is gone once
-    /shutdown has answered."""
+    the weight rises in steps (Curator's metadata weight; the `weight` of Dubbo's URL, `warmup`
+    0, the node replaced at each step); the node is gone once /shutdown has answered."""
     service = f"plain-{uuid.uuid4().hex[:8]}"
     parts = urlsplit(zk_url)
     reader = ZooKeeperRegistry.from_url(parts).layout
@@ -330,14 +326,14 @@ def test_sidecarless_consumer_sees_warmup_and_departure(tmp_path: Path, zk_url: 
             if layout == "curator":
                 documents = [json.loads(data) for sample in seen for data in sample.values()]
                 weights = [int(document["payload"]["metadata"]["weight"]) for document in documents]
-                assert len(set(weights)) > 2
-                assert weights == sorted(weights)
-                assert weights[-1] == 100
             else:
-                [name] = {name for sample in seen for name in sample}
-                params = dubbo_params(name)
-                assert (params["weight"], params["warmup"]) == ("100", "3000")
-                assert params["timestamp"] == params[META_START_MS]
+                urls = [dubbo_params(name) for sample in seen for name in sample]
+                assert {params["warmup"] for params in urls} == {"0"}
+                assert {params["timestamp"] for params in urls} == {urls[0][META_START_MS]}
+                weights = [int(params["weight"]) for params in urls]
+            assert len(set(weights)) > 2
+            assert weights == sorted(weights)
+            assert weights[-1] == 100
             body = httpx.get(f"{car.admin}/shutdown", timeout=30).json()
             assert body["deregistered"] is True
             assert nodes() == {}
@@ -473,7 +469,7 @@ async def test_watch_sees_a_service_created_between_its_two_reads(
     instance = make()
     layout = CuratorLayout()
     parent = layout.parent(instance.service)
-    node = layout.node(instance, registered_ms=int(time.time() * 1000), now_ms=int(time.time() * 1000))
+    node = layout.node(instance, registered_ms=int(time.time() * 1000))
     real_exists = KazooClient.exists_async
     writer = raw_client(zookeeper_server)
 

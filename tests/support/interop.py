@@ -89,7 +89,9 @@ class Peer:
 
 
 @contextmanager
-def running_peer(peer: str, args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> Iterator[Peer]:
+def running_peer(
+    peer: str, args: Sequence[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[Peer]:
     """Start `peer` with `args` (stderr to `log`, stdout read as events); stopped by pid at exit."""
     with open(log, "ab") as err:
         proc = subprocess.Popen(
@@ -105,3 +107,5 @@ def running_peer(peer: str, args: Sequence[str], log: Path, env: dict[str, str] 
     finally:
         stop_process(proc)
         running._reader.join(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
