@@ -142,6 +142,7 @@ class Backend:
 BACKENDS: dict[str, str] = {
     "consul": "registry_adapters.consul:ConsulRegistry",
     "etcd": "registry_adapters.etcd:EtcdRegistry",
+    "eureka": "registry_adapters.eureka:EurekaRegistry",
     "sqlite": "registry_adapters.sqlite:SQLiteRegistry",
     "zookeeper": "registry_adapters.zookeeper:ZooKeeperRegistry",
 }

@@ -1,5 +1,5 @@
 """Shared fixtures. Registries are real: SQLite files in tmp_path, Consul and etcd from .tools/,
-ZooKeeper from Debian's package."""
+ZooKeeper from Debian's package, Eureka built from Maven Central (interop/eureka-server)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.consul_agent import ConsulAgent
 from tests.support.etcd_server import EtcdServer
+from tests.support.eureka_server import EurekaServer
 from tests.support.procs import AppProc, SidecarChain, SidecarProc, consumer_of, demo_app, sidecar
 from tests.support.registry_server import RegistryServer
 from tests.support.zookeeper_server import ZooKeeperServer
@@ -61,11 +62,28 @@ def fresh_zookeeper(tmp_path: Path) -> Iterator[ZooKeeperServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def eureka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EurekaServer]:
+    """One Eureka server per test process (a Spring Boot JVM: seconds to start), with the test
+    settings (changes shown at once, dead instances evicted within seconds); tests keep apart by
+    unique service names."""
+    with EurekaServer(tmp_path_factory.mktemp("eureka")) as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_eureka(tmp_path: Path) -> Iterator[EurekaServer]:
+    """A Eureka server of this test's own, which the test may stop and start again."""
+    with EurekaServer(tmp_path / "eureka") as server:
+        yield server
+
+
 @pytest.fixture(
     params=[
         pytest.param("consul", marks=pytest.mark.consul),
         pytest.param("etcd", marks=pytest.mark.etcd),
         pytest.param("zookeeper", marks=pytest.mark.zookeeper),
+        pytest.param("eureka", marks=pytest.mark.eureka),
     ]
 )
 def fresh_registry(request: pytest.FixtureRequest) -> RegistryServer:
@@ -80,6 +98,7 @@ def fresh_registry(request: pytest.FixtureRequest) -> RegistryServer:
         pytest.param("consul", marks=pytest.mark.consul),
         pytest.param("etcd", marks=pytest.mark.etcd),
         pytest.param("zookeeper", marks=pytest.mark.zookeeper),
+        pytest.param("eureka", marks=pytest.mark.eureka),
     ]
 )
 def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -92,6 +111,9 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "zookeeper":
         zookeeper: ZooKeeperServer = request.getfixturevalue("zookeeper_server")
         return zookeeper.url
+    if request.param == "eureka":
+        eureka: EurekaServer = request.getfixturevalue("eureka_server")
+        return eureka.url
     agent: ConsulAgent = request.getfixturevalue("consul_agent")
     return agent.url
 

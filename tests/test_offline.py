@@ -18,7 +18,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from tests.support.procs import AppProc, SidecarProc, await_for, demo_app, sidecar, wait_for
+from tests.support.procs import AppProc, SidecarProc, await_for, demo_app, open_gate, sidecar, wait_for
 from tests.support.registry_view import registered_ids
 
 QUIET = 0.5
@@ -202,18 +202,22 @@ def test_refused_after_drain_never_reaches_app(tmp_path: Path, registry_url: str
 
 
 def test_app_gets_sigterm_with_nothing_in_flight(tmp_path: Path, registry_url: str) -> None:
-    """The preStop order (/shutdown, then SIGTERM to the app) leaves the app nothing in flight."""
+    """The preStop order (/shutdown, then SIGTERM to the app) leaves the app nothing in flight.
+    The requests wait on a gate of the app, opened once the drain has begun: however slow the
+    machine, all 8 are in flight when /shutdown is called."""
     with demo_app(tmp_path) as app, sidecar(tmp_path, registry_url, app, "--quiet-period", "0.2") as car:
         results: list[int] = []
 
         async def load() -> None:
             async with httpx.AsyncClient(timeout=30) as client:
                 tasks = [
-                    asyncio.create_task(client.get(f"{car.url}/work", params={"ms": 300})) for _ in range(8)
+                    asyncio.create_task(client.get(f"{car.url}/wait", params={"gate": "g"})) for _ in range(8)
                 ]
                 await await_for(lambda: car.status()["inflight"] == 8, what="8 requests in flight")
-                answer = await client.get(f"{car.admin}/shutdown")
-                assert answer.json()["drained"] is True
+                shutdown = asyncio.create_task(client.get(f"{car.admin}/shutdown"))
+                await await_for(lambda: car.status()["phase"] == "draining", what="the drain")
+                open_gate(app, "g")
+                assert (await shutdown).json()["drained"] is True
                 results.extend(response.status_code for response in await asyncio.gather(*tasks))
 
         asyncio.run(load())

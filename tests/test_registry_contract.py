@@ -35,6 +35,7 @@ from registry_adapters import (
 from registry_adapters.base import open_registry
 from registry_adapters.consul import ConsulRegistry
 from registry_adapters.etcd import EtcdRegistry
+from registry_adapters.eureka import EurekaRegistry
 from registry_adapters.sqlite import SQLiteRegistry
 from registry_adapters.zookeeper import ZooKeeperRegistry
 from sidecar.options import INSTANCE_ID_PUNCTUATION, MAX_INSTANCE_ID, MAX_SERVICE_NAME
@@ -56,11 +57,14 @@ FAST_FAILURE_S = 3.0
 def open_tuned(url: str, **options: Any) -> Registry:
     """The backend of `url`, with constructor options (short TTLs) that URLs do not carry."""
     parts = urlsplit(url)
-    backends: dict[str, type[SQLiteRegistry | ConsulRegistry | EtcdRegistry | ZooKeeperRegistry]] = {
+    backends: dict[
+        str, type[SQLiteRegistry | ConsulRegistry | EtcdRegistry | ZooKeeperRegistry | EurekaRegistry]
+    ] = {
         "sqlite": SQLiteRegistry,
         "consul": ConsulRegistry,
         "etcd": EtcdRegistry,
         "zookeeper": ZooKeeperRegistry,  # ttl: the session timeout
+        "eureka": EurekaRegistry,  # ttl: the lease duration
     }
     backend = backends[parts.scheme]
     registry: Registry = backend.from_url(parts, **options)
@@ -275,6 +279,7 @@ LONGEST_ID_FILL = "é&%=:+名"
         pytest.param("etcd", marks=pytest.mark.etcd),  # go-kratos's layout, the only one
         pytest.param("zookeeper-curator", marks=pytest.mark.zookeeper),
         pytest.param("zookeeper-dubbo", marks=pytest.mark.zookeeper),
+        pytest.param("eureka", marks=pytest.mark.eureka),
     ]
 )
 def layout_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -282,9 +287,9 @@ def layout_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     kind, _, layout = request.param.partition("-")
     if kind == "zookeeper":
         return f"{request.getfixturevalue('zookeeper_server').url}?layout={layout}"
-    if kind in ("consul", "etcd"):
+    if kind in ("consul", "etcd", "eureka"):
         server: RegistryServer = request.getfixturevalue(
-            "consul_agent" if kind == "consul" else "etcd_server"
+            f"{kind}_agent" if kind == "consul" else f"{kind}_server"
         )
         return server.url
     return f"sqlite://{tmp_path / 'registry.db'}"
@@ -412,6 +417,12 @@ async def test_closed_registry_refuses_every_call(
         ("zookeeper://127.0.0.1:2181?layout=eureka", "layout must be curator or dubbo"),
         ("zookeeper://127.0.0.1:2181?session_timeout=0", "session_timeout must be 1..600"),
         ("zookeeper://127.0.0.1:2181?layot=dubbo", "unknown option"),
+        ("eurka://127.0.0.1:8761/eureka", "did you mean eureka://"),
+        ("eureka://127.0.0.1:8761/eureka,:8761/eureka", "bad host or port ':8761'"),
+        ("eureka://127.0.0.1:x/eureka", "bad host or port '127.0.0.1:x'"),
+        ("eureka://user@127.0.0.1:8761/eureka", "expected eureka://HOST"),
+        ("eureka://127.0.0.1:8761/eureka?ttl=0", "ttl must be whole seconds"),
+        ("eureka://127.0.0.1:8761/eureka?tll=5", "unknown parameter"),
     ],
 )
 def test_bad_urls_are_rejected(url: str, message: str) -> None:

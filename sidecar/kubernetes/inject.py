@@ -59,7 +59,8 @@ Warn = Callable[[str], None]
 # no pod would ever see another. An explicit sqlite:// is taken as meant.
 REGISTRY_REQUIRED = (
     "--registry is required: without it every pod keeps a registry of its own and no pod sees"
-    " another; give the one the fleet shares (consul://, etcd://, zookeeper://), or an explicit"
+    " another; give the one the fleet shares (consul://, etcd://, zookeeper://,"
+    " eureka://), or an explicit"
     " sqlite:///PATH on purpose"
 )
 

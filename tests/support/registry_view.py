@@ -1,7 +1,8 @@
 """What a registry holds, read from outside the sidecar: Consul through its HTTP API (the catalog,
 so an instance in maintenance still counts as present), etcd through its JSON gateway (the keys
 of go-kratos's layout: an offline instance's key is gone), ZooKeeper through a kazoo client of
-its own (the nodes of the URL's layout: an offline instance's node is gone), SQLite through its
+its own (the nodes of the URL's layout: an offline instance's node is gone), Eureka through
+its REST API (an instance out of service is still there), SQLite through its
 table (every row, so an instance set offline, at weight 0 or expired still counts as present
 until it is deleted), and any of them through the adapter's own watch (what consumers are
 handed)."""
@@ -16,7 +17,7 @@ import sqlite3
 from contextlib import aclosing, closing, suppress
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 from kazoo.client import KazooClient
@@ -82,6 +83,20 @@ def zookeeper_nodes(registry_url: str, service: str) -> dict[str, bytes]:
         client.close()
 
 
+def eureka_instances(registry_url: str, service: str) -> list[dict[str, Any]]:
+    """Every InstanceInfo of `service`'s application, whatever its status, read through Eureka's
+    REST API (the first server of the URL)."""
+    parts = urlsplit(registry_url)
+    server = (parts.netloc + parts.path).split(",")[0]
+    app = quote(service.upper(), safe="")
+    answer = httpx.get(f"http://{server}/apps/{app}", headers={"Accept": "application/json"}, timeout=10)
+    if answer.status_code == 404:
+        return []
+    answer.raise_for_status()
+    infos = answer.json()["application"]["instance"]
+    return infos if isinstance(infos, list) else [infos]
+
+
 def zookeeper_ids(registry_url: str, service: str) -> set[str]:
     parts = urlsplit(registry_url)
     layout = ZooKeeperRegistry.from_url(parts).layout
@@ -114,6 +129,8 @@ def registered_ids(registry_url: str, service: str) -> set[str]:
         return {str(value["id"]) for value in etcd_values(registry_url, service)}
     if registry_url.startswith("zookeeper://"):
         return zookeeper_ids(registry_url, service)
+    if registry_url.startswith("eureka://"):
+        return {str(info["instanceId"]) for info in eureka_instances(registry_url, service)}
     read_only = Path(unquote(urlsplit(registry_url).path)).as_uri() + "?mode=ro"
     with closing(sqlite3.connect(read_only, uri=True, timeout=10)) as db:
         rows = db.execute("SELECT instance_id FROM instances WHERE service = ?", (service,)).fetchall()

@@ -24,6 +24,7 @@ class ServerProcess:
     `_ready()` (True once the server answers as it should; may raise OSError or ValueError)."""
 
     name = "server"
+    startup_timeout = STARTUP_TIMEOUT_S
 
     def __init__(self, workdir: Path) -> None:
         self._workdir = workdir
@@ -50,7 +51,7 @@ class ServerProcess:
         self._workdir.mkdir(parents=True, exist_ok=True)
         self._proc = spawn(self._argv(), self.log_path)
         try:
-            wait_for(self._answering, STARTUP_TIMEOUT_S, f"{self.name} to be ready", READY_POLL_S)
+            wait_for(self._answering, self.startup_timeout, f"{self.name} to be ready", READY_POLL_S)
         except TimeoutError as exc:
             self.stop()
             raise RuntimeError(f"{exc}:\n{self._log_tail()}") from None
