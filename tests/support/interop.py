@@ -75,9 +75,13 @@ class Peer:
         """The first event (already seen or to come) for which `predicate` holds."""
 
         def found() -> Event | None:
-            if self.proc.poll() is not None:
+            exited = self.proc.poll() is not None
+            if exited:
+                self._reader.join(5)  # its last lines too
+            event = next((event for event in self.events if predicate(event)), None)
+            if event is None and exited:
                 raise AssertionError(f"peer exited ({self.proc.returncode}) awaiting {what}: see {self.log}")
-            return next((event for event in self.events if predicate(event)), None)
+            return event
 
         event: Event = wait_for(found, timeout, what)
         return event
