@@ -36,7 +36,10 @@ def value(instance: Instance) -> str:
         "name": instance.service,
         "version": instance.meta.get("version", ""),
         "metadata": {**instance.meta, WEIGHT_KEY: str(instance.weight)},
-        "endpoints": [f"http://{instance.address}"],
+        # kratos's HTTP clients take the first http:// endpoint, its gRPC clients the first
+        # grpc:// one (`endpoint.ParseEndpoint`): the sidecar's listener takes both (HTTP/1.1
+        # and h2c on one port), and a client asks for a service of its own protocol.
+        "endpoints": [f"http://{instance.address}", f"grpc://{instance.address}"],
     }
     return json.dumps(fields, separators=(",", ":"))
 

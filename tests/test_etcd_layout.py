@@ -78,7 +78,7 @@ async def test_published_value_is_a_kratos_service_instance(
             "name": instance.service,
             "version": "",
             "metadata": {**instance.meta, "weight": "70"},
-            "endpoints": ["http://10.0.0.1:8081"],
+            "endpoints": ["http://10.0.0.1:8081", "grpc://10.0.0.1:8081"],
         }
         assert gateway.lease_ttl(etcd_server, kv["lease"]) > 0
         await registry.deregister(instance.instance_id)
@@ -168,7 +168,10 @@ def test_reader_without_sidecar_sees_warmup_and_departure(tmp_path: Path, etcd_s
         assert len(weights) >= 3, weights  # 10, 25, 56, 100 at --warmup 4 and the default curve
         assert weights == sorted(weights)
         [value] = etcd_values(etcd_server.url, service)
-        assert value["endpoints"] == [f"http://127.0.0.1:{car.listen_port}"]
+        assert value["endpoints"] == [
+            f"http://127.0.0.1:{car.listen_port}",
+            f"grpc://127.0.0.1:{car.listen_port}",
+        ]
         answer = httpx.get(f"{car.admin}/shutdown", timeout=30)
         assert answer.json()["deregistered"] is True
         assert etcd_values(etcd_server.url, service) == []

@@ -72,7 +72,7 @@ def test_kratos_watcher_reads_our_instances(setting: Setting) -> None:
     rows = {row["id"]: row for row in event["instances"]}
     for provider in (setting.steady, setting.warming):
         row = rows[provider.name]
-        assert row["endpoints"] == [f"http://{provider.listen}"]
+        assert row["endpoints"] == [f"http://{provider.listen}", f"grpc://{provider.listen}"]
         meta = row["metadata"]
         assert meta["sidecar_admin"] == provider.admin
         assert int(meta["sidecar_start_ms"]) > 0

@@ -64,9 +64,8 @@ class Warmup:
 
     def ages_at(self, base: int, weight: int) -> tuple[float, float] | None:
         """The ages (seconds since registration) at which `weight(base, age)` is `weight`, as
-        an interval; None when the weight says nothing about the age: the base itself (the
-        Dubbo layout publishes it throughout the warmup, its consumers ramp up by themselves),
-        or a weight no step has."""
+        an interval; None when the weight says nothing about the age: the base itself, or a
+        weight no step has."""
         if self.window <= 0 or not 1 <= weight < base:
             return None
         if weight < self.weight(base, 0):
