@@ -3,7 +3,8 @@
 Features
 --------
 - `register` publishes the instance on the agent with its address, port, metadata and
-  `Weights {"Passing": weight, "Warning": 1}` (what Consul DNS SRV answers carry), and ONE TTL
+  `Weights {"Passing": weight, "Warning": 1}` (what Consul DNS SRV answers carry; also as
+  `Meta.weight`, for Spring Cloud Consul), and ONE TTL
   check that a background task keeps passing. A sidecar killed with SIGKILL stops passing it:
   the instance turns critical after the TTL and Consul reaps it one minute later.
 - The beat notices when the agent has forgotten the check (a restarted dev agent, a lost data
@@ -45,6 +46,10 @@ from registry_adapters.reasons import reason, told
 from registry_adapters.urls import query_options
 
 log = logging.getLogger(__name__)
+
+# The weight in the service's Meta too, where Spring Cloud Consul's ServiceInstance metadata
+# comes from, and Spring Cloud LoadBalancer's weighted supplier reads it.
+META_WEIGHT_KEY = "weight"
 
 DEFAULT_PORT = 8500
 # Two lost passes at the default beat are tolerated before consumers stop seeing the instance.
@@ -203,7 +208,7 @@ class ConsulRegistry(Publisher[Published]):
             service_id=instance.instance_id,
             address=instance.host,
             port=instance.port,
-            meta=dict(instance.meta),
+            meta={**instance.meta, META_WEIGHT_KEY: str(instance.weight)},
             weights={"Passing": max(instance.weight, 1), "Warning": 1},
             check=check,
         )
@@ -277,6 +282,8 @@ def _instance(entry: object) -> Instance | None:
         weight = _int_in(weights.get("Passing") if isinstance(weights, dict) else None, 1, 1 << 31)
         port = _int_in(service.get("Port"), 1, 65535)
         meta = service.get("Meta") or {}
+        if isinstance(meta, dict):  # its weight is Weights.Passing's
+            meta = {key: value for key, value in meta.items() if key != META_WEIGHT_KEY}
         texts = [instance_id, name, host, *meta.keys(), *meta.values()] if isinstance(meta, dict) else [None]
         if port and weight and all(isinstance(text, str) for text in texts) and instance_id and name and host:
             return Instance(name, instance_id, host, port, weight, meta)

@@ -45,11 +45,11 @@ def statuses(server: EurekaServer, service: str) -> dict[str, str]:
     return {str(info["instanceId"]): str(info["status"]) for info in eureka_instances(server.url, service)}
 
 
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[EurekaServer]:
-    """A server with Eureka's defaults (self-preservation on), but reads from the read-write
-    cache."""
-    with EurekaServer(tmp_path / "eureka", DEFAULT_SETTINGS) as server:
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EurekaServer]:
+    """A server of the module's own with Eureka's defaults (self-preservation on), but reads
+    from the read-write cache: its tests restart it, and count on its first minute."""
+    with EurekaServer(tmp_path_factory.mktemp("eureka"), DEFAULT_SETTINGS) as server:
         yield server
 
 

@@ -29,6 +29,7 @@ from sidecar.demo.loadgen import LoadGenerator
 from sidecar.errors import ConfigError
 from sidecar.protocol import metadata as meta
 from sidecar.protocol.warmup import Warmup
+from sidecar.provider.ramp import CEILING
 from tests.support.ports import free_port
 from tests.support.procs import SidecarProc, consumer_of, demo_app, metric, sidecar, wait_for
 from tests.support.raw_app import RawApp
@@ -177,7 +178,10 @@ def test_the_window_is_the_upper_bound(tmp_path: Path) -> None:
         assert (state["ended"], state["current"]) == ("window", 100)
         assert state["elapsed_s"] >= 8
         assert state["served"] >= 40, "several windows were measured"
-        assert set(weights) == {FLOOR}, f"a slow app stays at the floor: {weights}"
+        # A flat latency sets off a probe to the ceiling now and then (a false alarm in 1% of the
+        # looks, sidecar.provider.ramp), undone two windows later: the floor is where it stays.
+        assert set(weights) <= {FLOOR, round(100 * CEILING)}, f"a slow app stays at the floor: {weights}"
+        assert weights.count(FLOOR) > len(weights) / 2, f"a slow app stays at the floor: {weights}"
         assert metric(car.admin, "sidecar_warmup_ended_total", reason="window") == 1
 
 

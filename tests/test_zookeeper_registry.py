@@ -19,12 +19,14 @@ import time
 import uuid
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import suppress
 from pathlib import Path
 from urllib.parse import unquote_plus, urlsplit
 
 import httpx
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
 
 from registry_adapters import Instance, Registry, RegistryUnavailable, open_registry
 from registry_adapters.zookeeper import ZooKeeperRegistry
@@ -310,7 +312,12 @@ def test_sidecarless_consumer_sees_warmup_and_departure(tmp_path: Path, zk_url: 
 
     def nodes() -> dict[str, bytes]:
         names = client.get_children(parent) if client.exists(parent) else []
-        return {name: client.get(f"{parent}/{name}")[0] for name in names}
+        found = {}
+        for name in names:
+            # A Dubbo node is replaced at each weight step: one listed may be gone by its read.
+            with suppress(NoNodeError):
+                found[name] = client.get(f"{parent}/{name}")[0]
+        return found
 
     try:
         with (
@@ -322,7 +329,9 @@ def test_sidecarless_consumer_sees_warmup_and_departure(tmp_path: Path, zk_url: 
                 seen.append(nodes())
                 time.sleep(0.1)
             seen.append(wait_for(nodes, what="the node after warmup"))
-            assert all(len(sample) == 1 for sample in seen)
+            # One node at a time (a step replaces it in one transaction); none when a read lost the
+            # race with a replacement.
+            assert all(len(sample) <= 1 for sample in seen)
             if layout == "curator":
                 documents = [json.loads(data) for sample in seen for data in sample.values()]
                 weights = [int(document["payload"]["metadata"]["weight"]) for document in documents]

@@ -85,8 +85,8 @@ def looks_like_stall(listed: int, vanished: int) -> bool:
     more likely stalled than saw them go: the table would be empty, or most of it (more than
     half: Envoy's default panic threshold) went at once. A stalled etcd expires every lease as
     it resumes, a wall-clock step expires every SQLite row; instances that drain announce it.
-    Dubbo's empty protection (off by default) holds only the empty case; Nacos's protect threshold and Envoy's
-    panic threshold hold below a share, as here."""
+    Dubbo's empty protection (off by default) holds only the empty case; Nacos's protect
+    threshold and Envoy's panic threshold hold below a share, as here."""
     return vanished > listed
 
 
