@@ -143,6 +143,7 @@ BACKENDS: dict[str, str] = {
     "consul": "registry_adapters.consul:ConsulRegistry",
     "etcd": "registry_adapters.etcd:EtcdRegistry",
     "eureka": "registry_adapters.eureka:EurekaRegistry",
+    "nacos": "registry_adapters.nacos:NacosRegistry",
     "sqlite": "registry_adapters.sqlite:SQLiteRegistry",
     "zookeeper": "registry_adapters.zookeeper:ZooKeeperRegistry",
 }

@@ -264,7 +264,8 @@ def parse_registry(text: str) -> str:
     if "://" not in text:
         raise ValueError(
             "expected a URL such as consul://127.0.0.1:8500, etcd://127.0.0.1:2379,"
-            " zookeeper://127.0.0.1:2181, eureka://127.0.0.1:8761/eureka or sqlite:///path.db,"
+            " zookeeper://127.0.0.1:2181, eureka://127.0.0.1:8761/eureka, nacos://127.0.0.1:8848"
+            " or sqlite:///path.db,"
             f" got {text!r}"
         )
     return text
@@ -330,7 +331,8 @@ OPTIONS: tuple[Option, ...] = (
         parse_registry,
         None,
         "consul://host:8500, etcd://host:2379[,host:2379...], zookeeper://host:2181[,...][/chroot][?layout=dubbo],"
-        " eureka://host:8761/eureka[,...] or sqlite:///path.db (default: embedded)",
+        " eureka://host:8761/eureka[,...], nacos://host:8848[,...][?namespace=N&group=G]"
+        " or sqlite:///path.db (default: embedded)",
         "URL",
     ),
     Option("register-delay", parse_seconds, 0.0, "wait after the app is healthy before registering", "SEC"),

@@ -28,7 +28,6 @@ from tests.support.spring_cloud import (
 )
 
 
-
 @pytest.fixture(scope="module")
 def consul_roll(consul_agent: ConsulAgent, tmp_path_factory: pytest.TempPathFactory) -> RollUnderPeers:
     service = f"spring-{uuid.uuid4().hex[:8]}"

@@ -20,7 +20,6 @@ from tests.support.spring_cloud import (
 )
 
 
-
 @pytest.fixture(scope="module")
 def eureka_roll(eureka_server: EurekaServer, tmp_path_factory: pytest.TempPathFactory) -> RollUnderPeers:
     service = f"spring-{uuid.uuid4().hex[:8]}"

@@ -21,7 +21,6 @@ from tests.support.spring_cloud import (
 from tests.support.zookeeper_server import ZooKeeperServer
 
 
-
 @pytest.fixture(scope="module")
 def zookeeper_roll(
     zookeeper_server: ZooKeeperServer, tmp_path_factory: pytest.TempPathFactory

@@ -2,7 +2,8 @@
 so an instance in maintenance still counts as present), etcd through its JSON gateway (the keys
 of go-kratos's layout: an offline instance's key is gone), ZooKeeper through a kazoo client of
 its own (the nodes of the URL's layout: an offline instance's node is gone), Eureka through
-its REST API (an instance out of service is still there), SQLite through its
+its REST API (an instance out of service is still there), Nacos through its catalog (a
+disabled instance is still there), SQLite through its
 table (every row, so an instance set offline, at weight 0 or expired still counts as present
 until it is deleted), and any of them through the adapter's own watch (what consumers are
 handed)."""
@@ -17,7 +18,7 @@ import sqlite3
 from contextlib import aclosing, closing, suppress
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import httpx
 from kazoo.client import KazooClient
@@ -97,6 +98,28 @@ def eureka_instances(registry_url: str, service: str) -> list[dict[str, Any]]:
     return infos if isinstance(infos, list) else [infos]
 
 
+def nacos_instances(registry_url: str, service: str) -> list[dict[str, Any]]:
+    """Every instance of `service` in the URL's namespace and group, enabled or not, healthy or
+    not, read through Nacos's catalog (the first server of the URL)."""
+    parts = urlsplit(registry_url)
+    query = parse_qs(parts.query)
+    params = {
+        "serviceName": service,
+        "groupName": query.get("group", ["DEFAULT_GROUP"])[-1],
+        "namespaceId": query.get("namespace", ["public"])[-1],
+        "clusterName": "DEFAULT",
+        "pageNo": "1",
+        "pageSize": "1000",
+    }
+    server = parts.netloc.split(",")[0]
+    answer = httpx.get(f"http://{server}/nacos/v1/ns/catalog/instances", params=params, timeout=10)
+    if answer.status_code == 404:  # "service ... is not found!", "cluster DEFAULT is not found!"
+        return []
+    answer.raise_for_status()
+    instances: list[dict[str, Any]] = answer.json()["list"]
+    return instances
+
+
 def zookeeper_ids(registry_url: str, service: str) -> set[str]:
     parts = urlsplit(registry_url)
     layout = ZooKeeperRegistry.from_url(parts).layout
@@ -131,6 +154,10 @@ def registered_ids(registry_url: str, service: str) -> set[str]:
         return zookeeper_ids(registry_url, service)
     if registry_url.startswith("eureka://"):
         return {str(info["instanceId"]) for info in eureka_instances(registry_url, service)}
+    if registry_url.startswith("nacos://"):
+        return {
+            str(host["metadata"]["sidecar_instance_id"]) for host in nacos_instances(registry_url, service)
+        }
     read_only = Path(unquote(urlsplit(registry_url).path)).as_uri() + "?mode=ro"
     with closing(sqlite3.connect(read_only, uri=True, timeout=10)) as db:
         rows = db.execute("SELECT instance_id FROM instances WHERE service = ?", (service,)).fetchall()
