@@ -54,9 +54,10 @@ from urllib.parse import SplitResult, quote
 import httpx
 
 from registry_adapters import eureka_layout as layout
-from registry_adapters.base import Instance, RegistryRejected, RegistryUnavailable, RegistryURLError
+from registry_adapters.base import Instance, RegistryUnavailable, RegistryURLError
+from registry_adapters.http_servers import HttpServers
 from registry_adapters.keepalive import Beats, Published, Publisher
-from registry_adapters.reasons import reason, told
+from registry_adapters.reasons import told
 from registry_adapters.urls import BadHost, host_list, query_options
 
 log = logging.getLogger(__name__)
@@ -95,17 +96,15 @@ class EurekaRegistry(Publisher[_Published]):
         fetch_interval: float = DEFAULT_FETCH_S,
     ) -> None:
         super().__init__()
-        self._servers = servers or [f"http://127.0.0.1:{DEFAULT_PORT}{DEFAULT_PATH}"]
-        self.where = "eureka at " + ",".join(s.removeprefix("http://") for s in self._servers)
-        self._current = 0  # the server that answered last
-        self._call_timeout = call_timeout
+        servers = servers or [f"http://127.0.0.1:{DEFAULT_PORT}{DEFAULT_PATH}"]
+        self._servers = HttpServers("eureka", servers, timeout=call_timeout, headers=JSON)
+        self.where = self._servers.where
         self._fetch_interval = fetch_interval
         self._lease_s = max(1, math.ceil(ttl))
         beat_interval = beat_interval if beat_interval is not None else self._lease_s / 3
         self._renew_s = max(1, math.ceil(beat_interval))
         self._beats = Beats("eureka lease renewal", beat_interval, self._beat, log)
         self._dirty_ms = 0
-        self._client: httpx.AsyncClient | None = None
 
     @classmethod
     def from_url(cls, parts: SplitResult, **options: Any) -> Self:
@@ -190,9 +189,7 @@ class EurekaRegistry(Publisher[_Published]):
     async def close(self) -> None:
         self._closed = True
         await self._beats.stop()
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        await self._servers.aclose()
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -248,11 +245,6 @@ class EurekaRegistry(Publisher[_Published]):
         self._dirty_ms = max(self._dirty_ms + 1, time.time_ns() // 1_000_000)
         return self._dirty_ms
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._call_timeout, trust_env=False, headers=JSON)
-        return self._client
-
     async def _read(self, path: str, what: str) -> dict[str, Any]:
         response = await self._call("GET", path, what)
         try:
@@ -264,39 +256,9 @@ class EurekaRegistry(Publisher[_Published]):
             ) from None
         return dict(body)
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        what: str,
-        *,
-        missing_ok: bool = False,
-        params: dict[str, str] | None = None,
-        json: dict[str, Any] | None = None,
-    ) -> httpx.Response:
-        """`method` `path` on the servers in turn: the first answer below 500 (a 404 only when
-        `missing_ok`), else `RegistryRejected` (4xx) or `RegistryUnavailable` (no server answered)."""
+    async def _call(self, method: str, path: str, what: str, **request: Any) -> httpx.Response:
         self._check_open()
-        failures: list[tuple[str, str]] = []
-        for i in [self._current, *(i for i in range(len(self._servers)) if i != self._current)]:
-            server = self._servers[i]
-            try:
-                response = await self._http().request(method, server + path, params=params, json=json)
-            except httpx.HTTPError as exc:
-                failures.append((server, reason(exc, self._call_timeout)))
-                continue
-            if response.status_code >= 500:
-                failures.append((server, f"{response.status_code} {response.reason_phrase}".strip()))
-                continue
-            self._current = i
-            if response.is_success or (missing_ok and response.status_code == 404):
-                return response
-            raise RegistryRejected(told(self.where, f"{response.status_code} {response.reason_phrase}", what))
-        reasons = {why for _, why in failures}
-        if len(reasons) == 1:
-            raise RegistryUnavailable(told(self.where, reasons.pop(), what))
-        each = "; ".join(f"{server.removeprefix('http://')}: {why}" for server, why in failures)
-        raise RegistryUnavailable(told(self.where, each, what))
+        return await self._servers.call(method, path, what, **request)
 
 
 def _path(instance: Instance, *, app_only: bool = False) -> str:

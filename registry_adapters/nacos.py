@@ -50,9 +50,10 @@ from urllib.parse import SplitResult
 import httpx
 
 from registry_adapters import nacos_layout as layout
-from registry_adapters.base import Instance, RegistryRejected, RegistryUnavailable, RegistryURLError
+from registry_adapters.base import Instance, RegistryUnavailable, RegistryURLError
+from registry_adapters.http_servers import HttpServers
 from registry_adapters.keepalive import Beats, Published, Publisher
-from registry_adapters.reasons import MAX_REASON_CHARS, reason, told
+from registry_adapters.reasons import MAX_REASON_CHARS, told
 from registry_adapters.urls import BadHost, host_list, query_options
 
 log = logging.getLogger(__name__)
@@ -95,20 +96,21 @@ class NacosRegistry(Publisher[Published]):
         poll_interval: float = DEFAULT_POLL_S,
     ) -> None:
         super().__init__()
-        self._servers = servers or [f"http://127.0.0.1:{DEFAULT_PORT}{CONTEXT_PATH}"]
-        self.where = "nacos at " + ",".join(
-            s.removeprefix("http://").removesuffix(CONTEXT_PATH) for s in self._servers
+        self._servers = HttpServers(
+            "nacos",
+            servers or [f"http://127.0.0.1:{DEFAULT_PORT}{CONTEXT_PATH}"],
+            timeout=call_timeout,
+            shown=lambda server: server.removeprefix("http://").removesuffix(CONTEXT_PATH),
+            refusal=_refusal,
         )
-        self._current = 0  # the server that answered last
+        self.where = self._servers.where
         self._scope = {"namespaceId": namespace, "groupName": group}
         self._group = group
-        self._call_timeout = call_timeout
         self._poll_interval = poll_interval
         beat_interval = beat_interval if beat_interval is not None else ttl / 3
         self._ttl_ms = max(1000, round(ttl * 1000))
         self._beat_ms = max(100, round(beat_interval * 1000))
         self._beats = Beats("nacos heartbeat", beat_interval, self._beat, log)
-        self._client: httpx.AsyncClient | None = None
 
     @classmethod
     def from_url(cls, parts: SplitResult, **options: Any) -> Self:
@@ -197,9 +199,7 @@ class NacosRegistry(Publisher[Published]):
     async def close(self) -> None:
         self._closed = True
         await self._beats.stop()
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        await self._servers.aclose()
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -245,44 +245,9 @@ class NacosRegistry(Publisher[Published]):
         """`fields` in the URL's namespace and group."""
         return {**fields, **self._scope, **more}
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._call_timeout, trust_env=False)
-        return self._client
-
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        what: str,
-        *,
-        params: dict[str, str] | None = None,
-        data: dict[str, str] | None = None,
-    ) -> httpx.Response:
-        """`method` `path` on the servers in turn: the first answer below 500, else
-        `RegistryRejected` (4xx, with Nacos's reason) or `RegistryUnavailable` (no server
-        answered)."""
+    async def _call(self, method: str, path: str, what: str, **request: Any) -> httpx.Response:
         self._check_open()
-        failures: list[tuple[str, str]] = []
-        for i in [self._current, *(i for i in range(len(self._servers)) if i != self._current)]:
-            server = self._servers[i]
-            try:
-                response = await self._http().request(method, server + path, params=params, data=data)
-            except httpx.HTTPError as exc:
-                failures.append((server, reason(exc, self._call_timeout)))
-                continue
-            if response.status_code >= 500:
-                failures.append((server, f"{response.status_code} {response.reason_phrase}".strip()))
-                continue
-            self._current = i
-            if response.is_success:
-                return response
-            raise RegistryRejected(told(self.where, _refusal(response), what))
-        reasons = {why for _, why in failures}
-        if len(reasons) == 1:
-            raise RegistryUnavailable(told(self.where, reasons.pop(), what))
-        each = "; ".join(f"{server.removeprefix('http://')}: {why}" for server, why in failures)
-        raise RegistryUnavailable(told(self.where, each, what))
+        return await self._servers.call(method, path, what, **request)
 
 
 def _code(response: httpx.Response) -> int | None:
