@@ -56,7 +56,7 @@ typecheck: $(STAMP)
 # Most tests wait on other processes (sidecars, apps, registry servers): three workers on two
 # cores overlap those waits. A test module stays on one worker, and so do its fixtures.
 test: $(STAMP) tools lint typecheck
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=15
 
 bench-tools:
 	scripts/install-bench-tools.sh

@@ -112,13 +112,6 @@ def nacos_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NacosServ
         yield server
 
 
-@pytest.fixture
-def fresh_nacos(tmp_path: Path) -> Iterator[NacosServer]:
-    """A Nacos server of this test's own, which the test may stop and start again."""
-    with NacosServer(tmp_path / "nacos") as server:
-        yield server
-
-
 @pytest.fixture(
     params=[
         pytest.param("consul", marks=pytest.mark.consul),

@@ -98,25 +98,27 @@ def test_instance_serves_then_leaves_as_nacos_clients_see_it(
         wait_for(lambda: enabled(nacos_server, "svc") == {}, SHOWN_S, "the instance deleted")
 
 
-async def test_server_restart_gets_the_instance_back(fresh_nacos: NacosServer) -> None:
+async def test_server_restart_gets_the_instance_back(nacos_server: NacosServer) -> None:
     """With the server down every call fails fast with RegistryUnavailable; a restarted server
     (ephemeral instances live in memory) answers the next heartbeat 20404, and the instance is
-    registered again as it is wanted now: with the weight set while the server was down."""
+    registered again as it is wanted now: with the weight set while the server was down. The
+    session's server, restarted (a Nacos JVM takes long to start; the tests of this process run
+    one at a time, and the others' instances are back at their next heartbeat too)."""
     instance = Instance("restarted", "r1", "10.0.0.1", 8081, 100, {meta.META_WEIGHT: "100"})
-    async with NacosRegistry.from_url(urlsplit(fresh_nacos.url), ttl=3) as registry:
+    async with NacosRegistry.from_url(urlsplit(nacos_server.url), ttl=3) as registry:
         await registry.register(instance)
-        await asyncio.to_thread(wait_for, lambda: len(listed(fresh_nacos, "restarted")) == 1, SHOWN_S)
-        await asyncio.to_thread(fresh_nacos.stop)
+        await asyncio.to_thread(wait_for, lambda: len(listed(nacos_server, "restarted")) == 1, SHOWN_S)
+        await asyncio.to_thread(nacos_server.stop)
         started = time.monotonic()
         with pytest.raises(RegistryUnavailable, match="connection refused"):
             await registry.set_weight("r1", 30)
         with pytest.raises(RegistryUnavailable):
             await registry.services()
         assert time.monotonic() - started < 3.0
-        await asyncio.to_thread(fresh_nacos.start)
+        await asyncio.to_thread(nacos_server.start)
 
         def back_at_30() -> bool:
-            return [host["weight"] for host in listed(fresh_nacos, "restarted")] == [30.0]
+            return [host["weight"] for host in listed(nacos_server, "restarted")] == [30.0]
 
         await asyncio.to_thread(wait_for, back_at_30, SHOWN_S * 2, "the instance back, at weight 30")
-        assert await registry.services() == ["restarted"]
+        assert "restarted" in await registry.services()

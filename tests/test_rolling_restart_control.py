@@ -18,6 +18,9 @@ def test_control_sigkill_loses_requests(tmp_path: Path, registry_url: str) -> No
         with LoadGenerator(consumer.url, concurrency=32) as load:
             wait_for(lambda: len(load.samples) > 100, what="the load to run")
             victim = providers[0]
+            # Killed with requests in flight (a provider still warming up may have none for a
+            # moment): those are what the kill loses.
+            wait_for(lambda: victim.status()["inflight"] >= 2, what="requests in flight on the victim")
             victim.sidecar.kill()
             victim.app.kill()
             count = len(load.samples)

@@ -7,6 +7,6 @@ mkdir -p "$out/bin"
 cp target/peer.jar "$out/peer.jar"
 cat > "$out/bin/peer" <<'LAUNCH'
 #!/bin/sh
-exec java -XX:TieredStopAtLevel=1 -Xss512k -jar "$(dirname "$0")/../peer.jar" "$@"
+exec java -XX:+UseSerialGC -Xms64m -Xmx384m -XX:TieredStopAtLevel=1 -Xss512k -jar "$(dirname "$0")/../peer.jar" "$@"
 LAUNCH
 chmod +x "$out/bin/peer"
