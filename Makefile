@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck tools zookeeper-server nginx nghttp2 interop bench bench-tools clean
+.PHONY: demo test figures lint typecheck tools zookeeper-server nginx nghttp2 interop bench bench-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,8 +55,13 @@ typecheck: $(STAMP)
 
 # Most tests wait on other processes (sidecars, apps, registry servers): three workers on two
 # cores overlap those waits. A test module stays on one worker, and so do its fixtures.
+# The chaos soak and the figures of Spring's defaults through a roll are measurements, sensitive
+# to the machine's load and minutes long: `make figures` runs them, printing what they measure.
 test: $(STAMP) tools lint typecheck
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=15 -m "not soak and not figures"
+
+figures: $(STAMP) tools
+	$(BIN)/python -m pytest -q -s -m "soak or figures"
 
 bench-tools:
 	scripts/install-bench-tools.sh

@@ -1,6 +1,7 @@
 """The chaos soak (bench/soak.py), short: about 60 s of load with one of each fault, fixed seed.
 
-Deselect it with `-m "not soak"`; `make test` runs it.
+`make figures` runs it (`-m soak`), not `make test`: its classification of failures is
+sensitive to the machine's load, which the whole suite raises.
 """
 
 from __future__ import annotations
