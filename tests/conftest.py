@@ -14,7 +14,7 @@ from tests.support.etcd_server import EtcdServer
 from tests.support.eureka_server import EurekaServer
 from tests.support.nacos_server import NacosServer
 from tests.support.procs import AppProc, SidecarChain, SidecarProc, consumer_of, demo_app, sidecar
-from tests.support.registry_server import RegistryServer
+from tests.support.registry_server import RegistryServer, live_registry_url
 from tests.support.zookeeper_server import ZooKeeperServer
 
 # -- order -----------------------------------------------------------------------------------------
@@ -137,19 +137,7 @@ def fresh_registry(request: pytest.FixtureRequest) -> RegistryServer:
 )
 def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of a live registry of each kind (narrow it with indirect parametrization)."""
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'registry.db'}"
-    if request.param == "etcd":
-        server: EtcdServer = request.getfixturevalue("etcd_server")
-        return server.url
-    if request.param == "zookeeper":
-        zookeeper: ZooKeeperServer = request.getfixturevalue("zookeeper_server")
-        return zookeeper.url
-    if request.param == "eureka":
-        eureka: EurekaServer = request.getfixturevalue("eureka_server")
-        return eureka.url
-    agent: ConsulAgent = request.getfixturevalue("consul_agent")
-    return agent.url
+    return live_registry_url(request, request.param, tmp_path)
 
 
 @pytest.fixture(scope="module")

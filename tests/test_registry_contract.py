@@ -43,7 +43,7 @@ from sidecar.options import INSTANCE_ID_PUNCTUATION, MAX_INSTANCE_ID, MAX_SERVIC
 from sidecar.protocol.metadata import META_ADMIN, META_PROTOCOLS, META_WEIGHT, META_WEIGHT_OVERRIDE, PROTOCOLS
 from tests.support.consul_agent import REPO_ROOT, ConsulAgent
 from tests.support.procs import await_for
-from tests.support.registry_server import RegistryServer
+from tests.support.registry_server import RegistryServer, live_registry_url
 from tests.support.registry_view import registered_ids, zookeeper_nodes
 
 # Bound on one awaited change; a change normally shows in well under a second.
@@ -138,12 +138,7 @@ def make(service: str) -> Callable[..., Instance]:
 def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """conftest's `registry_url`, and Nacos: here only, so that the contract runs on a real
     Nacos server without every other registry test paying for one."""
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'registry.db'}"
-    server: RegistryServer = request.getfixturevalue(
-        "consul_agent" if request.param == "consul" else f"{request.param}_server"
-    )
-    return server.url
+    return live_registry_url(request, request.param, tmp_path)
 
 
 @pytest.fixture

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
+
+import pytest
 
 
 class RegistryServer(Protocol):
@@ -14,3 +17,12 @@ class RegistryServer(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+def live_registry_url(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> str:
+    """The URL of a live registry of `kind`: an SQLite file in `tmp_path`, else the session's
+    server of that kind (conftest's `consul_agent`, `etcd_server`, ... fixtures)."""
+    if kind == "sqlite":
+        return f"sqlite://{tmp_path / 'registry.db'}"
+    server: RegistryServer = request.getfixturevalue("consul_agent" if kind == "consul" else f"{kind}_server")
+    return server.url
