@@ -3,13 +3,25 @@
 # .tools/NAME/ (NAME defaults to PACKAGE).
 # The system's apt state is left alone: a private sources list reuses the mirror URI of the
 # machine's own apt configuration (or $DEBIAN_MIRROR), with private lists and cache directories
-# under .tools/apt-SUITE/. Nothing is installed system-wide.
+# under .tools/apt-SUITE/. Nothing is installed system-wide. The unpacked package is also kept in
+# ~/.cache/graceful-sidecar/deb/SUITE-PACKAGE, which a fresh clone copies instead of asking the
+# mirror again (a Debian release's packages change only for security fixes; remove the folder
+# to fetch the package anew).
 set -euo pipefail
 suite="$1"
 package="$2"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="$root/.tools"
 dest="$tools/${3:-$package}"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/graceful-sidecar/deb/$suite-$package"
+# Copied next to the final place, then moved: an interrupted run leaves no half-made one.
+rm -rf "$dest.partial"
+if [ -d "$cache" ]; then
+  cp -a "$cache" "$dest.partial"
+  rm -rf "$dest"
+  mv "$dest.partial" "$dest"
+  exit 0
+fi
 
 mirror="${DEBIAN_MIRROR:-}"
 if [ -z "$mirror" ]; then
@@ -51,8 +63,10 @@ apt_opts=(
 apt-get "${apt_opts[@]}" -qq update
 (cd "$work/archives" && apt-get "${apt_opts[@]}" -qq download "$package")
 deb="$(ls "$work/archives/${package}"_*.deb | sed -n 1p)"
-# Unpacked next to the final place, then moved: an interrupted run leaves no half-made one.
-rm -rf "$dest.partial"
 dpkg -x "$deb" "$dest.partial"
+mkdir -p "$(dirname "$cache")"
+rm -rf "$cache.partial"
+cp -a "$dest.partial" "$cache.partial"
+mv "$cache.partial" "$cache"
 rm -rf "$dest"
 mv "$dest.partial" "$dest"

@@ -24,7 +24,7 @@ from sidecar.demo.loadgen import LoadGenerator
 from sidecar.demo.roll import roll
 from tests.support.procs import wait_for
 
-WARMUP = 5.0
+WARMUP = 3.0
 PROVIDER_ARGS = ("--warmup", str(WARMUP), "--quiet-period", "0.5", "--drain-timeout", "10")
 
 
