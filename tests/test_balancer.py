@@ -169,6 +169,46 @@ def test_load_is_per_unit_of_weight() -> None:
     assert abs(counts[0] - 0.96 * DRAWS) <= tolerance(DRAWS, 0.96)
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=1000), min_size=2, max_size=5),
+    st.lists(st.integers(min_value=0, max_value=50), min_size=5, max_size=5),
+    st.integers(min_value=0, max_value=4),
+    st.integers(min_value=0, max_value=2**32),
+)
+def test_steered_candidate_gets_its_weight_share_whatever_its_load(
+    weights: list[int], inflight: list[int], which: int, seed: int
+) -> None:
+    """A candidate whose provider steers its share (latency warmup) is picked with probability
+    weight / total however many requests it and the others have in flight: least request does
+    not count its slowness a second time. By `pick` and by `draw_p2c` alike."""
+    steered = which % len(weights)
+    candidates = [Candidate(float(w), inflight[n], steered=n == steered) for n, w in enumerate(weights)]
+    p = weights[steered] / sum(weights)
+    assert abs(shares(candidates, seed)[steered] - p * DRAWS) <= tolerance(DRAWS, p)
+    cumulative = list(itertools.accumulate(float(w) for w in weights))
+
+    def load(index: int) -> float | None:
+        candidate = candidates[index]
+        return None if candidate.steered else candidate.inflight / candidate.weight
+
+    rng = random.Random(seed)
+    drawn = Counter(draw_p2c(cumulative, lambda index: True, load, rng) for _ in range(DRAWS))
+    assert abs(drawn[steered] - p * DRAWS) <= tolerance(DRAWS, p)
+
+
+def test_steered_candidate_is_not_starved_by_its_slowness() -> None:
+    """The case it is for: a warming instance at 90 of weight with 20 requests in flight (it is
+    slow), beside two warm ones at 100 with 3 each. Least request gives it only the draws where
+    both land on it, (90/290)^2 = 9.6%; steered, its weight's 31%."""
+    slow, warm = Candidate(90.0, 20), Candidate(100.0, 3)
+    both = (90 / 290) ** 2
+    assert abs(shares([slow, warm, warm], seed=3)[0] - both * DRAWS) <= tolerance(DRAWS, both)
+    steered = Candidate(90.0, 20, steered=True)
+    p = 90 / 290
+    assert abs(shares([steered, warm, warm], seed=3)[0] - p * DRAWS) <= tolerance(DRAWS, p)
+
+
 # -- effective_weight ----------------------------------------------------------------------------
 
 

@@ -9,6 +9,11 @@ Picking is power-of-two-choices least-request, weighted: draw two candidates wit
 proportional to their weight, keep the one with fewer requests in flight per unit of weight.
 When nothing is in flight the first draw wins, so the long-run share follows the weights
 exactly; under load the second draw steers away from a slow or overloaded instance.
+
+Except from an instance whose provider steers its share itself (a provider in latency warmup
+mode: its weight already follows its latency, and least request would count the same slowness
+twice, starving the very requests that warm it): when either draw is such an instance the first
+draw wins, so that instance gets exactly its weight's share.
 """
 
 from __future__ import annotations
@@ -24,6 +29,20 @@ from dataclasses import dataclass
 class Candidate:
     weight: float
     inflight: int
+    steered: bool = False  # its provider steers its share: picked by weight alone
+
+
+# The load of a candidate whose provider steers its share (see the module's doc): no comparison.
+STEERED = None
+
+
+def p2c_winner(first: int, second: int, load: Callable[[int], float | None]) -> int:
+    """Of two weighted draws, the one with fewer requests in flight per unit of weight; the first
+    when either is steered by its provider (load STEERED), or on a tie."""
+    first_load, second_load = load(first), load(second)
+    if first_load is STEERED or second_load is STEERED:
+        return first
+    return second if second_load < first_load else first
 
 
 def weighted_draw(cumulative: Sequence[float], rng: random.Random) -> int:
@@ -39,13 +58,13 @@ DRAW_TRIES = 8
 def draw_p2c(
     cumulative: Sequence[float],
     fits: Callable[[int], bool],
-    load: Callable[[int], float],
+    load: Callable[[int], float | None],
     rng: random.Random,
 ) -> int | None:
     """`pick` without a scan, for large tables: two weighted draws by bisection over prebuilt
     cumulative weights, each drawn again while `fits` rejects it (rejection sampling: a draw
     stays proportional to the weights among the candidates that fit), then the lower `load`
-    wins. O(log n) per pick. None when no weight is positive or DRAW_TRIES draws in a row
+    wins (`p2c_winner`). O(log n) per pick. None when no weight is positive or DRAW_TRIES draws in a row
     missed: the caller then scans."""
     if not cumulative or cumulative[-1] <= 0:
         return None
@@ -58,8 +77,7 @@ def draw_p2c(
                 break
         else:
             return None
-    first, second = drawn
-    return second if load(second) < load(first) else first
+    return p2c_winner(drawn[0], drawn[1], load)
 
 
 def pick(candidates: Sequence[Candidate], rng: random.Random) -> int | None:
@@ -73,10 +91,11 @@ def pick(candidates: Sequence[Candidate], rng: random.Random) -> int | None:
     first = usable[min(weighted_draw(cumulative, rng), len(usable) - 1)]
     second = usable[min(weighted_draw(cumulative, rng), len(usable) - 1)]
 
-    def load(index: int) -> float:
-        return candidates[index].inflight / candidates[index].weight
+    def load(index: int) -> float | None:
+        candidate = candidates[index]
+        return STEERED if candidate.steered else candidate.inflight / candidate.weight
 
-    return second if load(second) < load(first) else first
+    return p2c_winner(first, second, load)
 
 
 def looks_like_stall(listed: int, vanished: int) -> bool:

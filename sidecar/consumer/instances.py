@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import Any
 
 from registry_adapters import Instance, Registry, RegistryError
-from sidecar.consumer.balancer import Candidate, draw_p2c, looks_like_stall, pick
+from sidecar.consumer.balancer import STEERED, Candidate, draw_p2c, looks_like_stall, pick
 from sidecar.consumer.members import Member, start_of
 from sidecar.metrics import Metrics
 
@@ -101,6 +101,7 @@ class InstanceTable:
         # What picks draw from: the usable members, their weights and the running sums of those.
         self._pool: list[Member] = []
         self._weights: list[float] = []
+        self._steered: list[bool] = []  # its provider steers its share: picked by weight alone
         self._cumulative: list[float] = []
         self._built_ms: int | None = None  # None: the table changed, build again at the next pick
         self._settled_ms = 0  # no weight changes with time after this
@@ -217,18 +218,22 @@ class InstanceTable:
             self._built_ms < self._settled_ms and now_ms - self._built_ms >= WEIGHTS_REFRESH_MS
         ):
             self._build(now_ms)
-        pool, weights = self._pool, self._weights
+        pool, weights, steered = self._pool, self._weights, self._steered
 
         def fits(index: int) -> bool:
             member = pool[index]
             return weights[index] > 0 and member.ejected_until <= now and member.instance_id not in tried
 
-        index = draw_p2c(self._cumulative, fits, lambda index: pool[index].inflight / weights[index], rng)
+        def load(index: int) -> float | None:
+            return STEERED if steered[index] else pool[index].inflight / weights[index]
+
+        index = draw_p2c(self._cumulative, fits, load, rng)
         return pool[index] if index is not None else self._scan(tried, rng, now, now_ms)
 
     def _build(self, now_ms: int) -> None:
         self._pool = self.usable()
         self._weights = [member.weight_at(now_ms) for member in self._pool]
+        self._steered = [m.steered(w) for m, w in zip(self._pool, self._weights, strict=True)]
         self._cumulative = list(itertools.accumulate(self._weights))
         self._settled_ms = max((member.settled_ms for member in self._pool), default=0)
         self._built_ms = now_ms
@@ -240,7 +245,9 @@ class InstanceTable:
         healthy = [m for m in members if m.ejected_until <= now]
         # Only ejected instances left: try them rather than fail (they may be back already).
         pool = healthy or members
-        index = pick([Candidate(m.weight_at(now_ms), m.inflight) for m in pool], rng)
+        weights = [m.weight_at(now_ms) for m in pool]
+        candidates = [Candidate(w, m.inflight, m.steered(w)) for m, w in zip(pool, weights, strict=True)]
+        index = pick(candidates, rng)
         return None if index is None else pool[index]
 
     def snapshot(self) -> list[dict[str, Any]]:

@@ -84,6 +84,11 @@ class Member:
             return self.mark
         return self.spec.at_age((now_ms - self.born_ms) / 1000.0)
 
+    def steered(self, weight: float) -> bool:
+        """Whether its provider steers its share (latency warmup, below full weight): the
+        balancer then picks it by `weight` alone (see sidecar.consumer.balancer)."""
+        return self.spec.marked and weight < self.spec.full
+
     @property
     def settled_ms(self) -> int:
         """From this time on, `weight_at` is constant: the end of the warmup (0 without one)."""
