@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from registry_adapters import Instance
 from sidecar.consumer.balancer import (
     DRAW_TRIES,
     Candidate,
@@ -25,6 +26,7 @@ from sidecar.consumer.balancer import (
     draw_p2c,
     pick,
 )
+from sidecar.consumer.members import Member
 from sidecar.protocol import metadata as meta
 from sidecar.protocol.metadata import effective_weight, weight_spec
 
@@ -207,6 +209,30 @@ def test_steered_candidate_is_not_starved_by_its_slowness() -> None:
     steered = Candidate(90.0, 20, steered=True)
     p = 90 / 290
     assert abs(shares([steered, warm, warm], seed=3)[0] - p * DRAWS) <= tolerance(DRAWS, p)
+
+
+@pytest.mark.parametrize(
+    ("floor", "weight", "steered"),
+    [
+        (10, 10, False),
+        (10, 11, False),
+        (10, 20, True),
+        (10, 90, True),
+        (10, 100, False),
+        (0, 2, False),
+        (0, 3, True),
+    ],
+)
+def test_provider_steers_above_its_floor_until_full(floor: int, weight: int, steered: bool) -> None:
+    """A latency-warmup instance (base 100) is steered by its provider once the weight its
+    responses say is above the ramp's floor (rounding aside) and until it is full; at the floor
+    least request still keeps a slow app's requests few. A clock warmup is never steered."""
+    published = {**fields(weight=100, window=120, floor=floor, start_ms=1), meta.META_WARMUP_MODE: "latency"}
+    member = Member(Instance("svc", "i", "127.0.0.1", 1, 100, published))
+    assert member.follow_mark(str(weight).encode())
+    assert member.steered(member.weight_at(0)) is steered
+    clock = Member(Instance("svc", "i", "127.0.0.1", 1, 100, {**published, meta.META_WARMUP_MODE: "time"}))
+    assert not clock.steered(float(weight))
 
 
 # -- effective_weight ----------------------------------------------------------------------------

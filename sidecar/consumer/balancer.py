@@ -10,10 +10,10 @@ proportional to their weight, keep the one with fewer requests in flight per uni
 When nothing is in flight the first draw wins, so the long-run share follows the weights
 exactly; under load the second draw steers away from a slow or overloaded instance.
 
-Except from an instance whose provider steers its share itself (a provider in latency warmup
-mode: its weight already follows its latency, and least request would count the same slowness
-twice, starving the very requests that warm it): when either draw is such an instance the first
-draw wins, so that instance gets exactly its weight's share.
+Except for an instance whose provider steers its share itself (a provider in latency warmup
+mode that raised its weight above the floor, having seen the app get faster: least request would
+count the same slowness a second time and starve the very requests that warm it): when either
+draw is such an instance the first draw wins, so that instance gets exactly its weight's share.
 """
 
 from __future__ import annotations

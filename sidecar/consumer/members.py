@@ -85,9 +85,12 @@ class Member:
         return self.spec.at_age((now_ms - self.born_ms) / 1000.0)
 
     def steered(self, weight: float) -> bool:
-        """Whether its provider steers its share (latency warmup, below full weight): the
-        balancer then picks it by `weight` alone (see sidecar.consumer.balancer)."""
-        return self.spec.marked and weight < self.spec.full
+        """Whether its provider steers its share: in latency warmup, raised above its floor
+        (the ramp saw the app get faster and feeds it) and not yet full. The balancer then picks
+        it by `weight` alone (see sidecar.consumer.balancer); at its floor, least request keeps
+        a slow app's requests few."""
+        low, full = self.spec.steering
+        return self.spec.marked and low < weight < full
 
     @property
     def settled_ms(self) -> int:

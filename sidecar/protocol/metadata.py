@@ -112,10 +112,11 @@ class WeightSpec:
     warmup: Warmup | None = None  # None: no warmup, or an override, or no sidecar metadata
     invalid: str | None = None  # why the sidecar metadata was rejected (the registry weight is used)
     # Latency warmup mode: `base` is the registry weight the provider steps, and the weight its
-    # responses carry (X-Sidecar-Weight) wins over it until the registry's next change; below
-    # `full` (the base its ramp ends at) the provider steers the instance's share itself.
+    # responses carry (X-Sidecar-Weight) wins over it until the registry's next change. A weight
+    # strictly inside `steering` (above the ramp's floor, below the base it ends at) is the
+    # provider feeding an app it has seen get faster: consumers then pick it by weight alone.
     marked: bool = False
-    full: float = 0.0
+    steering: tuple[float, float] = (0.0, 0.0)
 
     def at(self, now_ms: int) -> float:
         """The weight at `now_ms` by the provider's wall clock (consumers use `at_age`, with an
@@ -189,7 +190,9 @@ def weight_spec(instance_weight: int, fields: Mapping[str, str]) -> WeightSpec:
     if window <= 0:
         return WeightSpec(base)
     if mode == "latency":  # the provider steps its registry weight: the weight until a mark
-        return WeightSpec(min(base, max(1.0, registry_weight)), marked=True, full=base)
+        # The ramp's floor is ceil(base x min%), at least 1: one more leaves the rounding out.
+        steering = (max(1.0, base * floor / 100.0) + 1.0, base)
+        return WeightSpec(min(base, max(1.0, registry_weight)), marked=True, steering=steering)
     return WeightSpec(base, start_ms, Warmup(window, curve, floor))
 
 
