@@ -15,6 +15,7 @@ tools="$root/.tools"
 dest="$tools/${3:-$package}"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/graceful-sidecar/deb/$suite-$package"
 # Copied next to the final place, then moved: an interrupted run leaves no half-made one.
+mkdir -p "$tools"
 rm -rf "$dest.partial"
 if [ -d "$cache" ]; then
   cp -a "$cache" "$dest.partial"
