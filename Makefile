@@ -7,10 +7,12 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test figures lint typecheck tools zookeeper-server nginx nghttp2 interop bench bench-tools clean
 
 # uv installs the packages from its cache (~/.cache/uv) in seconds, where pip took half a minute.
+# Compiled at install, as pip does: where PYTHONDONTWRITEBYTECODE is set no process writes a .pyc,
+# and every sidecar the tests start would compile its imports again (twice the CPU of a start).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==0.13.10
-	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[test]'
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[test]'
 	touch $(STAMP)
 
 tools: .tools/consul/usr/bin/consul .tools/etcd/usr/bin/etcd .tools/h2spec/bin/h2spec zookeeper-server nginx \
@@ -55,11 +57,14 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # Most tests wait on other processes (sidecars, apps, registry servers): three workers on two
-# cores overlap those waits. A test module stays on one worker, and so do its fixtures.
+# cores overlap those waits. A test module stays on one worker, and so do its fixtures; modules
+# go out in the order tests/conftest.py gives them, the slowest first (xdist would otherwise
+# reorder them by their number of tests, and leave the minute-long rolls for the end).
 # The chaos soak and the figures of Spring's defaults through a roll are measurements, sensitive
 # to the machine's load and minutes long: `make figures` runs them, printing what they measure.
 test: $(STAMP) tools lint typecheck
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=15 -m "not soak and not figures"
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=15 \
+		-m "not soak and not figures"
 
 figures: $(STAMP) tools
 	$(BIN)/python -m pytest -q -s -m "soak or figures"
