@@ -52,17 +52,21 @@ def assert_json_error(response: httpx.Response, status: int, mentions: str = "")
 )
 def test_bad_weight_bodies(car: SidecarProc, body: bytes, mentions: str) -> None:
     """PUT /weight with a bad body: 400 naming the problem; the weight is unchanged."""
-    before = httpx.get(f"{car.admin}/weight").json()
-    assert_json_error(httpx.put(f"{car.admin}/weight", content=body, headers=AUTH), 400, mentions)
-    after = httpx.get(f"{car.admin}/weight").json()
+    before = httpx.get(f"{car.admin}/weight", verify=False).json()
+    assert_json_error(
+        httpx.put(f"{car.admin}/weight", content=body, headers=AUTH, verify=False), 400, mentions
+    )
+    after = httpx.get(f"{car.admin}/weight", verify=False).json()
     assert (after["current"], after["override"]) == (before["current"], before["override"])
 
 
 def test_huge_body_is_413(car: SidecarProc) -> None:
     """A 10 MB body: 413 with a JSON error, and the sidecar still answers."""
-    response = httpx.put(f"{car.admin}/weight", content=b"x" * 10_000_000, headers=AUTH, timeout=30)
+    response = httpx.put(
+        f"{car.admin}/weight", content=b"x" * 10_000_000, headers=AUTH, timeout=30, verify=False
+    )
     assert_json_error(response, 413, "too large")
-    assert httpx.get(f"{car.admin}/live").status_code == 200
+    assert httpx.get(f"{car.admin}/live", verify=False).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -78,7 +82,7 @@ def test_huge_body_is_413(car: SidecarProc) -> None:
 )
 def test_wrong_methods_and_paths(car: SidecarProc, method: str, path: str, status: int) -> None:
     """Wrong methods get 405 and unknown paths 404, both as JSON."""
-    assert_json_error(httpx.request(method, f"{car.admin}{path}", headers=AUTH), status)
+    assert_json_error(httpx.request(method, f"{car.admin}{path}", headers=AUTH, verify=False), status)
 
 
 @pytest.mark.parametrize(
@@ -96,28 +100,30 @@ def test_mutating_endpoints_need_allow_or_token(
     """From an address outside --allow and without the token (or with a wrong one): 403."""
     content = json.dumps(body).encode() if body is not None else None
     url = f"{car.admin}{path}"
-    assert_json_error(httpx.request(method, url, content=content), 403, "forbidden")
+    assert_json_error(httpx.request(method, url, content=content, verify=False), 403, "forbidden")
     wrong = {"Authorization": "Bearer wrong"}
-    assert_json_error(httpx.request(method, url, content=content, headers=wrong), 403, "forbidden")
+    assert_json_error(
+        httpx.request(method, url, content=content, headers=wrong, verify=False), 403, "forbidden"
+    )
     assert car.status()["phase"] in ("serving", "warming")
 
 
 def test_undecodable_authorization_header_is_403(car: SidecarProc) -> None:
     """An Authorization header that is not UTF-8 is a wrong token (403), not an error."""
     response = httpx.put(
-        f"{car.admin}/weight", json={"weight": 5}, headers={"Authorization": b"Bearer \xff\xfe"}
+        f"{car.admin}/weight", json={"weight": 5}, headers={"Authorization": b"Bearer \xff\xfe"}, verify=False
     )
     assert_json_error(response, 403, "forbidden")
 
 
 def test_token_allows_and_process_still_serves(car: SidecarProc) -> None:
     """With the token, PUT /weight works; after all the bad input the proxy and probes still work."""
-    response = httpx.put(f"{car.admin}/weight", json={"weight": 42}, headers=AUTH)
+    response = httpx.put(f"{car.admin}/weight", json={"weight": 42}, headers=AUTH, verify=False)
     assert response.status_code == 200
     assert response.json()["current"] == 42
-    assert httpx.delete(f"{car.admin}/weight", headers=AUTH).json()["override"] is None
-    assert httpx.get(f"{car.url}/work?ms=1").status_code == 200
-    assert httpx.get(f"{car.admin}/ready").status_code == 200
-    assert "sidecar_phase" in httpx.get(f"{car.admin}/metrics").text
+    assert httpx.delete(f"{car.admin}/weight", headers=AUTH, verify=False).json()["override"] is None
+    assert httpx.get(f"{car.url}/work?ms=1", verify=False).status_code == 200
+    assert httpx.get(f"{car.admin}/ready", verify=False).status_code == 200
+    assert "sidecar_phase" in httpx.get(f"{car.admin}/metrics", verify=False).text
     assert car.proc.poll() is None
     assert "Traceback" not in car.log()

@@ -139,7 +139,7 @@ def upstream_rows(consumer: SidecarProc, service: str) -> dict[str, dict[str, An
 
 
 def notices_received(consumer: SidecarProc) -> float:
-    for line in httpx.get(f"{consumer.admin}/metrics", timeout=5).text.splitlines():
+    for line in httpx.get(f"{consumer.admin}/metrics", timeout=5, verify=False).text.splitlines():
         if line.startswith("sidecar_notify_received_total "):
             return float(line.split()[1])
     return 0.0
@@ -188,7 +188,9 @@ def test_crashed_app_leaves_the_registry_and_comes_back(tmp_path: Path, registry
         assert first is not None
         wait_for(lambda: instance_id in upstream_rows(consumer, service), what="the consumer to know it")
         # A call through the consumer sidecar: the provider now knows whom to notify.
-        assert httpx.get(f"http://127.0.0.1:{upstream_port}/work", timeout=10).status_code == 200
+        assert (
+            httpx.get(f"http://127.0.0.1:{upstream_port}/work", timeout=10, verify=False).status_code == 200
+        )
 
         with Load(provider.url) as load:
             wait_for(lambda: len(load.answers) > 10, what="requests flowing")
@@ -208,7 +210,7 @@ def test_crashed_app_leaves_the_registry_and_comes_back(tmp_path: Path, registry
         status = provider.status()
         assert (status["phase"], status["ready"]) == ("starting", False)
         assert status["registry"]["registered"] is False
-        assert httpx.get(f"{provider.admin}/ready", timeout=5).status_code == 503
+        assert httpx.get(f"{provider.admin}/ready", timeout=5, verify=False).status_code == 503
 
         with app_on(tmp_path, app.port, "restarted"):
             _, again = follower.wait_until("the instance back in the registry", True, instance_id, out_at)
@@ -221,7 +223,10 @@ def test_crashed_app_leaves_the_registry_and_comes_back(tmp_path: Path, registry
                 lambda: not upstream_rows(consumer, service).get(instance_id, {"dropped": True})["dropped"],
                 what="the consumer to take it back",
             )
-            assert httpx.get(f"http://127.0.0.1:{upstream_port}/work", timeout=10).status_code == 200
+            assert (
+                httpx.get(f"http://127.0.0.1:{upstream_port}/work", timeout=10, verify=False).status_code
+                == 200
+            )
             provider.wait_ready()
 
 
@@ -251,7 +256,9 @@ def test_one_failed_health_check_changes_nothing(tmp_path: Path, registry_url: s
         Follower(registry_url, "blip") as follower,
     ):
         _, first = follower.wait_until("the instance in the registry", True, "blip-1")
-        assert httpx.post(f"{app.url}/health", params={"fail": 1}, timeout=5).json() == {"failing": 1}
+        assert httpx.post(f"{app.url}/health", params={"fail": 1}, timeout=5, verify=False).json() == {
+            "failing": 1
+        }
         failed_at = wait_for(
             lambda: app.stats()["failing"] == 0 and app.stats()["health_checks"], what="the failed check"
         )

@@ -181,7 +181,7 @@ def test_forwards_and_gets_notified(tmp_path: Path, registry_url: str) -> None:
         assert set(client.instance_names(40, http)) == {"p1", "p2"}
         assert p1.car.status()["consumers"] == 1
         assert p2.car.status()["consumers"] == 1
-        answer = httpx.get(f"{p1.car.admin}/shutdown", timeout=30).json()
+        answer = httpx.get(f"{p1.car.admin}/shutdown", timeout=30, verify=False).json()
         assert answer["notified"] == 1
         assert metric(client.admin, "sidecar_notify_received_total") == 1
         row = client.table().get("p1")
@@ -296,7 +296,7 @@ def assert_untouched(client: Consumer, received_before: float) -> None:
 def test_notify_bad_body(guarded: Consumer, body: bytes, mentions: str) -> None:
     """A bad /notify body: 400 with a JSON error naming the problem; nothing is dropped."""
     client, before = guarded, received(guarded)
-    response = httpx.post(f"{client.admin}/notify", content=body, headers=AUTH)
+    response = httpx.post(f"{client.admin}/notify", content=body, headers=AUTH, verify=False)
     assert_json_error(response, 400, mentions)
     assert_untouched(client, before)
 
@@ -304,19 +304,25 @@ def test_notify_bad_body(guarded: Consumer, body: bytes, mentions: str) -> None:
 def test_notify_huge_body_and_wrong_methods(guarded: Consumer) -> None:
     """A 10 MB /notify body is a JSON 413; GET, PUT and DELETE /notify are JSON 405s."""
     client, before = guarded, received(guarded)
-    huge = httpx.post(f"{client.admin}/notify", content=b"{" + b" " * 10_000_000, headers=AUTH, timeout=30)
+    huge = httpx.post(
+        f"{client.admin}/notify", content=b"{" + b" " * 10_000_000, headers=AUTH, timeout=30, verify=False
+    )
     assert_json_error(huge, 413, "too large")
     for method in ("GET", "PUT", "DELETE"):
-        assert_json_error(httpx.request(method, f"{client.admin}/notify", headers=AUTH), 405, method)
+        assert_json_error(
+            httpx.request(method, f"{client.admin}/notify", headers=AUTH, verify=False), 405, method
+        )
     assert_untouched(client, before)
 
 
 def test_notify_needs_token_or_allowed_address(guarded: Consumer) -> None:
     """From loopback, outside --allow, without the token or with a wrong one: 403, not dropped."""
     client, before = guarded, received(guarded)
-    assert_json_error(httpx.post(f"{client.admin}/notify", json=VALID), 403, "forbidden")
+    assert_json_error(httpx.post(f"{client.admin}/notify", json=VALID, verify=False), 403, "forbidden")
     wrong = {"Authorization": "Bearer not-the-token"}
-    assert_json_error(httpx.post(f"{client.admin}/notify", json=VALID, headers=wrong), 403, "forbidden")
+    assert_json_error(
+        httpx.post(f"{client.admin}/notify", json=VALID, headers=wrong, verify=False), 403, "forbidden"
+    )
     assert_untouched(client, before)
 
 
@@ -566,7 +572,9 @@ def consul_register(registry: str, service: str, instance_id: str, port: int, me
         "Meta": meta,
         "Weights": {"Passing": 7, "Warning": 1},
     }
-    httpx.put(f"{consul_http(registry)}/v1/agent/service/register", json=entry).raise_for_status()
+    httpx.put(
+        f"{consul_http(registry)}/v1/agent/service/register", json=entry, verify=False
+    ).raise_for_status()
 
 
 ABSURD = {
@@ -599,7 +607,9 @@ def test_absurd_metadata_is_ignored(tmp_path: Path, consul_agent: ConsulAgent) -
         assert set(client.instance_names(20, http)) == {"app"}
         consul_register(registry, service, "late", app.port, {META_WEIGHT: "30"})
         assert client.wait_table(*ABSURD, "late")["late"]["weight"] == 30
-        httpx.put(f"{consul_http(registry)}/v1/agent/service/deregister/huge-weight").raise_for_status()
+        httpx.put(
+            f"{consul_http(registry)}/v1/agent/service/deregister/huge-weight", verify=False
+        ).raise_for_status()
         client.wait_table(*(set(ABSURD) - {"huge-weight"}), "late")
         assert http.get(f"{client.admin}/status").status_code == 200
         log = client.car.log()

@@ -46,7 +46,9 @@ async def test_restart_under_load_loses_nothing_that_was_sent(tmp_path: Path) ->
         consumer = stack.enter_context(
             sidecar(tmp_path, registry, None, "--upstream", f"svc=127.0.0.1:{port}", service="client")
         )
-        await await_for(lambda: httpx.get(url, params={"ms": 0}).status_code == 200, what="the upstream")
+        await await_for(
+            lambda: httpx.get(url, params={"ms": 0}, verify=False).status_code == 200, what="the upstream"
+        )
         outcomes: Counter[str] = Counter()
         answered_after = 0
         restarted = asyncio.Event()
@@ -75,7 +77,9 @@ async def test_restart_under_load_loses_nothing_that_was_sent(tmp_path: Path) ->
             consumer.signal(signal.SIGTERM)
             await asyncio.to_thread(consumer.proc.wait, DEADLINE_S)
             stack.callback(stop_process, await asyncio.to_thread(start_again, consumer.args, tmp_path))
-            await await_for(lambda: httpx.get(f"{consumer.admin}/ready").status_code == 200, what="restart")
+            await await_for(
+                lambda: httpx.get(f"{consumer.admin}/ready", verify=False).status_code == 200, what="restart"
+            )
             restarted.set()
             started = time.monotonic()
             await await_for(lambda: time.monotonic() - started > LOAD_AFTER_S and answered_after > 50)

@@ -172,6 +172,6 @@ def test_reader_without_sidecar_sees_warmup_and_departure(tmp_path: Path, etcd_s
             f"http://127.0.0.1:{car.listen_port}",
             f"grpc://127.0.0.1:{car.listen_port}",
         ]
-        answer = httpx.get(f"{car.admin}/shutdown", timeout=30)
+        answer = httpx.get(f"{car.admin}/shutdown", timeout=30, verify=False)
         assert answer.json()["deregistered"] is True
         assert etcd_values(etcd_server.url, service) == []

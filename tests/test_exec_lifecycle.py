@@ -144,7 +144,12 @@ def exec_sidecar(
             alive(lambda: car.status()["child"]["pid"]), DEADLINE, "the child's pid in /status"
         )
         wait_for(
-            alive(lambda: httpx.get(f"{car.admin}/ready", timeout=2, trust_env=False).status_code == 200),
+            alive(
+                lambda: (
+                    httpx.get(f"{car.admin}/ready", timeout=2, trust_env=False, verify=False).status_code
+                    == 200
+                )
+            ),
             DEADLINE,
             "/ready 200",
         )
@@ -279,7 +284,9 @@ async def test_startup_script_app_drained_deregistered_before_sigterm(
                 await await_for(
                     lambda: (
                         "/work?ms=1500&tag=long"
-                        in httpx.get(f"http://127.0.0.1:{app_port}/stats", trust_env=False).json()["paths"]
+                        in httpx.get(
+                            f"http://127.0.0.1:{app_port}/stats", trust_env=False, verify=False
+                        ).json()["paths"]
                     ),
                     DEADLINE,
                     "the long request to reach the app",
@@ -332,7 +339,9 @@ def test_child_exiting_on_its_own_leaves_the_registry(tmp_path: Path, registry_u
     with exec_sidecar(tmp_path, registry_url, "exec-exit", app_port, cmd) as car:
         instance_id = car.status()["instance_id"]
         assert instance_id in registered_ids(registry_url, "exec-exit")
-        answer = httpx.get(f"http://127.0.0.1:{app_port}/exit", params={"code": 3}, trust_env=False)
+        answer = httpx.get(
+            f"http://127.0.0.1:{app_port}/exit", params={"code": 3}, trust_env=False, verify=False
+        )
         assert answer.status_code == 200
         code = car.wait_exit()
         # At once, with no TTL to run out: on Consul a TTL entry would linger for a minute.

@@ -67,7 +67,10 @@ async def test_a_refused_notification_names_the_consumer_and_the_fix(tmp_path: P
         ) as consumer,
     ):  # fmt: skip
         await await_for(
-            lambda: httpx.get(f"http://127.0.0.1:{upstream_port}/work", timeout=5).status_code == 200,
+            lambda: (
+                httpx.get(f"http://127.0.0.1:{upstream_port}/work", timeout=5, verify=False).status_code
+                == 200
+            ),
             DEADLINE_SECONDS,
             "a request through the consumer",
         )

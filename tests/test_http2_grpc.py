@@ -124,7 +124,7 @@ def test_drain_lets_a_long_streaming_call_finish(tmp_path: Path, registry: str) 
         with grpc_client.channel(target) as chan:
             call = grpc_client.server_stream_call(chan, 20, 10, 0.1, 30)
             first = next(call)
-            shutdown = httpx.get(f"{provider.admin}/shutdown", timeout=30).json()
+            shutdown = httpx.get(f"{provider.admin}/shutdown", timeout=30, verify=False).json()
             rest = list(call)
     assert len([first, *rest]) == 20
     assert shutdown["drained"] is True
@@ -157,7 +157,7 @@ def test_rolling_restart_of_grpc_providers_loses_no_call(tmp_path: Path, registr
                 assert new[1].status()["phase"] in ("warming", "serving")
                 before = len(answered)
                 wait_for(lambda before=before: len(answered) > before + 20, what="calls flowing")
-                body = httpx.get(f"{car.admin}/shutdown", timeout=30).json()
+                body = httpx.get(f"{car.admin}/shutdown", timeout=30, verify=False).json()
                 assert body["drained"] is True
                 car.proc.terminate()
             done = len(answered)
@@ -242,7 +242,7 @@ def test_a_streaming_call_past_the_drain_timeout_is_cut(tmp_path: Path, registry
         with chan:
             call = grpc_client.server_stream_call(chan, 600, 10, 0.1, 60)
             next(call)
-            body = httpx.get(f"{car.admin}/shutdown", timeout=30).json()
+            body = httpx.get(f"{car.admin}/shutdown", timeout=30, verify=False).json()
             error = grpc_client.failure(lambda: list(call))
     assert (body["drained"], body["inflight"], body["inflight_streams"]) == (False, 1, 1)
     assert error.code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)

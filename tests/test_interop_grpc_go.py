@@ -83,7 +83,7 @@ def test_rolling_restart_through_the_consumer_sidecar_fails_no_call(tmp_path: Pa
             name = f"new{index}"
             stack.enter_context(grpc_go_provider(tmp_path, registry, name))
             client.wait_event(lambda e, name=name: e["event"] == "call" and e["instance"] == name, 30, name)
-            body = httpx.get(f"{car.admin}/shutdown", timeout=60).json()
+            body = httpx.get(f"{car.admin}/shutdown", timeout=60, verify=False).json()
             assert body["drained"] is True
             provider.close()  # the sidecar, then the grpc-go server (SIGTERM: GracefulStop)
             assert server.of("stopped"), f"old{index} did not stop gracefully: see {server.log}"
@@ -107,7 +107,7 @@ def test_graceful_stop_behind_a_draining_sidecar(tmp_path: Path, registry: str) 
         with peer(args, tmp_path / "stream.log") as stream:
             stream.wait_event(lambda e: e["event"] == "message", 30, "the first message")
             sent = now_ms()
-            body = httpx.get(f"{car.admin}/shutdown", timeout=60).json()
+            body = httpx.get(f"{car.admin}/shutdown", timeout=60, verify=False).json()
             answered = now_ms()
             assert stream.wait_exit(10) == 0  # it exits once the stream has ended
             end = stream.of("stream_end")[0]
@@ -134,7 +134,7 @@ def test_goaway_and_refused_stream_as_a_grpc_go_client_sees_them(tmp_path: Path,
         with peer(args, tmp_path / "client.log") as client:
             client.wait_event(lambda e: len(calls(client)) >= 40, 30, "calls flowing")
             sent = now_ms()
-            body = httpx.get(f"{car.admin}/shutdown", timeout=60).json()
+            body = httpx.get(f"{car.admin}/shutdown", timeout=60, verify=False).json()
             answered = now_ms()
             client.wait_event(lambda e: e["event"] == "call" and e["t"] > answered, 10, "a call after")
             stop_client(client)

@@ -117,7 +117,7 @@ def test_key_gone_before_shutdown_answers(setting: Setting) -> None:
 
     def shutdown() -> None:
         answer["sent"] = now_ms()
-        answer["body"] = httpx.get(f"{warming.admin}/shutdown", timeout=60).json()
+        answer["body"] = httpx.get(f"{warming.admin}/shutdown", timeout=60, verify=False).json()
         answer["answered"] = now_ms()
 
     thread = threading.Thread(target=shutdown)

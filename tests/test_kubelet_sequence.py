@@ -157,7 +157,7 @@ def probe(proc: subprocess.Popen[bytes], log: Path, url: str) -> bool:
     """A kubelet probe (success = 2xx); a process that died fails the wait at once, with its log."""
     if proc.poll() is not None:
         raise AssertionError(f"exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
-    return httpx.get(url, timeout=1, trust_env=False).is_success
+    return httpx.get(url, timeout=1, trust_env=False, verify=False).is_success
 
 
 def wait_exit(proc: subprocess.Popen[bytes], deadline: float) -> int | None:
@@ -177,7 +177,11 @@ def play_pod_deletion(pod: LocalPod) -> Termination:
     hook = plan.pre_stop
     try:
         answer = httpx.get(
-            pod.url(hook.port, hook.path), headers=hook.headers, timeout=plan.grace, trust_env=False
+            pod.url(hook.port, hook.path),
+            headers=hook.headers,
+            timeout=plan.grace,
+            trust_env=False,
+            verify=False,
         )
         seen.pre_stop_status = answer.status_code
         seen.pre_stop_body = json.loads(answer.text or "{}")
@@ -185,7 +189,9 @@ def play_pod_deletion(pod: LocalPod) -> Termination:
         pass
     seen.pre_stop_seconds = time.monotonic() - started
     ready = plan.readiness
-    seen.ready_after_pre_stop = httpx.get(pod.url(ready.port, ready.path), timeout=5).status_code
+    seen.ready_after_pre_stop = httpx.get(
+        pod.url(ready.port, ready.path), timeout=5, verify=False
+    ).status_code
     # 2. SIGTERM to the app; it keeps at least the kubelet's minimum grace after the hook.
     deadline = max(deadline, time.monotonic() + df.KUBELET_MIN_GRACE_SECONDS)
     pod.app.send_signal(signal.SIGTERM)

@@ -47,7 +47,7 @@ def test_url_forms(url: str, where: str) -> None:
 def listed(server: NacosServer, service: str) -> list[dict[str, Any]]:
     """The instances Nacos hands its clients: healthy and enabled ones, through its open API."""
     params = {"serviceName": service, "healthyOnly": "true"}
-    answer = httpx.get(f"{server.http}/v2/ns/instance/list", params=params, timeout=10)
+    answer = httpx.get(f"{server.http}/v2/ns/instance/list", params=params, timeout=10, verify=False)
     answer.raise_for_status()
     hosts: list[dict[str, Any]] = answer.json()["data"]["hosts"]
     return hosts
@@ -81,7 +81,7 @@ def test_instance_serves_then_leaves_as_nacos_clients_see_it(
             assert host["instanceHeartBeatTimeOut"] == 10000
             assert host["ipDeleteTimeout"] == 20000
             with consumer_of(tmp_path, nacos_server.url, "p1") as (consumer, port):
-                answer = httpx.get(f"http://127.0.0.1:{port}/work", timeout=10)
+                answer = httpx.get(f"http://127.0.0.1:{port}/work", timeout=10, verify=False)
                 assert answer.json()["instance"] == "nacos-app"
                 with concurrent.futures.ThreadPoolExecutor(1) as pool:
                     shutdown = pool.submit(httpx.get, f"{car.admin}/shutdown", timeout=60)

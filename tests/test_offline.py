@@ -121,7 +121,7 @@ async def test_sigterm_alone_drains_then_exits(tmp_path: Path, registry_url: str
 def test_sigterm_after_shutdown_exits_at_once(tmp_path: Path, registry_url: str) -> None:
     """After a finished /shutdown, SIGTERM exits at once with status 0."""
     with demo_app(tmp_path) as app, sidecar(tmp_path, registry_url, app, "--quiet-period", str(QUIET)) as car:
-        assert httpx.get(f"{car.admin}/shutdown", timeout=30).status_code == 200
+        assert httpx.get(f"{car.admin}/shutdown", timeout=30, verify=False).status_code == 200
         started = time.monotonic()
         car.signal(signal.SIGTERM)
         assert car.proc.wait(10) == 0
@@ -190,9 +190,9 @@ def _address(car: SidecarProc) -> str:
 def test_refused_after_drain_never_reaches_app(tmp_path: Path, registry_url: str) -> None:
     """After the drain: 503 + X-Sidecar-Refused, and the app never saw the request."""
     with demo_app(tmp_path) as app, sidecar(tmp_path, registry_url, app, "--quiet-period", "0") as car:
-        assert httpx.get(f"{car.admin}/shutdown", timeout=30).json()["drained"] is True
+        assert httpx.get(f"{car.admin}/shutdown", timeout=30, verify=False).json()["drained"] is True
         marker = "/work?ms=1&marker=after-drain"
-        response = httpx.get(car.url + marker, timeout=10)
+        response = httpx.get(car.url + marker, timeout=10, verify=False)
         assert response.status_code == 503
         assert response.headers["X-Sidecar-Refused"] == car.status()["instance_id"]
         assert "error" in response.json()
@@ -261,9 +261,12 @@ def test_odd_consumer_headers_cannot_break_a_drain(tmp_path: Path, registry_url:
             "http://127.0.0.2:16688",
             "x" * 600,
         ):
-            assert httpx.get(f"{car.url}/work", headers={"X-Sidecar-Consumer": value}).status_code == 200
+            assert (
+                httpx.get(f"{car.url}/work", headers={"X-Sidecar-Consumer": value}, verify=False).status_code
+                == 200
+            )
         assert car.status()["consumers"] == 0
-        answer = httpx.get(f"{car.admin}/shutdown", timeout=30)
+        answer = httpx.get(f"{car.admin}/shutdown", timeout=30, verify=False)
     assert answer.status_code == 200
     assert answer.json()["drained"] is True
     assert answer.json()["notified"] == 0

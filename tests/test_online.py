@@ -17,7 +17,7 @@ from tests.support.registry_view import consul_services, consul_weights, watched
 
 
 def ready(admin: str) -> tuple[int, str]:
-    response = httpx.get(f"{admin}/ready", timeout=5)
+    response = httpx.get(f"{admin}/ready", timeout=5, verify=False)
     return response.status_code, response.json()["phase"]
 
 
@@ -26,11 +26,11 @@ def test_ready_follows_the_phases(tmp_path: Path, registry_url: str) -> None:
     draining."""
     with demo_app(tmp_path) as app:
         # Unhealthy until the test says so: "starting" lasts however slow the sidecar's start is.
-        assert httpx.post(f"{app.url}/health", params={"healthy": "0"}).status_code == 503
+        assert httpx.post(f"{app.url}/health", params={"healthy": "0"}, verify=False).status_code == 503
         args = ("--register-delay", "1.5", "--drain-timeout", "10")
         with sidecar(tmp_path, registry_url, app, *args, wait="live") as car:
             assert ready(car.admin) == (503, "starting")
-            assert httpx.post(f"{app.url}/health", params={"healthy": "1"}).status_code == 200
+            assert httpx.post(f"{app.url}/health", params={"healthy": "1"}, verify=False).status_code == 200
             assert wait_for(lambda: ready(car.admin) == (503, "registering"), what="phase registering")
             assert car.status()["registry"]["registered"] is False
             wait_for(lambda: ready(car.admin)[0] == 200, what="/ready 200")
@@ -85,15 +85,15 @@ def test_warmup_steps_and_overrides_in_consul(tmp_path: Path, consul_agent: Cons
         assert len([weight for weight in seen if weight < 100]) >= 3, f"expected several steps: {seen}"
         assert car.status()["phase"] == "serving"
 
-        put = httpx.put(f"{car.admin}/weight", json={"weight": 7})
+        put = httpx.put(f"{car.admin}/weight", json={"weight": 7}, verify=False)
         assert put.status_code == 200
         assert put.json()["published"] is True
         assert consul_weights(url, "warm")["svc-warm-1"] == 7
         (entry,) = consul_services(url, "warm")
         assert entry["ServiceMeta"][meta.META_WEIGHT_OVERRIDE] == "7"
-        assert httpx.get(f"{car.admin}/weight").json()["override"] == 7
+        assert httpx.get(f"{car.admin}/weight", verify=False).json()["override"] == 7
 
-        deleted = httpx.delete(f"{car.admin}/weight")
+        deleted = httpx.delete(f"{car.admin}/weight", verify=False)
         assert deleted.status_code == 200
         assert deleted.json()["override"] is None
         assert consul_weights(url, "warm")["svc-warm-1"] == 100
@@ -107,9 +107,9 @@ def test_weight_zero_takes_instance_out(tmp_path: Path, registry_url: str) -> No
     it back."""
     with demo_app(tmp_path) as app, sidecar(tmp_path, registry_url, app, "--instance-id", "svc-zero") as car:
         assert [i.instance_id for i in watched(registry_url, "svc")] == ["svc-zero"]
-        assert httpx.put(f"{car.admin}/weight", json={"weight": 0}).json()["current"] == 0
+        assert httpx.put(f"{car.admin}/weight", json={"weight": 0}, verify=False).json()["current"] == 0
         assert watched(registry_url, "svc") == []
-        assert httpx.delete(f"{car.admin}/weight").json()["current"] == 100
+        assert httpx.delete(f"{car.admin}/weight", verify=False).json()["current"] == 100
         assert [i.instance_id for i in watched(registry_url, "svc")] == ["svc-zero"]
 
 
@@ -118,11 +118,11 @@ def test_ready_follows_app_health(tmp_path: Path, registry_url: str) -> None:
     """Once up, /ready turns 503 (phase starting: the app is lost) after the app's health check
     fails a few times in a row, and 200 again after it passes."""
     with demo_app(tmp_path) as app, sidecar(tmp_path, registry_url, app) as car:
-        httpx.post(f"{app.url}/health", params={"healthy": "0"})
+        httpx.post(f"{app.url}/health", params={"healthy": "0"}, verify=False)
         wait_for(
             lambda: ready(car.admin) == (503, "starting"), timeout=20, what="/ready 503 for an unhealthy app"
         )
-        httpx.post(f"{app.url}/health", params={"healthy": "1"})
+        httpx.post(f"{app.url}/health", params={"healthy": "1"}, verify=False)
         wait_for(lambda: ready(car.admin) == (200, "serving"), timeout=10, what="/ready 200 again")
 
 
@@ -134,7 +134,7 @@ def test_override_set_while_starting_reaches_the_registry(tmp_path: Path, consul
         demo_app(tmp_path, startup_delay=3) as app,
         sidecar(tmp_path, url, app, "--instance-id", "early-1", service="early", wait="live") as car,
     ):
-        put = httpx.put(f"{car.admin}/weight", json={"weight": 7})
+        put = httpx.put(f"{car.admin}/weight", json={"weight": 7}, verify=False)
         assert put.status_code == 200
         assert put.json()["published"] is False  # not registered yet
         car.wait_ready()

@@ -31,7 +31,7 @@ def test_large_chunked_upload_streams(proxied: tuple[AppProc, SidecarProc]) -> N
     def chunks() -> Iterator[bytes]:
         yield from blocks  # a generator body: httpx sends it chunked
 
-    response = httpx.post(f"{car.url}/digest", content=chunks(), timeout=60)
+    response = httpx.post(f"{car.url}/digest", content=chunks(), timeout=60, verify=False)
     assert response.status_code == 200
     assert response.json() == {
         "sha256": hashlib.sha256(b"".join(blocks)).hexdigest(),
@@ -43,7 +43,7 @@ def test_small_body_round_trip(proxied: tuple[AppProc, SidecarProc]) -> None:
     """A small body with a Content-Length streams to the app and back unchanged."""
     _, car = proxied
     payload = os.urandom(1000)
-    response = httpx.post(f"{car.url}/echo", content=payload)
+    response = httpx.post(f"{car.url}/echo", content=payload, verify=False)
     assert response.status_code == 200
     assert response.content == payload
 
@@ -65,6 +65,7 @@ def test_method_query_and_headers_pass(proxied: tuple[AppProc, SidecarProc]) -> 
         "DELETE",
         f"{car.url}/work?ms=3&tag=a%20b",
         headers={"X-Custom": "kept", "X-Sidecar-Consumer": "http://127.0.0.1:9"},
+        verify=False,
     )
     assert response.status_code == 200
     assert response.json() == {"instance": "app", "ms": 3}
@@ -88,7 +89,7 @@ def test_unreachable_app_is_refused(tmp_path: Path) -> None:
         with sidecar(tmp_path, registry, app, "--instance-id", "gone-1") as car:
             app.proc.kill()
             app.proc.wait()
-            response = httpx.get(f"{car.url}/work")
+            response = httpx.get(f"{car.url}/work", verify=False)
             assert response.status_code == 503
             assert response.headers["X-Sidecar-Refused"] == "gone-1"
 

@@ -26,9 +26,12 @@ def test_registry_down_at_start(tmp_path: Path, fresh_registry: RegistryServer) 
         kind = fresh_registry.url.partition("://")[0]
         assert error.startswith(f"{kind} at 127.0.0.1:"), error  # where, why and the adapter's operation
         assert "registry register failed" in car.log()
-        assert httpx.get(f"{car.admin}/ready").status_code == 503
+        assert httpx.get(f"{car.admin}/ready", verify=False).status_code == 503
         assert car.status()["registry"]["registered"] is False
-        assert 'sidecar_registry_errors_total{op="register"}' in httpx.get(f"{car.admin}/metrics").text
+        assert (
+            'sidecar_registry_errors_total{op="register"}'
+            in httpx.get(f"{car.admin}/metrics", verify=False).text
+        )
         fresh_registry.start()
         car.wait_ready(timeout=30)
         status = car.status()
@@ -46,7 +49,7 @@ def test_registry_down_during_shutdown(tmp_path: Path, fresh_registry: RegistryS
         with ThreadPoolExecutor(1) as pool:
             shutdown = pool.submit(httpx.get, f"{car.admin}/shutdown", timeout=30)
             wait_for(lambda: car.status()["phase"] == "draining", what="phase draining")
-            during = httpx.get(f"{car.url}/work")
+            during = httpx.get(f"{car.url}/work", verify=False)
             answer = shutdown.result()
         assert during.status_code == 200
         assert during.headers["X-Sidecar-Closing"] == car.status()["instance_id"]
@@ -56,10 +59,10 @@ def test_registry_down_during_shutdown(tmp_path: Path, fresh_registry: RegistryS
         assert body["drained"] is True
         assert body["deregistered"] is False
         assert 2 * (1 - FINISHING_SHARE) - 0.1 <= body["seconds"] <= 4
-        assert httpx.get(f"{car.admin}/ready").status_code == 503
+        assert httpx.get(f"{car.admin}/ready", verify=False).status_code == 503
         assert car.status()["registry"]["last_error"] is not None
         assert "registry deregister failed" in car.log()
-        refused = httpx.get(f"{car.url}/work")
+        refused = httpx.get(f"{car.url}/work", verify=False)
         assert refused.status_code == 503
         assert "X-Sidecar-Refused" in refused.headers
 
@@ -70,7 +73,7 @@ def test_weight_set_during_outage_reaches_consul_later(tmp_path: Path, fresh_con
     args = ("--instance-id", "outage-w", "--weight", "100")
     with demo_app(tmp_path) as app, sidecar(tmp_path, fresh_consul.url, app, *args, service="outw") as car:
         fresh_consul.stop()
-        put = httpx.put(f"{car.admin}/weight", json={"weight": 7}, timeout=30)
+        put = httpx.put(f"{car.admin}/weight", json={"weight": 7}, timeout=30, verify=False)
         assert put.status_code == 200
         assert put.json()["published"] is False
         fresh_consul.start()

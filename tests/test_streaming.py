@@ -87,6 +87,7 @@ def test_100_mb_streams_in_bounded_memory(proxied: tuple[AppProc, SidecarProc], 
             content=blocks(),
             headers={"Content-Length": str(TRANSFER_BYTES)},
             timeout=120,
+            verify=False,
         )
         assert response.status_code == 200, response.text
         assert response.json() == {"sha256": expected.hexdigest(), "bytes": TRANSFER_BYTES}

@@ -43,7 +43,7 @@ RAMP_SECONDS = 60.0
 
 
 def warmup(car: SidecarProc) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(f"{car.admin}/weight", timeout=5).json()
+    body: dict[str, Any] = httpx.get(f"{car.admin}/weight", timeout=5, verify=False).json()
     return {**body["warmup"], "current": body["current"]}
 
 
@@ -240,7 +240,7 @@ def test_a_consumer_follows_the_weight_mark_before_the_registry(tmp_path: Path) 
 
             wait_for(lambda: weight("latency") == FLOOR and weight("clock"), what="both instances known")
             for port in ports.values():
-                assert httpx.get(f"http://127.0.0.1:{port}/x", timeout=5).text == "ok"
+                assert httpx.get(f"http://127.0.0.1:{port}/x", timeout=5, verify=False).text == "ok"
             assert weight("latency") == 55  # at once: the response said so
             assert weight("clock") != 55  # its curve (the floor by now), not the mark
             (row,) = watched(f"sqlite://{db}", "latency")
@@ -265,7 +265,9 @@ def test_an_apps_weight_mark_never_reaches_consumers(
     mode the response carries none, in latency mode the provider's own weight."""
     registry = f"sqlite://{tmp_path / 'registry.db'}"
     with demo_app(tmp_path) as app, sidecar(tmp_path, registry, app, *mode) as car:
-        answer = httpx.get(f"{car.url}/headers", params={"set": "X-Sidecar-Weight:7"}, timeout=5)
+        answer = httpx.get(
+            f"{car.url}/headers", params={"set": "X-Sidecar-Weight:7"}, timeout=5, verify=False
+        )
         assert answer.status_code == 200
         assert answer.headers.get_list("X-Sidecar-Weight") == ([shown] if shown else [])
 

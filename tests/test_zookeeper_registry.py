@@ -343,7 +343,7 @@ def test_sidecarless_consumer_sees_warmup_and_departure(tmp_path: Path, zk_url: 
             assert len(set(weights)) > 2
             assert weights == sorted(weights)
             assert weights[-1] == 100
-            body = httpx.get(f"{car.admin}/shutdown", timeout=30).json()
+            body = httpx.get(f"{car.admin}/shutdown", timeout=30, verify=False).json()
             assert body["deregistered"] is True
             assert nodes() == {}
     finally:

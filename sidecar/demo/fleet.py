@@ -53,7 +53,7 @@ def sidecar_argv(registry: str, admin_port: int, *args: str) -> list[str]:
 
 
 def _get_json(url: str) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(url, timeout=5, trust_env=False).json()
+    body: dict[str, Any] = httpx.get(url, timeout=5, trust_env=False, verify=False).json()
     return body
 
 

@@ -113,7 +113,11 @@ async def await_for(
 
 def wait_http_ok(url: str, timeout: float = DEADLINE_SECONDS) -> None:
     """Wait until GET `url` answers 200."""
-    wait_for(lambda: httpx.get(url, timeout=1, trust_env=False).status_code == 200, timeout, f"{url} 200")
+    wait_for(
+        lambda: httpx.get(url, timeout=1, trust_env=False, verify=False).status_code == 200,
+        timeout,
+        f"{url} 200",
+    )
 
 
 def print_log_tails(workdir: Path, chars: int = 1500, last: int | None = None) -> None:

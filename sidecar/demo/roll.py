@@ -39,7 +39,9 @@ class Shutdown:
 
 def stop_with_sidecar(provider: Provider) -> Shutdown:
     """preStop GET /shutdown (it returns once drained), then SIGTERM to the app and its sidecar."""
-    answer = httpx.get(f"{provider.admin}/shutdown", timeout=SHUTDOWN_TIMEOUT_SECONDS, trust_env=False)
+    answer = httpx.get(
+        f"{provider.admin}/shutdown", timeout=SHUTDOWN_TIMEOUT_SECONDS, trust_env=False, verify=False
+    )
     app_exit, sidecar_exit = stop_processes([provider.app, provider.sidecar])
     return Shutdown(answer.status_code, answer.json(), app_exit, sidecar_exit)
 

@@ -17,7 +17,7 @@ def b64(text: str) -> str:
 
 
 def call(server: EtcdServer, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    answer = httpx.post(f"{server.http}{path}", json=body, timeout=10, trust_env=False)
+    answer = httpx.post(f"{server.http}{path}", json=body, timeout=10, trust_env=False, verify=False)
     answer.raise_for_status()
     result: dict[str, Any] = answer.json()
     return result

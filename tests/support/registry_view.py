@@ -36,7 +36,7 @@ def consul_http(registry_url: str) -> str:
 def consul_services(registry_url: str, service: str) -> list[dict[str, Any]]:
     """Every catalog entry of `service`, whatever its health."""
     entries: list[dict[str, Any]] = httpx.get(
-        f"{consul_http(registry_url)}/v1/catalog/service/{service}"
+        f"{consul_http(registry_url)}/v1/catalog/service/{service}", verify=False
     ).json()
     return entries
 
@@ -54,7 +54,9 @@ def etcd_values(registry_url: str, service: str, prefix: str = "/microservices")
     endpoint = parts.netloc.split(",")[0]
     start = f"{prefix}/{service}/"
     body = {"key": _b64(start), "range_end": _b64(start[:-1] + "0")}  # "0" follows "/"
-    answer = httpx.post(f"http://{endpoint}/v3/kv/range", json=body, timeout=10, trust_env=False)
+    answer = httpx.post(
+        f"http://{endpoint}/v3/kv/range", json=body, timeout=10, trust_env=False, verify=False
+    )
     answer.raise_for_status()
     return [json.loads(base64.b64decode(kv["value"])) for kv in answer.json().get("kvs", [])]
 
@@ -90,7 +92,9 @@ def eureka_instances(registry_url: str, service: str) -> list[dict[str, Any]]:
     parts = urlsplit(registry_url)
     server = (parts.netloc + parts.path).split(",")[0]
     app = quote(service.upper(), safe="")
-    answer = httpx.get(f"http://{server}/apps/{app}", headers={"Accept": "application/json"}, timeout=10)
+    answer = httpx.get(
+        f"http://{server}/apps/{app}", headers={"Accept": "application/json"}, timeout=10, verify=False
+    )
     if answer.status_code == 404:
         return []
     answer.raise_for_status()
@@ -112,7 +116,9 @@ def nacos_instances(registry_url: str, service: str) -> list[dict[str, Any]]:
         "pageSize": "1000",
     }
     server = parts.netloc.split(",")[0]
-    answer = httpx.get(f"http://{server}/nacos/v1/ns/catalog/instances", params=params, timeout=10)
+    answer = httpx.get(
+        f"http://{server}/nacos/v1/ns/catalog/instances", params=params, timeout=10, verify=False
+    )
     if answer.status_code == 404:  # "service ... is not found!", "cluster DEFAULT is not found!"
         return []
     answer.raise_for_status()
