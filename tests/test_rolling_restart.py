@@ -2,10 +2,9 @@
 
 Three providers (demo app + provider sidecar with --warmup), one consumer-only sidecar with an
 upstream listener, 32 requests in flight through it the whole time (POSTs: never retried once
-sent), each of 200 to 400 ms of work: as many in flight as the demo's load, at about half its
-rate (the CPU the suite shares). Each provider is rolled the way Kubernetes does it: preStop
-GET /shutdown, then SIGTERM to app and sidecar, then a replacement with a new instance id,
-awaited on /ready. The fleet and the roll are the demo's (sidecar/demo/fleet.py, roll.py).
+sent). Each provider is rolled the way Kubernetes does it: preStop GET /shutdown, then SIGTERM
+to app and sidecar, then a replacement with a new instance id, awaited on /ready. The fleet and
+the roll are the demo's (sidecar/demo/fleet.py, roll.py).
 A control run SIGKILLs a provider under the same load and does see failures
 (tests/test_rolling_restart_control.py).
 """
@@ -26,7 +25,6 @@ from sidecar.demo.roll import roll
 from tests.support.procs import wait_for
 
 WARMUP = 3.0
-WORK_MS = (200, 400)
 PROVIDER_ARGS = ("--warmup", str(WARMUP), "--quiet-period", "0.5", "--drain-timeout", "10")
 
 
@@ -62,7 +60,7 @@ def test_rolling_restart_loses_nothing(tmp_path: Path, registry_url: str) -> Non
     """Rolling three providers under load: zero failed requests, every app had nothing in flight
     at SIGTERM, and each replacement gets less traffic in its first second than after warmup."""
     with fleet_of_three(tmp_path, registry_url) as (fleet, providers, consumer):
-        with LoadGenerator(consumer.url, concurrency=32, work_ms=WORK_MS) as load:
+        with LoadGenerator(consumer.url, concurrency=32) as load:
             wait_for(lambda: len(load.samples) > 100, what="the load to run")
             pacing = WarmBeforeNext(load)
             result = roll(fleet, "sidecar", providers, PROVIDER_ARGS, f"{fleet.service}-new", pacing)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 from sidecar.demo.loadgen import LoadGenerator
 from tests.support.procs import wait_for
-from tests.test_rolling_restart import WORK_MS, fleet_of_three
+from tests.test_rolling_restart import fleet_of_three
 
 
 def test_control_sigkill_loses_requests(tmp_path: Path) -> None:
     """Control: SIGKILL of a provider (no drain) under the same load does fail requests, so the
     test above can fail."""
     with fleet_of_three(tmp_path, f"sqlite://{tmp_path / 'registry.db'}") as (_fleet, providers, consumer):
-        with LoadGenerator(consumer.url, concurrency=32, work_ms=WORK_MS) as load:
+        with LoadGenerator(consumer.url, concurrency=32) as load:
             wait_for(lambda: len(load.samples) > 100, what="the load to run")
             victim = providers[0]
             # Killed with requests in flight (a provider still warming up may have none for a
