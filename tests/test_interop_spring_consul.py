@@ -7,6 +7,7 @@ weighted balancer during a warmup."""
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,23 +25,17 @@ from tests.support.spring_cloud import (
     consul_args,
     now_ms,
     report,
-    roll_under_peers,
+    roll_with_caller,
 )
-
-
-def consul_roll_with(
-    consul_agent: ConsulAgent, tmp_path_factory: pytest.TempPathFactory, name: str, *settings: str
-) -> RollUnderPeers:
-    service = f"spring-{uuid.uuid4().hex[:8]}"
-    callers = {name: caller_args(*consul_args(consul_agent, service, *settings))}
-    workdir = tmp_path_factory.mktemp(f"spring-consul-{name}")
-    return roll_under_peers(workdir, consul_agent.url, service, callers, None)
 
 
 @pytest.fixture(scope="module")
 def consul_roll(consul_agent: ConsulAgent, tmp_path_factory: pytest.TempPathFactory) -> RollUnderPeers:
     """A roll with the recommended settings."""
-    return consul_roll_with(consul_agent, tmp_path_factory, "recommended", *CONSUL_RECOMMENDED)
+    workdir = tmp_path_factory.mktemp("spring-consul-recommended")
+    return roll_with_caller(
+        workdir, consul_agent.url, "recommended", partial(consul_args, consul_agent), *CONSUL_RECOMMENDED
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +43,8 @@ def consul_defaults_roll(
     consul_agent: ConsulAgent, tmp_path_factory: pytest.TempPathFactory
 ) -> RollUnderPeers:
     """A roll with Spring's defaults: a figure for the README (`make figures`), not a check."""
-    return consul_roll_with(consul_agent, tmp_path_factory, "defaults")
+    workdir = tmp_path_factory.mktemp("spring-consul-defaults")
+    return roll_with_caller(workdir, consul_agent.url, "defaults", partial(consul_args, consul_agent))
 
 
 @pytest.mark.consul

@@ -5,7 +5,7 @@ LoadBalancer's list kept 35 s: a figure printed by `make figures`, not asserted)
 
 from __future__ import annotations
 
-import uuid
+from functools import partial
 
 import pytest
 
@@ -13,26 +13,19 @@ from tests.support.eureka_server import EurekaServer
 from tests.support.spring_cloud import (
     EUREKA_RECOMMENDED,
     RollUnderPeers,
-    caller_args,
     eureka_args,
     report,
-    roll_under_peers,
+    roll_with_caller,
 )
-
-
-def eureka_roll_with(
-    eureka_server: EurekaServer, tmp_path_factory: pytest.TempPathFactory, name: str, *settings: str
-) -> RollUnderPeers:
-    service = f"spring-{uuid.uuid4().hex[:8]}"
-    callers = {name: caller_args(*eureka_args(eureka_server, service, *settings))}
-    workdir = tmp_path_factory.mktemp(f"spring-eureka-{name}")
-    return roll_under_peers(workdir, eureka_server.url, service, callers, None)
 
 
 @pytest.fixture(scope="module")
 def eureka_roll(eureka_server: EurekaServer, tmp_path_factory: pytest.TempPathFactory) -> RollUnderPeers:
     """A roll with the recommended settings."""
-    return eureka_roll_with(eureka_server, tmp_path_factory, "recommended", *EUREKA_RECOMMENDED)
+    workdir = tmp_path_factory.mktemp("spring-eureka-recommended")
+    return roll_with_caller(
+        workdir, eureka_server.url, "recommended", partial(eureka_args, eureka_server), *EUREKA_RECOMMENDED
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +33,8 @@ def eureka_defaults_roll(
     eureka_server: EurekaServer, tmp_path_factory: pytest.TempPathFactory
 ) -> RollUnderPeers:
     """A roll with Spring's defaults: a figure for the README (`make figures`), not a check."""
-    return eureka_roll_with(eureka_server, tmp_path_factory, "defaults")
+    workdir = tmp_path_factory.mktemp("spring-eureka-defaults")
+    return roll_with_caller(workdir, eureka_server.url, "defaults", partial(eureka_args, eureka_server))
 
 
 @pytest.mark.eureka

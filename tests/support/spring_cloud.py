@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
@@ -209,3 +211,13 @@ def roll_under_peers(
     for shutdown in result.shutdowns:
         assert shutdown.status == 200, shutdown.body
     return outcome
+
+
+def roll_with_caller(
+    workdir: Path, registry: str, name: str, peer_args: Callable[..., list[str]], *settings: str
+) -> RollUnderPeers:
+    """`roll_under_peers` with one caller peer, `name`, on a new service: `peer_args(service,
+    *settings)` points it at the registry (`partial(consul_args, agent)`, say)."""
+    service = f"spring-{uuid.uuid4().hex[:8]}"
+    callers = {name: caller_args(*peer_args(service, *settings))}
+    return roll_under_peers(workdir, registry, service, callers, None)
