@@ -30,9 +30,10 @@ import httpx
 
 from tests.support.ports import free_port
 from tests.support.procs import SidecarProc, await_for, wait_for
-from tests.support.registry_view import registered_ids
+from tests.support.registry_view import instance_present, registered_ids
 
 DEADLINE = 15.0
+LOOK_EVERY = 0.02  # seconds between two looks at the registry
 
 # The app role in its smallest form, run as the child: /health, /work?ms=N, /exit?code=N (exits
 # with that code once answered). On SIGTERM it records the wall time and what it had in flight,
@@ -248,9 +249,9 @@ class RegistryWatch:
 
     def _run(self) -> None:
         registry_url, service, instance_id = self._args
-        while not self._stop.is_set():
+        while not self._stop.wait(LOOK_EVERY):
             start = time.time()
-            present = instance_id in registered_ids(registry_url, service)
+            present = instance_present(registry_url, service, instance_id)
             self.looks.append((start, time.time(), present))
 
     def absent_since(self) -> float:
@@ -305,7 +306,7 @@ async def test_startup_script_app_drained_deregistered_before_sigterm(
     assert consumers.closing + consumers.refused == 4  # every client was told, none had to fail
     assert record["inflight_at_sigterm"] == 0
     assert watch.absent_since() < app_sigterm_at, (watch.looks, app_sigterm_at)
-    assert instance_id not in registered_ids(registry_url, "exec-script")
+    assert not instance_present(registry_url, "exec-script", instance_id)
     assert code == 128 + signal.SIGTERM  # bash's status: killed by SIGTERM
 
 

@@ -47,6 +47,25 @@ async def test_new_arrival_restarts_quiet_period() -> None:
     assert time.monotonic() - arrived >= quiet
 
 
+async def test_a_cancel_ends_the_quiet_wait_whenever_a_request_arrives() -> None:
+    """The drain's deadline cancels wait_quiet, which must end even when a request arrived just
+    before (on Python 3.11, asyncio.wait_for lost such a cancel, and a drain under steady load
+    went on until the load stopped). The arrival and the cancel are put 0 to 5 loop steps apart,
+    which covers the step where the wait has woken but not yet resumed."""
+    for steps in range(6):
+        tracker = InflightTracker()
+        waiter = asyncio.create_task(tracker.wait_quiet(60.0, since=time.monotonic()))
+        await asyncio.sleep(0)  # it waits for an arrival now
+        with tracker.track():
+            pass
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        waiter.cancel()
+        done, _ = await asyncio.wait([waiter], timeout=MUST_NOT_END_S)
+        assert done, f"a cancel {steps} loop steps after an arrival did not end wait_quiet"
+        assert waiter.cancelled()
+
+
 async def test_wait_idle_returns_when_the_last_request_ends() -> None:
     """wait_idle returns at once when nothing is in flight, else when the last request ends."""
     tracker = InflightTracker()

@@ -121,8 +121,10 @@ class UpstreamListener:
     async def _handle(self, exchange: AnyExchange) -> None:
         self.budget.on_request(time.monotonic())
         if not self.watched.answered.is_set():
+            # asyncio.timeout, not wait_for: see InflightTracker.wait_quiet.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.watched.answered.wait(), FIRST_ANSWER_WAIT_SECONDS)
+                async with asyncio.timeout(FIRST_ANSWER_WAIT_SECONDS):
+                    await self.watched.answered.wait()
         body = await exchange.read_body(REPLAYABLE_BODY_BYTES)  # None: too large to keep, streams
         tried: set[str] = set()
         retry: Retry | None = None

@@ -70,8 +70,10 @@ class HttpServer:
         self.stopping = True
         self.close_idle()
         if self.connections:
+            # asyncio.timeout, not wait_for: see InflightTracker.wait_quiet.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.all_closed.wait(), SHUTDOWN_GRACE_SECONDS)
+                async with asyncio.timeout(SHUTDOWN_GRACE_SECONDS):
+                    await self.all_closed.wait()
         for connection in list(self.connections):
             connection.abort()
         await self._server.wait_closed()

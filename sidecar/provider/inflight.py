@@ -65,8 +65,12 @@ class InflightTracker:
                 continue
             self._arrived.clear()
             # Not polling: this wakes on the next arrival or when the quiet window has passed.
+            # (asyncio.timeout, not wait_for: on Python 3.11, wait_for returns the result of an
+            # arrival that came just before a cancel, and loses the cancel; a drain's own
+            # deadline cancels this wait, and under steady load then never came.)
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
 
 
 # A fleet-wide bound: thousands of consumer sidecars would be unusual for one provider, and the

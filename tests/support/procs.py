@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,15 @@ class SidecarProc:
 
     def signal(self, signum: int) -> None:
         os.kill(self.proc.pid, signum)
+
+    def entered(self, phase: str) -> int:
+        """When the sidecar entered `phase`, in wall-clock milliseconds, from its log's line
+        `phase A -> PHASE` (the lifecycle logs it as it switches)."""
+        for line in self.log().splitlines():
+            if line.startswith("{") and (record := json.loads(line))["msg"].endswith(f" -> {phase}"):
+                when = datetime.fromisoformat(record["ts"].replace("Z", "+00:00"))
+                return round(when.timestamp() * 1000)
+        raise AssertionError(f"the sidecar never entered phase {phase!r}:\n{self.log()[-2000:]}")
 
 
 @contextmanager

@@ -102,6 +102,25 @@ def eureka_instances(registry_url: str, service: str) -> list[dict[str, Any]]:
     return infos if isinstance(infos, list) else [infos]
 
 
+def instance_present(registry_url: str, service: str, instance_id: str) -> bool:
+    """Whether the registry still holds `instance_id` of `service`. On Eureka this reads the
+    instance's own resource, which the server answers from its registry: a listing comes from
+    its response cache, and a listing being computed while a cancel invalidates that cache is
+    stored anyway (a Guava cache drops no load in progress), stale until the cache expires."""
+    if registry_url.startswith("eureka://"):
+        parts = urlsplit(registry_url)
+        server = (parts.netloc + parts.path).split(",")[0]
+        path = f"{quote(service.upper(), safe='')}/{quote(instance_id, safe='')}"
+        answer = httpx.get(
+            f"http://{server}/apps/{path}", headers={"Accept": "application/json"}, timeout=10, verify=False
+        )
+        if answer.status_code == 404:
+            return False
+        answer.raise_for_status()
+        return True
+    return instance_id in registered_ids(registry_url, service)
+
+
 def nacos_instances(registry_url: str, service: str) -> list[dict[str, Any]]:
     """Every instance of `service` in the URL's namespace and group, enabled or not, healthy or
     not, read through Nacos's catalog (the first server of the URL)."""

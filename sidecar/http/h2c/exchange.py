@@ -154,6 +154,7 @@ class StreamExchange:
     ) -> H2Response | UpstreamResponse:
         """Open a stream at `origin` (an h2c one) for this request and return its response head;
         the body goes on streaming to it. Raises UpstreamError (StreamRefused: never processed)."""
+        self.stream.forwarded = True
         if not origin.h2c:
             from sidecar.http.h2c.translate import forward_to_http1
 

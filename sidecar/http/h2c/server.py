@@ -227,10 +227,12 @@ class H2ServerConnection(H2Endpoint):
             self.close()
 
     def end_drain(self) -> None:
-        """The drain is over: what still runs (a long streaming call) is cut."""
+        """The drain is over: what still runs (a long streaming call) is cut, and a stream that
+        has not gone on to the app (just arrived, about to be refused) is refused."""
         if self.tasks and not self.closed:
             self.write_raw(goaway(self.last_accepted))
-            self.abort_streams()
+            for stream in list(self.streams.values()):
+                self.reset(stream, ErrorCodes.CANCEL if stream.forwarded else ErrorCodes.REFUSED_STREAM)
             self.close()
 
     def abort_streams(self) -> None:

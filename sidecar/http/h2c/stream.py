@@ -51,6 +51,7 @@ class Stream:
         self.ended = False  # the peer's half is closed: no more body
         self.reset_code: int | None = None  # reset by either side, or its connection lost
         self.sent_end = False  # this side's half is closed
+        self.forwarded = False  # a client's stream that went on to the origin (a relay's)
         self.head = asyncio.get_running_loop().create_future()  # resolved when headers arrived
         self._chunks: deque[bytes] = deque()
         self._readable = asyncio.Event()
