@@ -1,5 +1,6 @@
 """Admin API routes (default 127.0.0.1:16688): probes, shutdown, weight, status, metrics, and
-their OpenAPI document (sidecar/app/openapi.py) at /openapi.json.
+their OpenAPI document (sidecar/app/openapi.py) at /openapi.json, served by the sidecar's own
+HTTP core (sidecar.http), as the data path is.
 
 Mutating endpoints answer 403 unless the caller's address is in --allow or it sends
 `Authorization: Bearer <--token>`. Every error is a JSON `{"error": ...}` with a 4xx status
@@ -13,65 +14,94 @@ import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from sidecar.app.status import StatusView
-from sidecar.config import HostPort, Settings
-from sidecar.errors import StartupError
+from sidecar.config import Settings
+from sidecar.http import AnyExchange, Headers, HttpServer, Limits
+from sidecar.http.h2c.stream import StreamGone
 from sidecar.protocol import notice as notice_format
 from sidecar.protocol.metadata import MAX_WEIGHT
 from sidecar.protocol.notice import OfflineNotice
 from sidecar.provider.lifecycle import Lifecycle
 
-# When the sidecar stops, a /shutdown still waiting (after a second signal) gets this long.
-SHUTDOWN_GRACE_SECONDS = 1.0
-
 log = logging.getLogger("sidecar.admin")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Admin bodies are a few bytes of JSON; anything much larger is a mistake or an attack.
 MAX_BODY_BYTES = 64 * 1024
+JSON = b"application/json"
 
 
-def json_error(status: int, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: bytes | None = JSON
+    headers: Headers | None = None
+
+
+def json_reply(body: object, status: int = 200) -> Reply:
+    return Reply(status, json.dumps(body).encode())
+
+
+def json_error(status: int, message: str, headers: Headers | None = None) -> Reply:
+    return Reply(status, json.dumps({"error": message}).encode(), headers=headers)
 
 
 class BadBody(Exception):
-    """A request body that cannot be used; answered 400 with the message."""
+    """A request body that cannot be used; answered 400 with the message (413 if too large)."""
+
+    status = 400
 
 
-async def read_json(request: web.Request, expected: str) -> Any:
-    try:
-        return json.loads(await request.read())
-    except (ValueError, RecursionError) as exc:  # bad UTF-8 and bad JSON are ValueErrors too
-        raise BadBody(f"body is not valid JSON ({str(exc)[:200]}); {expected}") from None
+class TooLarge(BadBody):
+    status = 413
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own errors (404, 405, 413) as JSON, and no traceback ever reaches a caller."""
-    try:
-        return await handler(request)
-    except BadBody as exc:
-        return json_error(400, str(exc))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = {
-            404: f"no such endpoint: {request.path}",
-            405: f"method {request.method} not allowed on {request.path}",
-            413: f"body too large (limit {MAX_BODY_BYTES} bytes)",
-        }.get(exc.status, exc.reason)
-        extra = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
-        return json_error(exc.status, message, **extra)
-    except Exception:
-        log.exception("admin %s %s failed", request.method, request.path)
-        return json_error(500, "internal error; see the sidecar's log")
+class Request:
+    """What an endpoint sees of a request: who sent it, its headers and its JSON body."""
+
+    def __init__(self, exchange: AnyExchange) -> None:
+        self.exchange = exchange
+        self.remote = exchange.peer or ""
+
+    def header(self, name: bytes) -> bytes:
+        return self.exchange.header(name) or b""
+
+    async def json(self, expected: str) -> Any:
+        body = await _whole_body(self.exchange)
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as exc:  # bad UTF-8 and bad JSON are ValueErrors too
+            raise BadBody(f"body is not valid JSON ({str(exc)[:200]}); {expected}") from None
+
+
+async def _whole_body(exchange: AnyExchange) -> bytes:
+    """The request body, up to MAX_BODY_BYTES (else TooLarge), waiting for all of it."""
+    too_large = TooLarge(f"body too large (limit {MAX_BODY_BYTES} bytes)")
+    if (exchange.head.content_length or 0) > MAX_BODY_BYTES:
+        raise too_large
+    body = await exchange.read_body(MAX_BODY_BYTES)
+    if body is not None:
+        return body
+    pieces, size = [], 0  # chunked, or an HTTP/2 body still arriving
+    while (piece := await exchange.next_piece()) is not None:
+        size += len(piece)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+Endpoint = Callable[[Request], Awaitable[Reply]]
+# A GET answers HEAD too (its head alone), but for these: a HEAD must not shut the sidecar down.
+NO_IMPLICIT_HEAD = frozenset({"/shutdown"})
 
 
 class AdminServer:
@@ -88,84 +118,106 @@ class AdminServer:
         self.lifecycle = lifecycle  # the sequences: /shutdown and PUT|DELETE /weight drive them
         self.on_offline = on_offline  # POST /notify: the consumer side drops the instance
         self.view = view  # everything the GET endpoints report
-        self._runner: web.AppRunner | None = None
+        self._routes = self.routes()
+        self._stack = AsyncExitStack()
 
-    def routes(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
-        # No implicit HEAD: a HEAD request must not start the offline sequence.
-        app.router.add_get("/shutdown", self.shutdown, allow_head=False)
-        app.router.add_post("/shutdown", self.shutdown)
-        app.router.add_get("/ready", self.ready)
-        app.router.add_get("/live", self.live)
-        app.router.add_get("/status", self.status)
-        app.router.add_get("/weight", self.get_weight)
-        app.router.add_put("/weight", self.put_weight)
-        app.router.add_delete("/weight", self.delete_weight)
-        app.router.add_get("/metrics", self.metrics)
-        app.router.add_post("/notify", self.notify)
-        app.router.add_get("/openapi.json", self.openapi)
-        return app
+    def routes(self) -> dict[str, dict[str, Endpoint]]:
+        """path -> method -> endpoint; a GET also answers HEAD, but see NO_IMPLICIT_HEAD."""
+        return {
+            "/shutdown": {"GET": self.shutdown, "POST": self.shutdown},
+            "/ready": {"GET": self.ready},
+            "/live": {"GET": self.live},
+            "/status": {"GET": self.status},
+            "/weight": {"GET": self.get_weight, "PUT": self.put_weight, "DELETE": self.delete_weight},
+            "/metrics": {"GET": self.metrics},
+            "/notify": {"POST": self.notify},
+            "/openapi.json": {"GET": self.openapi},
+        }
 
     async def __aenter__(self) -> AdminServer:
-        self._runner = await start_server(self.routes(), self.settings.admin, "--admin")
+        server = HttpServer(self.settings.admin, self.handle, Limits(), "--admin")
+        await self._stack.enter_async_context(server)
         log.info("admin API on %s", self.settings.admin)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._stack.aclose()
+
+    async def handle(self, exchange: AnyExchange) -> None:
+        """Route one request; every error a JSON answer, and no traceback ever reaches a caller."""
+        method = exchange.head.method
+        path = unquote_to_bytes(exchange.head.target.partition(b"?")[0]).decode("utf-8", "replace")
+        try:
+            reply = await self._answer(Request(exchange), method, path)
+        except BadBody as exc:
+            reply = json_error(exc.status, str(exc))
+        except StreamGone:
+            return  # the client reset its HTTP/2 stream: nobody to answer
+        except Exception:
+            log.exception("admin %s %s failed", method, path)
+            reply = json_error(500, "internal error; see the sidecar's log")
+        headers = [(b"Content-Type", reply.content_type)] if reply.content_type else []
+        exchange.respond(reply.status, [*headers, *(reply.headers or [])], reply.body)
+
+    async def _answer(self, request: Request, method: str, path: str) -> Reply:
+        endpoints = self._routes.get(path)
+        if endpoints is None:
+            return json_error(404, f"no such endpoint: {path}")
+        allowed = set(endpoints) | (
+            {"HEAD"} if "GET" in endpoints and path not in NO_IMPLICIT_HEAD else set()
+        )
+        endpoint = endpoints.get("GET" if method == "HEAD" and "HEAD" in allowed else method)
+        if endpoint is None:
+            allow = ",".join(sorted(allowed)).encode()
+            return json_error(405, f"method {method} not allowed on {path}", [(b"Allow", allow)])
+        return await endpoint(request)
 
     # --- access
 
-    def allowed(self, request: web.Request) -> bool:
+    def allowed(self, request: Request) -> bool:
         token = self.settings.token
-        if token:
-            sent = request.headers.get("Authorization", "")
-            # surrogateescape: header bytes that are not UTF-8 must compare unequal, not raise
-            if hmac.compare_digest(sent.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode()):
-                return True
+        if token and hmac.compare_digest(request.header(b"authorization"), f"Bearer {token}".encode()):
+            return True
         try:
-            caller = ipaddress.ip_address(request.remote or "")
+            caller = ipaddress.ip_address(request.remote)
         except ValueError:
             return False
         if caller.version == 6 and caller.ipv4_mapped is not None:
             caller = caller.ipv4_mapped
         return any(caller in network for network in self.settings.allow)
 
-    def forbidden(self) -> web.Response:
+    def forbidden(self) -> Reply:
         return json_error(403, "forbidden: caller not in --allow and no valid 'Authorization: Bearer' token")
 
     # --- endpoints
 
-    async def shutdown(self, request: web.Request) -> web.Response:
+    async def shutdown(self, request: Request) -> Reply:
         if not self.allowed(request):
             return self.forbidden()
         result = await self.lifecycle.offline()
-        return web.json_response(result.body(), status=200 if result.drained else 504)
+        return json_reply(result.body(), status=200 if result.drained else 504)
 
-    async def ready(self, request: web.Request) -> web.Response:
+    async def ready(self, request: Request) -> Reply:
         ready = self.lifecycle.ready
-        return web.json_response(
-            {"ready": ready, "phase": self.lifecycle.phase}, status=200 if ready else 503
-        )
+        return json_reply({"ready": ready, "phase": self.lifecycle.phase}, status=200 if ready else 503)
 
-    async def live(self, request: web.Request) -> web.Response:
-        return web.json_response({"live": True, "phase": self.lifecycle.phase})
+    async def live(self, request: Request) -> Reply:
+        return json_reply({"live": True, "phase": self.lifecycle.phase})
 
-    async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.view.status())
+    async def status(self, request: Request) -> Reply:
+        return json_reply(self.view.status())
 
-    async def get_weight(self, request: web.Request) -> web.Response:
-        return web.json_response(self.view.weight())
+    async def get_weight(self, request: Request) -> Reply:
+        return json_reply(self.view.weight())
 
-    async def put_weight(self, request: web.Request) -> web.Response:
+    async def put_weight(self, request: Request) -> Reply:
         if not self.allowed(request):
             return self.forbidden()
         if self.lifecycle.closing:
             return json_error(409, "the instance is going offline: its weight can no longer change")
-        payload = await read_json(request, 'expected {"weight": N}')
+        payload = await request.json('expected {"weight": N}')
         if not isinstance(payload, dict) or set(payload) != {"weight"}:
             return json_error(400, 'expected a JSON object with exactly one key: {"weight": N}')
         weight = payload["weight"]
@@ -177,44 +229,32 @@ class AdminServer:
         if not 0 <= weight <= MAX_WEIGHT:
             return json_error(400, f"weight must be an integer in 0..{MAX_WEIGHT}, got {weight}")
         published = await self.lifecycle.set_override(weight)
-        return web.json_response({**self.view.weight(), "published": published})
+        return json_reply({**self.view.weight(), "published": published})
 
-    async def delete_weight(self, request: web.Request) -> web.Response:
+    async def delete_weight(self, request: Request) -> Reply:
         if not self.allowed(request):
             return self.forbidden()
         if self.lifecycle.closing:
             return json_error(409, "the instance is going offline: its weight can no longer change")
         published = await self.lifecycle.set_override(None)
-        return web.json_response({**self.view.weight(), "published": published})
+        return json_reply({**self.view.weight(), "published": published})
 
-    async def notify(self, request: web.Request) -> web.Response:
+    async def notify(self, request: Request) -> Reply:
         """An offline notification from a provider sidecar: drop the instance at once."""
         if not self.allowed(request):
             return self.forbidden()
         try:
-            notice = OfflineNotice.from_body(await read_json(request, notice_format.EXPECTED))
+            notice = OfflineNotice.from_body(await request.json(notice_format.EXPECTED))
         except ValueError as exc:
             return json_error(400, str(exc))
         dropped = self.on_offline(notice.service, notice.instance_id)
         log.info("notified: %s %s offline (dropped: %s)", notice.service, notice.instance_id, dropped)
-        return web.Response(status=204)
+        return Reply(204, b"", content_type=None)
 
-    async def openapi(self, request: web.Request) -> web.Response:
+    async def openapi(self, request: Request) -> Reply:
         from sidecar.app.openapi import document  # it imports this module's limits
 
-        return web.json_response(document())
+        return json_reply(document())
 
-    async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.view.metrics_text(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def start_server(app: web.Application, address: HostPort, option: str) -> web.AppRunner:
-    """Serve `app` on `address`; a port that cannot be bound is a StartupError naming `option`."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, address.host, address.port, reuse_address=True).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise StartupError(f"{option} {address}: cannot listen ({exc.strerror})") from exc
-    return runner
+    async def metrics(self, request: Request) -> Reply:
+        return Reply(200, self.view.metrics_text(), CONTENT_TYPE_LATEST.encode())

@@ -2,7 +2,7 @@
 
 Written by hand next to the routes (sidecar/app/admin.py), not generated: the bodies are built from
 dicts there, so there is nothing to derive a schema from. tests/test_openapi.py keeps the two
-honest: every route aiohttp serves is in `paths` and nothing else is, and schemathesis checks
+honest: every route the admin API serves is in `paths` and nothing else is, and schemathesis checks
 every response of a live sidecar against these schemas.
 """
 

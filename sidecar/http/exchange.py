@@ -273,7 +273,7 @@ class Exchange:
     def respond(self, status: int, headers: Headers, body: bytes = b"", close: bool = False) -> None:
         """Answer from the sidecar itself (a refusal, an error): the whole response at once."""
         close = close or not self.head.keep_alive or not self.body_complete or self.connection.server.stopping
-        framing = [(b"Content-Length", str(len(body)).encode())]
+        framing = [] if status == 204 else [(b"Content-Length", str(len(body)).encode())]
         if close:
             framing.append((b"Connection", b"close"))
             self.close_after = True

@@ -143,6 +143,14 @@ class StreamExchange:
         self.stream.take_buffered()
         return body
 
+    async def next_piece(self) -> bytes | None:
+        """The body piece by piece, as it arrives (as Exchange.next_piece), None at its end;
+        raises StreamGone if the client reset the stream."""
+        piece = await self.stream.read()
+        if piece is not None:
+            self.stream.consumed(len(piece))
+        return piece
+
     async def forward(
         self,
         pool: Pool,
@@ -263,8 +271,9 @@ class StreamExchange:
                 grpc.append((b"grpc-message", quote(message, safe=" ").encode()))
                 out.send_headers(self.stream, [(b":status", b"200"), *grpc, *h2_headers(headers)], end=True)
                 return
-            length = (b"content-length", str(len(body)).encode())
-            fields = [(b":status", str(status).encode()), *h2_headers(headers), length]
+            fields = [(b":status", str(status).encode()), *h2_headers(headers)]
+            if status != 204:
+                fields.append((b"content-length", str(len(body)).encode()))
             if self.head.method == "HEAD" or not body:
                 out.send_headers(self.stream, fields, end=True)
             else:
