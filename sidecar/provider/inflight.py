@@ -66,8 +66,8 @@ class InflightTracker:
             self._arrived.clear()
             # Not polling: this wakes on the next arrival or when the quiet window has passed.
             # (asyncio.timeout, not wait_for: on Python 3.11, wait_for returns the result of an
-            # arrival that came just before a cancel, and loses the cancel; a drain's own
-            # deadline cancels this wait, and under steady load then never came.)
+            # arrival that came just before a cancel and loses the cancel. The drain's deadline
+            # is such a cancel: under steady load, drains outlived --drain-timeout.)
             with suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await self._arrived.wait()
