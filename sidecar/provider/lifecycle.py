@@ -182,9 +182,11 @@ class Lifecycle:
         warming = self.warmup.window > 0 and self.provider
         self._set_phase("warming" if warming else "serving")
         # 4. Warmup: raise the registry weight in steps, by the clock or as the app's latency
-        #    comes down, until it ends (--warmup at the latest).
+        #    comes down, until it ends (--warmup at the latest); the full weight is in the
+        #    registry before the phase says serving (a failed write is retried in step 5).
         if warming:
             await self.warming.warm(self._registry, self.publish_weight, self._registered_at)
+            await self.publish_weight()
         self._set_phase("serving")
         # 5. From now on, retry any weight the registry failed to take (a PUT /weight during an
         #    outage, say); a no-op while the registry is in line.
