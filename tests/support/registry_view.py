@@ -86,19 +86,27 @@ def zookeeper_nodes(registry_url: str, service: str) -> dict[str, bytes]:
         client.close()
 
 
+def eureka_get(registry_url: str, *segments: str) -> Any:
+    """The JSON of `/apps/SEGMENT/...` (each percent-encoded) from the URL's first Eureka server,
+    None when Eureka answers 404."""
+    parts = urlsplit(registry_url)
+    server = (parts.netloc + parts.path).split(",")[0]
+    path = "/".join(quote(segment, safe="") for segment in segments)
+    answer = httpx.get(
+        f"http://{server}/apps/{path}", headers={"Accept": "application/json"}, timeout=10, verify=False
+    )
+    if answer.status_code == 404:
+        return None
+    answer.raise_for_status()
+    return answer.json()
+
+
 def eureka_instances(registry_url: str, service: str) -> list[dict[str, Any]]:
     """Every InstanceInfo of `service`'s application, whatever its status, read through Eureka's
     REST API (the first server of the URL)."""
-    parts = urlsplit(registry_url)
-    server = (parts.netloc + parts.path).split(",")[0]
-    app = quote(service.upper(), safe="")
-    answer = httpx.get(
-        f"http://{server}/apps/{app}", headers={"Accept": "application/json"}, timeout=10, verify=False
-    )
-    if answer.status_code == 404:
+    if (body := eureka_get(registry_url, service.upper())) is None:
         return []
-    answer.raise_for_status()
-    infos = answer.json()["application"]["instance"]
+    infos = body["application"]["instance"]
     return infos if isinstance(infos, list) else [infos]
 
 
@@ -108,16 +116,7 @@ def instance_present(registry_url: str, service: str, instance_id: str) -> bool:
     its response cache, and a listing being computed while a cancel invalidates that cache is
     stored anyway (a Guava cache drops no load in progress), stale until the cache expires."""
     if registry_url.startswith("eureka://"):
-        parts = urlsplit(registry_url)
-        server = (parts.netloc + parts.path).split(",")[0]
-        path = f"{quote(service.upper(), safe='')}/{quote(instance_id, safe='')}"
-        answer = httpx.get(
-            f"http://{server}/apps/{path}", headers={"Accept": "application/json"}, timeout=10, verify=False
-        )
-        if answer.status_code == 404:
-            return False
-        answer.raise_for_status()
-        return True
+        return eureka_get(registry_url, service.upper(), instance_id) is not None
     return instance_id in registered_ids(registry_url, service)
 
 
