@@ -6,6 +6,14 @@ response head is awaited; 1xx heads on the way are handed to a callback, so `100
 `103 Early Hints` reach the client. The response body then flows through `pipe_to()`, written to
 the client as it is read. A connection goes back to the pool only after a complete response on a
 connection both sides keep alive; anything else closes it.
+
+An origin closes a keep-alive connection that stayed idle too long, and a request sent on it at
+that moment is lost: the origin may have read it before closing, so a POST cannot be sent again
+(RFC 9110 section 9.2.2), and its client gets a 502. So a pooled connection is reused only well
+within the origin's idle timeout (`reuse_window`): the one it announces with `Keep-Alive:
+timeout=N` (Node.js, Tomcat and every provider sidecar do), and otherwise UNANNOUNCED_REUSE_SECONDS,
+under the shortest defaults of servers that announce nothing (gunicorn's 2 s, uvicorn's 5 s).
+Past that, the pool opens a new connection instead, which costs a connect.
 """
 
 from __future__ import annotations
@@ -39,6 +47,21 @@ log = logging.getLogger("sidecar.http")
 
 Informational = Callable[[bytes], None]
 
+# How long an idle connection to an origin that announced no keep-alive timeout is reused.
+UNANNOUNCED_REUSE_SECONDS = 1.5
+
+
+def reuse_window(keep_alive: bytes | None) -> float:
+    """How long an idle connection may be reused, given the origin's `Keep-Alive` line (None:
+    it sent none): a second less than the timeout it announces (half of one under 2 s), so that
+    a request never crosses the origin's own close."""
+    for parameter in (keep_alive or b"").split(b","):
+        name, _, value = parameter.partition(b"=")
+        if name.strip().lower() == b"timeout" and value.strip().isdigit():
+            timeout = int(value.strip())
+            return max(timeout / 2, timeout - 1.0)
+    return UNANNOUNCED_REUSE_SECONDS
+
 
 @dataclass(frozen=True, slots=True)
 class Origin:
@@ -71,6 +94,8 @@ class UpstreamConnection(Endpoint):
         self.origin = origin
         self.reusable = False  # set once a response completed on a keep-alive connection
         self.reused = False  # taken from the pool: the peer may have closed it meanwhile
+        self.idle_since = 0.0  # loop time it went back to the pool
+        self.reuse_within = UNANNOUNCED_REUSE_SECONDS  # per the origin's last response (reuse_window)
         self.counted = False  # counts against the pool's limit until it closes
         self._fields = FieldReader(MAX_RESPONSE_LINES)
         self.on_header = self._fields.on_header  # llhttp's callback, bound before the parser is made
@@ -221,6 +246,7 @@ class UpstreamConnection(Endpoint):
                 lines = without(fields.lines, CORE_WRITTEN, fields.connection, fields.marks)
                 self._informational(serialize(status_line(status, self._reason), lines))
             return
+        self.reuse_within = reuse_window(fields.keep_alive)
         chunked = fields.chunked
         length = int(fields.length) if fields.length is not None and not fields.codings else None
         no_body = self._skip_body or status in BODYLESS_STATUS or status == 101

@@ -201,17 +201,6 @@ class Exchange:
                 close = True  # an HTTP/1.0 client: the body ends with the connection
         if head.status == 426:  # Upgrade Required names the protocols to upgrade to
             headers.extend(upgrade_headers(head.headers))
-        # An upgrade refused (no 101): what the client sends next may already be the other
-        # protocol, so this connection carries no further request. An early response (the app
-        # answered before the request's body ended): the rest of the body is discarded, and
-        # the connection closes after it.
-        close = (
-            close
-            or not self.head.keep_alive
-            or self.head.upgrade
-            or not self.body_complete
-            or self.connection.server.stopping
-        )
         length = head.content_length
         if not no_body and length is not None and length <= WHOLE_BODY_BYTES:
             # Small: have it all before the status line goes out, so a response cut short can
@@ -222,9 +211,11 @@ class Exchange:
                 upstream.abort()
                 raise
         headers.extend(extra)
-        if close:
-            headers.append((b"Connection", b"close"))
-            self.close_after = True
+        # An upgrade refused (no 101): what the client sends next may already be the other
+        # protocol, so this connection carries no further request. An early response (the app
+        # answered before the request's body ended): the rest of the body is discarded, and
+        # the connection closes after it (connection_fields).
+        headers.extend(self.connection_fields(close or self.head.upgrade))
         self.started, self.status = True, head.status
         first = serialize(status_line(head.status, head.reason), headers)
         done = upstream.pipe_to(self.connection, first, chunked)
@@ -268,15 +259,24 @@ class Exchange:
             upstream.abort()
             self.connection.abort()
 
+    def connection_fields(self, close: bool) -> Headers:
+        """The response's own connection field: `Connection: close` if the connection ends after
+        it (`close`, or the client, an unread request body or a server that stopped listening
+        says so; `close_after` is then set), else `Keep-Alive: timeout=N` with --idle-timeout,
+        so that a client pooling the connection stops reusing it before the sidecar closes it
+        (a consumer sidecar does: sidecar.http.client)."""
+        server = self.connection.server
+        if close or not self.head.keep_alive or not self.body_complete or server.stopping:
+            self.close_after = True
+            return [(b"Connection", b"close")]
+        return [(b"Keep-Alive", server.keep_alive)]
+
     # --- local answers
 
     def respond(self, status: int, headers: Headers, body: bytes = b"", close: bool = False) -> None:
         """Answer from the sidecar itself (a refusal, an error): the whole response at once."""
-        close = close or not self.head.keep_alive or not self.body_complete or self.connection.server.stopping
         framing = [] if status == 204 else [(b"Content-Length", str(len(body)).encode())]
-        if close:
-            framing.append((b"Connection", b"close"))
-            self.close_after = True
+        framing.extend(self.connection_fields(close))
         self.started, self.status = True, status
         if self.head.method == "HEAD":
             body = b""

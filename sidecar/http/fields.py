@@ -3,7 +3,8 @@
 The parser callbacks add each line here, and on the way the few that decide what the core does
 with the message are noted: the transfer codings and Content-Length (framing), the options of
 every `Connection` line (RFC 9110 section 7.6.1: each line counts, and what they name is
-hop-by-hop), Host, and the sidecar's own marks (`X-Sidecar-*`, which an app may not set). So
+hop-by-hop), Host, `Keep-Alive` (how long an origin keeps an idle connection), and the sidecar's
+own marks (`X-Sidecar-*`, which an app may not set). So
 nothing walks the head a second time to find them, and the head is bounded while it arrives:
 its bytes (request heads and trailers together: 64 KiB) and, for responses, its lines.
 
@@ -47,6 +48,7 @@ class FieldReader:
         "codings",
         "connection",
         "hosts",
+        "keep_alive",
         "length",
         "lines",
         "marks",
@@ -68,6 +70,7 @@ class FieldReader:
         self.codings: tuple[bytes, ...] = ()  # the transfer codings of every Transfer-Encoding line
         self.hosts: tuple[bytes, ...] = ()
         self.length: bytes | None = None  # Content-Length (llhttp rejects two that differ)
+        self.keep_alive: bytes | None = None  # the last Keep-Alive line (`timeout=5, max=100`)
         self.marks = NONE  # X-Sidecar-* names, lower case
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -90,6 +93,8 @@ class FieldReader:
             self.length = value
         elif key == b"host":
             self.hosts += (value,)
+        elif key == b"keep-alive":
+            self.keep_alive = value
         elif key.startswith(MARK_PREFIX):
             self.marks = self.marks | {key}
 

@@ -39,6 +39,8 @@ class HttpServer:
         self.address = address
         self.handler = handler
         self.limits = limits
+        # What every keep-alive response says of the connection's idle timeout (Exchange).
+        self.keep_alive = b"timeout=%d" % int(limits.idle_timeout)
         self.option = option  # names the flag in a start-up error
         self.connections: set[ServerConnection | H2ServerConnection] = set()
         self.draining = False

@@ -1,12 +1,14 @@
-"""Keep-alive connections per origin (the app, or each provider instance), lent to one request
-at a time.
+"""Keep-alive connections per origin (the app, or each provider instance), lent to one request at a
+time.
 
 `Pool.request()` sends a request on an idle pooled connection or a new one; `response()` awaits
 its head; `release()` takes the connection back once its response is over, if both sides keep it
-alive (sidecar.http.client says when). Per origin, at most `limit` connections are open at once
-(idle or busy); further requests wait for one. With 64 KiB write buffers on each side, a
-sidecar's memory for bodies in transit is bounded by connections x 128 KiB. Origins that speak
-HTTP/2 (h2c) are the business of `h2`, a few multiplexed connections each (sidecar.http.h2c).
+alive (sidecar.http.client says when). An idle connection is reused only within the origin's
+keep-alive timeout (`reuse_window` in sidecar.http.client); one idle longer is closed instead.
+Per origin, at most `limit` connections are open at once (idle or busy); further requests wait
+for one. With 64 KiB write buffers on each side, a sidecar's memory for bodies in transit is
+bounded by connections x 128 KiB. Origins that speak HTTP/2 (h2c) are the business of `h2`, a
+few multiplexed connections each (sidecar.http.h2c).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Pool:
             connection.abort()
             return
         connection.resume_reading()  # to notice the peer closing it while idle
+        connection.idle_since = asyncio.get_running_loop().time()
         self._idle.setdefault(connection.origin, []).append(connection)
         self._wake(connection.origin)
 
@@ -87,11 +90,16 @@ class Pool:
     async def _acquire(self, origin: Origin) -> UpstreamConnection:
         while True:
             idle = self._idle.get(origin)
+            now = asyncio.get_running_loop().time()
             while idle:
-                connection = idle.pop()
-                if not connection.closed:
-                    connection.reused = True
-                    return connection
+                connection = idle.pop()  # the most recently used: the least likely to expire
+                if connection.closed:
+                    continue
+                if now - connection.idle_since > connection.reuse_within:
+                    connection.abort()  # the origin may be closing it right now
+                    continue
+                connection.reused = True
+                return connection
             if self._open.get(origin, 0) < self.limit:
                 break
             waiter = asyncio.get_running_loop().create_future()

@@ -168,15 +168,7 @@ async def relay_h2(
         framing.append((b"Transfer-Encoding", b"chunked"))
     elif not no_body:
         close = True  # an HTTP/1.0 client: the body ends with the connection
-    close = (
-        close
-        or not exchange.head.keep_alive
-        or not exchange.body_complete
-        or exchange.connection.server.stopping
-    )
-    if close:
-        framing.append((b"Connection", b"close"))
-        exchange.close_after = True
+    framing.extend(exchange.connection_fields(close))
     exchange.started, exchange.status = True, response.status
     connection = exchange.connection
     connection.write(serialize(status_line(response.status), [*fields, *extra, *framing]))
