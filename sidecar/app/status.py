@@ -51,7 +51,7 @@ class StatusView:
             "registry": {
                 "kind": self.registry_kind,
                 "registered": lifecycle.registered,
-                "last_error": lifecycle.registry_error,
+                "last_error": lifecycle.registry_calls.last_error,
             },
             "consumers": len(self.consumers),
             "upstreams": self.upstreams.status(),

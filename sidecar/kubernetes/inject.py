@@ -37,9 +37,20 @@ from sidecar.kubernetes.app_protocol import (
     speaks_h2c,
 )
 from sidecar.kubernetes.manifests import load_documents, render
+from sidecar.kubernetes.pod_spec import (
+    SIDECAR_NAME,
+    container_list,
+    declared_ports,
+    describe_handler,
+    first_port,
+    mapping,
+    previous_arg,
+    resolve_port,
+    runs_sidecar_exec,
+)
+from sidecar.kubernetes.services import InjectedPod, point_service
 from sidecar.options import parse_health_path
 
-SIDECAR_NAME = "graceful-sidecar"
 ADMIN_PORT = 16688  # the design's admin port; preStop and probes name it by number
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"})
 # Grace period = drain + the app's stop + this: deregistration retried at the drain's end, the
@@ -60,7 +71,7 @@ Warn = Callable[[str], None]
 REGISTRY_REQUIRED = (
     "--registry is required: without it every pod keeps a registry of its own and no pod sees"
     " another; give the one the fleet shares (consul://, etcd://, zookeeper://,"
-    " eureka://), or an explicit"
+    " eureka://, nacos://), or an explicit"
     " sqlite:///PATH on purpose"
 )
 
@@ -86,16 +97,6 @@ class InjectOptions:
     stop_timeout: float | None = None
     token_secret: str | None = None
     service: str | None = None  # None: the workload's name
-
-
-@dataclass(frozen=True, slots=True)
-class InjectedPod:
-    """What a Service needs to know about an injected pod template."""
-
-    namespace: str | None
-    labels: dict[str, str]
-    app_port: int
-    app_port_names: frozenset[str]
 
 
 def inject_sources(sources: list[tuple[str, str]], options: InjectOptions, warn: Warn) -> str:
@@ -384,84 +385,3 @@ def former_health_path(
         )
     path = action.get("path", "/")
     return str(path) if path else "/"
-
-
-def previous_arg(container: dict[str, Any] | None, flag: str) -> str | None:
-    args = [str(a) for a in (container or {}).get("args") or []]
-    return args[args.index(flag) + 1] if flag in args[:-1] else None
-
-
-def point_service(service: dict[str, Any], pods: list[InjectedPod], listen_port: int) -> None:
-    """Point a Service's ports that reach an injected app at the sidecar instead."""
-    spec = service.get("spec")
-    if not isinstance(spec, dict) or not isinstance(spec.get("selector"), dict) or not spec["selector"]:
-        return
-    selector = {str(k): str(v) for k, v in spec["selector"].items()}
-    namespace = (service.get("metadata") or {}).get("namespace")
-    for pod in pods:
-        if pod.namespace != namespace or not selector.items() <= pod.labels.items():
-            continue
-        for port in spec.get("ports") or []:
-            if not isinstance(port, dict):
-                continue
-            target = port.get("targetPort", port.get("port"))  # targetPort defaults to port
-            if target == pod.app_port or target in pod.app_port_names or str(target) == str(pod.app_port):
-                port["targetPort"] = listen_port
-
-
-# --- small readers of pod specs
-
-
-def mapping(parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = parent.setdefault(key, {})
-    if not isinstance(value, dict):
-        raise InjectError(f"{where}: {key} is not a mapping")
-    return value
-
-
-def container_list(spec: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
-    value = spec.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(c, dict) for c in value):
-        raise InjectError(f"{where}: spec.{key} is not a list of containers")
-    return value
-
-
-def declared_ports(container: dict[str, Any]) -> dict[str, int]:
-    """name (or the number, for an unnamed port) -> containerPort, in order."""
-    found: dict[str, int] = {}
-    for port in container.get("ports") or []:
-        number = port.get("containerPort") if isinstance(port, dict) else None
-        if isinstance(number, int) and not isinstance(number, bool):
-            found[str(port.get("name") or number)] = number
-    return found
-
-
-def runs_sidecar_exec(container: dict[str, Any]) -> bool:
-    command = container.get("command")
-    return isinstance(command, list) and bool(command) and str(command[0]).endswith(SIDECAR_NAME)
-
-
-def first_port(container: dict[str, Any]) -> int | None:
-    return next(iter(declared_ports(container).values()), None)
-
-
-def resolve_port(port: Any, container: dict[str, Any]) -> int | None:
-    """A probe's port, a number or the name of one of its own container's ports (as the kubelet)."""
-    if isinstance(port, int):
-        return port
-    if isinstance(port, str):
-        return int(port) if port.isdigit() else declared_ports(container).get(port)
-    return None
-
-
-def describe_handler(handler: Any) -> str:
-    """`(exec: sleep 5)`, `(httpGet :8080/drain)`: a hook or probe, in a few words."""
-    if not isinstance(handler, dict):
-        return f"({handler!r})"
-    if isinstance(handler.get("exec"), dict):
-        return "(exec: " + " ".join(str(a) for a in handler["exec"].get("command") or []) + ")"
-    if isinstance(handler.get("httpGet"), dict):
-        action = handler["httpGet"]
-        return f"(httpGet :{action.get('port')}{action.get('path', '/')})"
-    kinds = [key for key in ("tcpSocket", "grpc", "sleep") if key in handler]
-    return f"({kinds[0]})" if kinds else "(unknown)"

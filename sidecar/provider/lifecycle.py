@@ -9,7 +9,7 @@ and between them what happens when the app is lost under a live sidecar.
 app-lost sequence and the online sequence again. `offline()` is what /shutdown, SIGTERM and
 SIGINT call; it ends `run()`. It runs once: concurrent and later callers get the same result.
 Registry failures never stop either sequence: they are recorded (for /status and metrics) and
-retried with backoff, within the drain deadline when going offline.
+retried with backoff, within the drain deadline when going offline (registry_calls).
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -33,6 +32,7 @@ from sidecar.protocol.warmup import Warmup
 from sidecar.provider.app_health import AppHealth, health_checks
 from sidecar.provider.inflight import ConsumerBook, InflightTracker
 from sidecar.provider.notify import Notifier
+from sidecar.provider.registry_calls import RegistryCalls
 from sidecar.provider.warming import Headers, Warming
 
 log = logging.getLogger("sidecar.lifecycle")
@@ -45,9 +45,6 @@ RESYNC_SECONDS = 5.0
 # spent refusing new requests while those in flight finish, so that /shutdown answers, and the
 # app is stopped, with nothing in flight.
 FINISHING_SHARE = 0.2
-# Registry retries: quick first tries (a blip), then at most every 5 s (an outage).
-BACKOFF_FIRST_SECONDS = 0.2
-BACKOFF_MAX_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +81,7 @@ class Lifecycle:
         self.warming = Warming(settings, metrics)  # step 4, by the clock or by the app's latency
         self.phase = "starting"
         self.registered = False
-        self.registry_error: str | None = None
+        self.registry_calls = RegistryCalls(metrics)  # its last_error is /status's
         self.override: int | None = None
         self.refusing = False  # the drain has ended: requests are refused, not forwarded
         self.draining = asyncio.Event()  # set at step 1 of the offline sequence
@@ -176,7 +173,7 @@ class Lifecycle:
         # 3. Register with the sidecar metadata (retried while the registry is down); ready.
         if self.provider:
             self.warming.restart()  # a new registration warms up anew: the app may be cold
-            await self._retry("register", self._register_now)
+            await self.registry_calls.retry("register", self._register_now)
             await self.publish_weight()  # an override set while starting (weight 0, say)
             log.info("online: %s registered as %s", self.settings.service, self.settings.instance_id)
         warming = self.warmup.window > 0 and self.provider
@@ -242,13 +239,12 @@ class Lifecycle:
                     await self._registry.register(self._instance(self._start_ms))  # the metadata changed
                 await self._registry.set_weight(self.settings.instance_id, wanted[0])
             except RegistryClosed:
-                raise  # as in _retry: no later try can help
+                raise  # as in RegistryCalls.retry: no later try can help
             except RegistryError as exc:
-                self._registry_failed("set_weight", exc)
+                self.registry_calls.failed("set_weight", exc)
                 return False
             self._published = wanted
-            self.registry_error = None
-            self._metrics.registry_ops.labels("set_weight").inc()
+            self.registry_calls.succeeded("set_weight")
             self._metrics.weight.set(wanted[0])
             return True
 
@@ -269,7 +265,9 @@ class Lifecycle:
         #    node removed; SQLite: the row marked offline), still kept alive; the next register
         #    call brings it back. Retried while the registry is down, before any such call.
         offline = partial(self._registry.set_offline, self.settings.instance_id)
-        taking_out = self._retry("set_offline", offline) if self._register_attempted else _done()
+        taking_out = (
+            self.registry_calls.retry("set_offline", offline) if self._register_attempted else _done()
+        )
         # 3. Notify every consumer that called recently, in parallel. Awaited: a notice that
         #    came after the next registration would drop the restarted instance.
         notice = OfflineNotice(self.settings.service, self.settings.instance_id, str(self.settings.advertise))
@@ -354,7 +352,7 @@ class Lifecycle:
             await self._registry.set_offline(self.settings.instance_id)
             await self._registry.deregister(self.settings.instance_id)
 
-        if not await _within(self._retry("deregister", take_out), deadline):
+        if not await _within(self.registry_calls.retry("deregister", take_out), deadline):
             return False
         self.registered = False
         self._metrics.weight.set(0)
@@ -371,34 +369,9 @@ class Lifecycle:
 
     # --- shared helpers
 
-    async def _retry(self, op: str, call: Callable[[], Awaitable[None]]) -> bool:
-        """Call until it succeeds (then True); registry errors are recorded and retried, but for
-        a closed registry, which no retry can help (a bug in the order of shutdown: raised)."""
-        pause = BACKOFF_FIRST_SECONDS
-        while True:
-            try:
-                await call()
-            except RegistryClosed:
-                raise
-            except RegistryError as exc:
-                self._registry_failed(op, exc)
-            else:
-                self.registry_error = None
-                self._metrics.registry_ops.labels(op).inc()
-                return True
-            await asyncio.sleep(pause * random.uniform(0.8, 1.2))  # jitter spreads a fleet's retries
-            pause = min(pause * 2, BACKOFF_MAX_SECONDS)
-
     def _count_notifications(self, sent: list[bool]) -> None:
         self._metrics.notifications.labels("ok").inc(sum(sent))
         self._metrics.notifications.labels("failed").inc(len(sent) - sum(sent))
-
-    def _registry_failed(self, op: str, exc: RegistryError) -> None:
-        # The adapter's message says where, why and its own operation: "consul at
-        # 127.0.0.1:8501: connection refused (register)"; `op` is the metrics label and the log's.
-        self.registry_error = str(exc)
-        self._metrics.registry_errors.labels(op).inc()
-        log.warning("registry %s failed: %s", op, exc)
 
     def _set_phase(self, phase: str) -> None:
         if phase != self.phase:
