@@ -74,6 +74,7 @@ def post_after_idle(base_url: str, app: RawApp, timeout: int) -> list[int]:
 def test_provider_opens_a_new_app_connection_before_the_app_closes_the_idle_one(
     tmp_path: Path, closer: tuple[RawApp, int]
 ) -> None:
+    """A POST after the app connection idled past the app's timeout goes on a new connection."""
     app, timeout = closer
     registry = f"sqlite://{tmp_path / 'r.db'}"
     with sidecar_in_front(tmp_path, registry, app.url, "--app-health", "") as car:
@@ -87,6 +88,7 @@ def test_provider_opens_a_new_app_connection_before_the_app_closes_the_idle_one(
 def test_consumer_opens_a_new_instance_connection_before_the_instance_closes_the_idle_one(
     tmp_path: Path, closer: tuple[RawApp, int]
 ) -> None:
+    """The same on a consumer's connection to an instance (one registered without a sidecar)."""
     app, timeout = closer
     registry = f"sqlite://{tmp_path / 'registry.db'}"
     with HandProviders(tmp_path / "registry.db") as hand:

@@ -1,10 +1,11 @@
 """HTTP/2 with prior knowledge (h2c) on both listeners and to origins that speak it.
 
-connection  one HTTP/2 connection on h2's state machine: windows, writes, the bounds
-stream      one stream, as either end sees it: what the peer sent on it, as it arrives
-server      client connections: streams handed to the policy, the two-step GOAWAY drain,
-            the limits on streams, resets and empty frames
-client      connections to h2c origins (apps, provider sidecars), a few per origin
-exchange    a stream as the policy sees it (the same interface as an HTTP/1.1 request)
-translate   HTTP/1.1 <-> HTTP/2, for an origin that speaks the other one
+connection     one HTTP/2 connection on h2's state machine: windows, writes, the bounds
+field_encoder  HPACK without a dynamic table: each field's representation made once and kept
+stream         one stream, as either end sees it: what the peer sent on it, as it arrives
+server         client connections: streams handed to the policy, the two-step GOAWAY drain,
+               the limits on streams, resets and empty frames
+client         connections to h2c origins (apps, provider sidecars), a few per origin
+exchange       a stream as the policy sees it (the same interface as an HTTP/1.1 request)
+translate      HTTP/1.1 <-> HTTP/2, for an origin that speaks the other one
 """

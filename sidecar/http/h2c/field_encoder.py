@@ -1,0 +1,102 @@
+"""HPACK without a dynamic table: how the sidecar encodes the header blocks it sends (RFC 7541).
+
+h2's own encoder (hpack.Encoder) indexes fields in a dynamic table it keeps per connection, and
+encoding was among the largest items of a profile of the relay. An encoder that never indexes is
+a pure function of each field, so a field's representation is computed once and kept: a header
+block is then a join of cached pieces. Each is the static table's index when the field is there
+whole, its name's index and the value as a literal when only the name is, else both literal;
+literals are not Huffman-coded. A field the peer marked never-indexed (hpack's
+NeverIndexedHeaderTuple, relayed as it came) stays so. The first block on a connection, and the
+first after the peer changed its SETTINGS_HEADER_TABLE_SIZE, starts with a dynamic table size
+update to 0, so the peer's decoder holds nothing for this connection either.
+
+Measured beside hpack.Encoder (a gRPC call's request, response and trailers, 2026-12-07): 3.4 us
+of CPU to encode instead of 53, and hpack (h2's decoder, so a provider sidecar reading what its
+consumer sidecar sends) decodes a request in 36 us instead of 45 for hpack's own indexed block
+and 104 for a Huffman-coded one: Huffman decoding in Python costs more than the bytes it saves
+between two sidecars. The cost is bytes: a field sent on every request of a connection is sent
+whole each time, about 190 bytes for a gRPC request's block instead of 9 with a dynamic table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from hpack.table import HeaderTable
+
+# Representations kept, at most (a distinct value, say a request id, is encoded and not kept).
+CACHE_ENTRIES = 4096
+CACHE_BYTES = 256  # longer representations are not kept
+SIZE_UPDATE_TO_0 = b"\x20"  # RFC 7541 section 6.3, the integer 0 on 5 bits
+
+_WHOLE: dict[tuple[bytes, bytes], int] = {}
+_NAME: dict[bytes, int] = {}
+for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
+    _WHOLE.setdefault((_name, _value), _index)
+    _NAME.setdefault(_name, _index)
+
+_cache: dict[Any, bytes] = {}
+
+
+def _integer(value: int, prefix_bits: int, flags: int) -> bytes:
+    """RFC 7541 section 5.1."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((flags | value,))
+    out = bytearray((flags | limit,))
+    value -= limit
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _literal(data: bytes) -> bytes:
+    """RFC 7541 section 5.2, not Huffman-coded."""
+    return _integer(len(data), 7, 0) + data
+
+
+def representation(name: bytes, value: bytes, never_indexed: bool = False) -> bytes:
+    """One field as a header block carries it without touching a dynamic table (section 6)."""
+    if not never_indexed and (whole := _WHOLE.get((name, value))) is not None:
+        return _integer(whole, 7, 0x80)  # 6.1, indexed
+    flags = 0x10 if never_indexed else 0x00  # 6.2.3 never indexed, 6.2.2 without indexing
+    if (named := _NAME.get(name)) is not None:
+        return _integer(named, 4, flags) + _literal(value)
+    return bytes((flags,)) + _literal(name) + _literal(value)
+
+
+class FieldEncoder:
+    """What h2 asks of its encoder (`encode`, and `header_table_size` set when the peer's
+    SETTINGS_HEADER_TABLE_SIZE changes), for one connection."""
+
+    def __init__(self) -> None:
+        self._update = True  # the next block starts with a table size update to 0
+
+    @property
+    def header_table_size(self) -> int:
+        return 0
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self._update = True
+
+    def encode(self, headers: Iterable[tuple[bytes, bytes]], huffman: bool = True) -> bytes:
+        pieces = [SIZE_UPDATE_TO_0] if self._update else []
+        self._update = False
+        cache = _cache
+        for field in headers:
+            # Fields are plain (name, value) tuples, or hpack's tuples as a peer's were decoded,
+            # which compare equal to plain ones but may be never-indexed: kept apart.
+            key: Any = field if type(field) is tuple else (*field, not getattr(field, "indexable", True))
+            piece = cache.get(key)
+            if piece is None:
+                piece = representation(*key)
+                if len(piece) <= CACHE_BYTES:
+                    if len(cache) >= CACHE_ENTRIES:
+                        cache.clear()  # distinct fields cannot grow it, nor pin what it holds
+                    cache[key] = piece
+            pieces.append(piece)
+        return b"".join(pieces)
