@@ -69,8 +69,11 @@ PER_LOAD = 8
 CONCURRENCY = 4 * PER_LOAD  # 2 methods x 2 consumers: 32 in flight
 PROVIDER_ARGS = ("--quiet-period", "0.5", "--drain-timeout", "10", "--warmup", "2")
 # Idle keep-alive connections close after 2 s, so that the end of the run, with the load stopped,
-# counts the descriptors a sidecar keeps, not the pooled connections of the last burst.
+# counts the descriptors a sidecar keeps, not the pooled connections of the last burst. The load's
+# clients reuse an idle connection for 1 s at most, as the consumers' `Keep-Alive: timeout=2`
+# asks (httpx reads no Keep-Alive line; its default is 5 s, which would race the consumer's close).
 IDLE_ARGS = ("--idle-timeout", "2")
+CLIENT_KEEPALIVE_S = 1.0
 IDLE_WAIT_S = 4.0
 MIN_AGE_S = 10.0  # a sidecar younger than this at the baseline is still filling its pools
 ACTIONS = ["roll", "consul", "crash", "roll", "app-kill", "consumer-restart", "roll", "slow", "frozen"]
@@ -229,7 +232,7 @@ class Soak:
         # The soak classifies failures by what they said; its clients pause on a refused port.
         loads = [
             LoadGenerator(self.consumers[c].url, PER_LOAD, WORK_MS, m, name=f"{c}-{m}", failure_text=160,
-                          refused_pause=0.05)
+                          refused_pause=0.05, keepalive_expiry=CLIENT_KEEPALIVE_S)
             for c in "AB" for m in ("POST", "GET")
         ]  # fmt: skip
         for load in loads:

@@ -40,7 +40,10 @@ class Sample:
 class LoadGenerator:
     """`failure_text`: how much of a failed response's body to keep in `Sample.error` (the soak
     classifies failures by what they said). `refused_pause`: how long a client waits after a
-    refused connection before its next request (0: at once)."""
+    refused connection before its next request (0: at once). `keepalive_expiry`: how long an idle
+    connection is reused (httpx's default; a client pooling connections to a sidecar whose
+    --idle-timeout is shorter must reuse them for less, as the sidecar's `Keep-Alive: timeout=N`
+    says, or a request can go out on a connection the sidecar is closing)."""
 
     def __init__(
         self,
@@ -52,6 +55,7 @@ class LoadGenerator:
         name: str = "load",
         failure_text: int = 0,
         refused_pause: float = 0.0,
+        keepalive_expiry: float = 5.0,
     ) -> None:
         self.url = url.rstrip("/") + "/work"
         self.concurrency = concurrency
@@ -60,6 +64,7 @@ class LoadGenerator:
         self.name = name
         self.failure_text = failure_text
         self.refused_pause = refused_pause
+        self.keepalive_expiry = keepalive_expiry
         self.samples: list[Sample] = []
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -88,7 +93,9 @@ class LoadGenerator:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         limits = httpx.Limits(
-            max_connections=self.concurrency * 2, max_keepalive_connections=self.concurrency
+            max_connections=self.concurrency * 2,
+            max_keepalive_connections=self.concurrency,
+            keepalive_expiry=self.keepalive_expiry,
         )
         async with httpx.AsyncClient(timeout=60, limits=limits, trust_env=False) as client:
             self._started.set()
