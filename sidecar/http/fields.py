@@ -4,9 +4,9 @@ The parser callbacks add each line here, and on the way the few that decide what
 with the message are noted: the transfer codings and Content-Length (framing), the options of
 every `Connection` line (RFC 9110 section 7.6.1: each line counts, and what they name is
 hop-by-hop), Host, `Keep-Alive` (how long an origin keeps an idle connection), and the sidecar's
-own marks (`X-Sidecar-*`, which an app may not set). So
-nothing walks the head a second time to find them, and the head is bounded while it arrives:
-its bytes (request heads and trailers together: 64 KiB) and, for responses, its lines.
+own marks (`X-Sidecar-*`, which an app may not set). So nothing walks the head a second time to
+find them, and the head is bounded while it arrives: its bytes (request heads and trailers
+together: 64 KiB) and, for responses, its lines.
 
 `BadMessage` is the one error of a message the core will not pass on, raised from a parser
 callback and mapped to its status where the parser's error is caught: h11's shape.

@@ -1,5 +1,5 @@
-"""Keep-alive connections per origin (the app, or each provider instance), lent to one request at a
-time.
+"""Keep-alive connections per origin (the app, or each provider instance), lent to one request
+at a time.
 
 `Pool.request()` sends a request on an idle pooled connection or a new one; `response()` awaits
 its head; `release()` takes the connection back once its response is over, if both sides keep it
