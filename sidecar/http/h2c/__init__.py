@@ -1,7 +1,7 @@
 """HTTP/2 with prior knowledge (h2c) on both listeners and to origins that speak it.
 
 connection     one HTTP/2 connection on h2's state machine: windows, writes, the bounds
-field_encoder  HPACK without a dynamic table: each field's representation made once and kept
+header_blocks  HPACK as the sidecar speaks it: no dynamic table, fields and blocks coded once
 stream         one stream, as either end sees it: what the peer sent on it, as it arrives
 server         client connections: streams handed to the policy, the two-step GOAWAY drain,
                the limits on streams, resets and empty frames

@@ -30,7 +30,7 @@ from hyperframe.frame import Frame, GoAwayFrame
 
 from sidecar.http.deadline import Deadline
 from sidecar.http.flow import HIGH_WATER
-from sidecar.http.h2c.field_encoder import FieldEncoder
+from sidecar.http.h2c.header_blocks import BlockDecoder, FieldEncoder
 from sidecar.http.h2c.stream import Headers, Stream, StreamGone, error_code
 
 log = logging.getLogger("sidecar.http")
@@ -81,6 +81,7 @@ class H2Endpoint(asyncio.Protocol):
         )
         self.h2 = self.state_class(config=config)
         self.h2.encoder = FieldEncoder()  # type: ignore[assignment]  # h2's interface, no dynamic table
+        self.h2.decoder = BlockDecoder(self.h2.decoder.max_header_list_size)
         self.h2.local_settings = h2.settings.Settings(
             client=self.client_side,
             initial_values={

@@ -1,21 +1,28 @@
-"""HPACK without a dynamic table: how the sidecar encodes the header blocks it sends (RFC 7541).
+"""HPACK as the sidecar speaks it (RFC 7541): the header blocks it sends, without a dynamic
+table, and those it reads, decoded once per distinct block when no table can stand behind them.
 
-h2's own encoder (hpack.Encoder) indexes fields in a dynamic table it keeps per connection, and
-encoding was among the largest items of a profile of the relay. An encoder that never indexes is
-a pure function of each field, so a field's representation is computed once and kept: a header
-block is then a join of cached pieces. Each is the static table's index when the field is there
-whole, its name's index and the value as a literal when only the name is, else both literal;
-literals are not Huffman-coded. A field the peer marked never-indexed (hpack's
+Encoding. h2's own encoder (hpack.Encoder) indexes fields in a dynamic table it keeps per
+connection, and encoding was among the largest items of a profile of the relay. An encoder that
+never indexes is a pure function of each field, so a field's representation is computed once and
+kept: a header block is then a join of cached pieces. Each is the static table's index when the
+field is there whole, its name's index and the value as a literal when only the name is, else
+both literal; literals are not Huffman-coded. A field the peer marked never-indexed (hpack's
 NeverIndexedHeaderTuple, relayed as it came) stays so. The first block on a connection, and the
 first after the peer changed its SETTINGS_HEADER_TABLE_SIZE, starts with a dynamic table size
 update to 0, so the peer's decoder holds nothing for this connection either.
 
-Measured beside hpack.Encoder (a gRPC call's request, response and trailers, 2026-12-07): 3.4 us
-of CPU to encode instead of 53, and hpack (h2's decoder, so a provider sidecar reading what its
-consumer sidecar sends) decodes a request in 36 us instead of 45 for hpack's own indexed block
-and 104 for a Huffman-coded one: Huffman decoding in Python costs more than the bytes it saves
-between two sidecars. The cost is bytes: a field sent on every request of a connection is sent
-whole each time, about 190 bytes for a gRPC request's block instead of 9 with a dynamic table.
+Decoding. Once a peer's encoder has set its table to 0 (another sidecar's does, with its first
+block), a block means the same on any connection whatever came before it: `BlockDecoder` then
+decodes each distinct block once and finds it by its bytes afterwards, in a bounded cache shared
+by all connections. From a peer that keeps a table (a gRPC library, h2load), every block is
+decoded as h2 would, the cache untouched: the same bytes may mean other fields there.
+
+Measured beside hpack (a gRPC call's request, response and trailers, bench/header_blocks.py,
+2026-12-07): 2-3 us of CPU to encode instead of 51-56, and hpack decodes these blocks as fast as
+its own indexed ones (Huffman decoding in Python costs more than the bytes it saves between two
+sidecars); a block found in the cache costs under a microsecond. The cost is bytes: a field sent
+on every request of a connection is sent whole each time, about 190 bytes for a gRPC request's
+block instead of 9 with a dynamic table.
 """
 
 from __future__ import annotations
@@ -23,11 +30,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from hpack import Decoder, HeaderTuple
 from hpack.table import HeaderTable
 
 # Representations kept, at most (a distinct value, say a request id, is encoded and not kept).
 CACHE_ENTRIES = 4096
 CACHE_BYTES = 256  # longer representations are not kept
+# Decoded blocks kept, at most, and the longest kept (a request's block is 100-300 bytes).
+DECODED_ENTRIES = 4096
+DECODED_BYTES = 1024
 SIZE_UPDATE_TO_0 = b"\x20"  # RFC 7541 section 6.3, the integer 0 on 5 bits
 
 _WHOLE: dict[tuple[bytes, bytes], int] = {}
@@ -37,6 +48,7 @@ for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
     _NAME.setdefault(_name, _index)
 
 _cache: dict[Any, bytes] = {}
+_decoded: dict[bytes, tuple[HeaderTuple, ...]] = {}
 
 
 def _integer(value: int, prefix_bits: int, flags: int) -> bytes:
@@ -100,3 +112,23 @@ class FieldEncoder:
                     cache[key] = piece
             pieces.append(piece)
         return b"".join(pieces)
+
+
+class BlockDecoder(Decoder):
+    """h2's decoder (hpack.Decoder), with the blocks that cannot depend on a dynamic table found
+    by their bytes: the peer's table was 0 before the block and still is after it (a block that
+    sets it otherwise is decoded, and not kept)."""
+
+    def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:
+        if not raw or self.header_table.maxsize != 0:
+            return list(super().decode(data, raw))
+        block = bytes(data)
+        found = _decoded.get(block)
+        if found is not None:
+            return list(found)
+        headers = list(super().decode(block, raw))
+        if self.header_table.maxsize == 0 and len(block) <= DECODED_BYTES:
+            if len(_decoded) >= DECODED_ENTRIES:
+                _decoded.clear()  # distinct blocks cannot grow it, nor pin what it holds
+            _decoded[block] = tuple(headers)
+        return headers
