@@ -101,8 +101,9 @@ def test_consumer_opens_a_new_instance_connection_before_the_instance_closes_the
 
 
 async def test_sidecar_announces_its_idle_timeout(tmp_path: Path) -> None:
-    """Every keep-alive response says `Keep-Alive: timeout=` --idle-timeout; one that ends its
-    connection says `Connection: close` instead."""
+    """Every keep-alive response says `Keep-Alive: timeout=` --idle-timeout (and, to an HTTP/1.0
+    client that asked for keep-alive, `Connection: keep-alive`); one that ends its connection
+    says `Connection: close` instead."""
     registry = f"sqlite://{tmp_path / 'r.db'}"
     with (
         RawApp({}, default=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as app,
@@ -113,5 +114,18 @@ async def test_sidecar_announces_its_idle_timeout(tmp_path: Path) -> None:
             kept = await conn.response("GET")
             await conn.send(request("GET", "/b", headers=[("Connection", "close")]))
             last = await conn.response("GET")
+        async with await RawConnection.open(port_of(car)) as conn:
+            http10 = b"GET /c HTTP/1.0\r\nHost: sidecar.test\r\nConnection: keep-alive\r\n\r\n"
+            await conn.send(http10)
+            first = await conn.response("GET")
+            await conn.send(http10.replace(b"/c", b"/d"))  # on the same connection: it was kept
+            second = await conn.response("GET")
     assert (kept.status, kept.header("Keep-Alive"), kept.closing) == (200, "timeout=7", False)
     assert (last.status, last.header("Keep-Alive"), last.closing) == (200, None, True)
+    for response in (first, second):
+        assert (response.status, response.header("Connection"), response.header("Keep-Alive")) == (
+            200,
+            "keep-alive",
+            "timeout=7",
+        )
+    assert [received.path for received in app.received] == ["/a", "/b", "/c", "/d"]

@@ -264,11 +264,15 @@ class Exchange:
         it (`close`, or the client, an unread request body or a server that stopped listening
         says so; `close_after` is then set), else `Keep-Alive: timeout=N` with --idle-timeout,
         so that a client pooling the connection stops reusing it before the sidecar closes it
-        (a consumer sidecar does: sidecar.http.client)."""
+        (a consumer sidecar does: sidecar.http.client). An HTTP/1.0 client that asked for
+        keep-alive is told `Connection: keep-alive`: without it, it takes the connection for
+        closed after the response (RFC 9112 appendix C.2.2)."""
         server = self.connection.server
         if close or not self.head.keep_alive or not self.body_complete or server.stopping:
             self.close_after = True
             return [(b"Connection", b"close")]
+        if self.head.version == "1.0":
+            return [(b"Connection", b"keep-alive"), (b"Keep-Alive", server.keep_alive)]
         return [(b"Keep-Alive", server.keep_alive)]
 
     # --- local answers
