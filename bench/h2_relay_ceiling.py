@@ -16,6 +16,10 @@ connection to the app per client connection (so stream ids need no rewriting) an
   frames+table0 the same, but both peers asked for SETTINGS_HEADER_TABLE_SIZE 0 (the issue's
                 sketch), so that a block decodes alike on any connection: each distinct block is
                 decoded once and then found by its bytes (a bounded cache)
+  table0+policy and the provider's work per stream, as plain Python: in flight from the request's
+                HEADERS to the response's END_STREAM (a dict), the caller's X-Sidecar-Consumer
+                looked up and remembered, the response's status read, a Prometheus counter
+                incremented by status, the latency kept for the warmup
 
 h2load (1 thread, 32 connections, 1 and 10 streams each) against nghttpd's 6-byte file: alone,
 through nghttpx (C, 1 worker), through each relay, and through the provider sidecar; streams/s,
@@ -29,6 +33,8 @@ import argparse
 import asyncio
 import contextlib
 import sys
+import time
+from collections import deque
 from pathlib import Path
 
 from benchcommon import cpu_seconds, header, logs_on_failure, run, workdir
@@ -42,9 +48,10 @@ from sidecar.demo.ports import free_port
 from sidecar.demo.processes import wait_for
 from tests.support.nghttpd import Nghttpd
 
-MODES = ("splice", "frames", "frames+hpack", "frames+table0")
+MODES = ("splice", "frames", "frames+hpack", "frames+table0", "table0+policy")
+TABLE0 = ("frames+table0", "table0+policy")
 CASES = (("32x1", 1), ("32x10", 10))
-HEADERS, SETTINGS = 0x1, 0x4
+DATA, HEADERS, SETTINGS = 0x0, 0x1, 0x4
 END_STREAM, ACK, PADDED, PRIORITY = 0x1, 0x1, 0x8, 0x20
 HEADER_TABLE_SIZE_0 = b"\x00\x01\x00\x00\x00\x00"  # SETTINGS_HEADER_TABLE_SIZE = 0
 DECODED_ENTRIES = 1024
@@ -53,16 +60,28 @@ DECODED_ENTRIES = 1024
 # --- the relays (run as `h2_relay_ceiling.py --relay MODE --listen PORT --app PORT`)
 
 
+class Policy:
+    """The provider's bookkeeping, shared by all connections: consumers seen, requests counted by
+    status (prometheus_client, as the sidecar's metrics), latencies kept for the warmup."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter
+
+        self.consumers: dict[bytes, float] = {}
+        self.requests = Counter("requests", "by status", ["status"], registry=CollectorRegistry())
+        self.latencies: deque[float] = deque(maxlen=1000)
+
+
 class Half(asyncio.Protocol):
     """One side of a relayed connection: what it reads goes on to its peer. In the frame modes,
-    only whole frames go on (a partial one waits for the rest); in frames+table0 each peer's
+    only whole frames go on (a partial one waits for the rest); in the table0 modes each peer's
     SETTINGS is sent on with SETTINGS_HEADER_TABLE_SIZE 0 appended (the last value counts, RFC
     9113 section 6.5), so that both encoders drop their dynamic table and a header block decodes
     the same whatever came before: decoded once, then found by its bytes."""
 
     decoded: dict[bytes, list[tuple[bytes, bytes]]] = {}  # frames+table0, across connections
 
-    def __init__(self, mode: str, skip: int = 0) -> None:
+    def __init__(self, mode: str, skip: int = 0, policy: Policy | None = None) -> None:
         self.mode = mode
         self.peer: Half | None = None
         self.transport: asyncio.Transport | None = None
@@ -70,8 +89,11 @@ class Half(asyncio.Protocol):
         self.buffer = b""
         self.skip = skip  # bytes before the first frame (the client's connection preface)
         self.streams = 0
+        self.policy = policy  # table0+policy: the client's side only
+        self.inflight: dict[int, float] = {}  # table0+policy: shared by both sides of a connection
+        self.status: dict[int, bytes] = {}  # the app's side: each stream's :status, till its end
         self.decoder = None
-        if mode in ("frames+hpack", "frames+table0"):
+        if mode in ("frames+hpack", *TABLE0):
             import hpack
 
             self.decoder = hpack.Decoder()
@@ -106,8 +128,13 @@ class Half(asyncio.Protocol):
                         block = block[1 : len(block) - block[0]]
                     if flags & PRIORITY:
                         block = block[5:]
-                    self.decode(block)
-            elif kind == SETTINGS and not flags & ACK and self.mode == "frames+table0":
+                    headers = self.decode(block)
+                    if self.mode == "table0+policy":
+                        stream = int.from_bytes(buffer[at + 5 : at + 9], "big") & 0x7FFFFFFF
+                        self.on_headers(stream, headers, flags & END_STREAM)
+            elif kind == DATA and flags & END_STREAM and self.mode == "table0+policy":
+                self.on_end(int.from_bytes(buffer[at + 5 : at + 9], "big") & 0x7FFFFFFF)
+            elif kind == SETTINGS and not flags & ACK and self.mode in TABLE0:
                 rewritten += [buffer[start:at], (length + 6).to_bytes(3, "big"), buffer[at + 3 : end]]
                 rewritten.append(HEADER_TABLE_SIZE_0)
                 start = end
@@ -117,16 +144,40 @@ class Half(asyncio.Protocol):
             return b"".join([*rewritten, buffer[start:at]])
         return buffer[:at]
 
-    def decode(self, block: bytes) -> None:
+    def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         assert self.decoder is not None
-        stateless = self.mode == "frames+table0" and self.decoder.header_table_size == 0
-        if stateless and block in self.decoded:
-            return
-        headers = self.decoder.decode(block, raw=True)
+        stateless = self.mode in TABLE0 and self.decoder.header_table_size == 0
+        if stateless and (found := self.decoded.get(block)) is not None:
+            return found
+        headers: list[tuple[bytes, bytes]] = self.decoder.decode(block, raw=True)
         if stateless and self.decoder.header_table_size == 0:
             if len(self.decoded) >= DECODED_ENTRIES:
                 self.decoded.clear()
             self.decoded[block] = headers
+        return headers
+
+    def on_headers(self, stream: int, headers: list[tuple[bytes, bytes]], ended: int) -> None:
+        """A request's HEADERS (client side) opens the stream in flight; a response's (app side)
+        carries its status, and ends it with END_STREAM (a trailers-only answer, or trailers)."""
+        if self.policy is not None:  # the client's side: a request
+            self.inflight[stream] = time.monotonic()
+            for name, value in headers:
+                if name == b"x-sidecar-consumer":
+                    self.policy.consumers[value] = time.monotonic()
+            return
+        for name, value in headers:
+            if name == b":status":
+                self.status[stream] = value
+        if ended:
+            self.on_end(stream)
+
+    def on_end(self, stream: int) -> None:
+        """The response's END_STREAM, from the app: the stream is no longer in flight."""
+        started = self.inflight.pop(stream, None)
+        if started is not None and self.peer is not None and self.peer.policy is not None:
+            policy = self.peer.policy
+            policy.requests.labels(self.status.pop(stream, b"").decode()).inc()
+            policy.latencies.append(time.monotonic() - started)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None and self.peer.transport is not None:
@@ -138,15 +189,20 @@ async def relay(mode: str, listen: int, app: int) -> None:
 
     connecting: set[asyncio.Task[None]] = set()
 
+    policy = Policy() if mode == "table0+policy" else None
+
     def client_side() -> Half:
-        client = Half(mode, skip=24)  # the connection preface comes before the first frame
+        client = Half(mode, skip=24, policy=policy)  # the preface comes before the first frame
 
         async def connect() -> None:
             _, upstream = await loop.create_connection(lambda: Half(mode), "127.0.0.1", app)
             upstream.peer, client.peer = client, upstream
-            for piece in client.pending:
-                upstream.transport.write(piece)  # type: ignore[union-attr]
-            client.pending.clear()
+            upstream.inflight = client.inflight
+            # What either side read before they were linked (the app may speak first).
+            for source, sink in ((client, upstream), (upstream, client)):
+                for piece in source.pending:
+                    sink.transport.write(piece)  # type: ignore[union-attr]
+                source.pending.clear()
 
         task = loop.create_task(connect())
         connecting.add(task)
