@@ -5,8 +5,8 @@ beside nghttpx in one run.
 
 The sidecar's HTTP/2 path runs on the `h2` state machine; the issue sketches a frame-level relay
 instead (frame heads read, header blocks decoded only where needed). Before building one, this
-measures what such relays cost at their least, as three throwaway relays on uvloop, each with one
-connection to the app per client connection (so stream ids need no rewriting) and nothing else:
+measures what such relays cost at their least, as five throwaway relays on uvloop, each with one
+connection to the app per client connection (so stream ids need no rewriting) and no checks:
 
   splice        the bytes passed on as they come: a TCP proxy, the ceiling of any Python relay
   frames        the same, but every frame's 9-byte head read, partial frames kept across reads,
@@ -22,9 +22,9 @@ connection to the app per client connection (so stream ids need no rewriting) an
                 incremented by status, the latency kept for the warmup
 
 h2load (1 thread, 32 connections, 1 and 10 streams each) against nghttpd's 6-byte file: alone,
-through nghttpx (C, 1 worker), through each relay, and through the provider sidecar; streams/s,
-p50/p99 as in bench/http2_overhead.py, CPU s per 1,000 streams of the proxy process. Every
-process is started by this run and stopped by pid when it ends.
+through nghttpx (C, 1 worker), through each relay, and through the provider sidecar; streams/s
+(the 2xx answers) and CPU s per 1,000 streams of the proxy's processes. Every process is started
+by this run and stopped by pid when it ends.
 """
 
 from __future__ import annotations
@@ -186,9 +186,7 @@ class Half(asyncio.Protocol):
 
 async def relay(mode: str, listen: int, app: int) -> None:
     loop = asyncio.get_running_loop()
-
     connecting: set[asyncio.Task[None]] = set()
-
     policy = Policy() if mode == "table0+policy" else None
 
     def client_side() -> Half:
