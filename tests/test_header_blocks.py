@@ -59,8 +59,6 @@ def test_a_settings_change_brings_the_size_update_again() -> None:
 
 def test_distinct_values_do_not_grow_the_cache_past_its_bound() -> None:
     """Ever new values (request ids) leave the cache within CACHE_ENTRIES."""
-    from sidecar.http.h2c import header_blocks
-
     encoder = FieldEncoder()
     for serial in range(CACHE_ENTRIES * 2 + 5):
         encoder.encode([(b"x-request-id", b"%d" % serial)])
