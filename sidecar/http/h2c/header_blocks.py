@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from hpack import Decoder, HeaderTuple
+from hpack.hpack import encode_integer
 from hpack.table import HeaderTable
 
 # Representations kept, at most (a distinct value, say a request id, is encoded and not kept).
@@ -52,17 +53,10 @@ _decoded: dict[bytes, tuple[HeaderTuple, ...]] = {}
 
 
 def _integer(value: int, prefix_bits: int, flags: int) -> bytes:
-    """RFC 7541 section 5.1."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((flags | value,))
-    out = bytearray((flags | limit,))
-    value -= limit
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    """RFC 7541 section 5.1 (hpack's encoding), with the representation's flags in the prefix."""
+    encoded = encode_integer(value, prefix_bits)
+    encoded[0] |= flags
+    return bytes(encoded)
 
 
 def _literal(data: bytes) -> bytes:
