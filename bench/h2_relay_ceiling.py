@@ -15,7 +15,7 @@ connection to the app per client connection (so stream ids need no rewriting) an
                 routing and counting gRPC statuses need (h2load and nghttpd send no CONTINUATION)
   frames+table0 the same, but both peers asked for SETTINGS_HEADER_TABLE_SIZE 0 (the issue's
                 sketch), so that a block decodes alike on any connection: each distinct block is
-                decoded once and then found by its bytes (a bounded cache)
+                decoded once and then found by its bytes (the sidecar's BlockDecoder)
   table0+policy and the provider's work per stream, as plain Python: in flight from the request's
                 HEADERS to the response's END_STREAM (a dict), the caller's X-Sidecar-Consumer
                 looked up and remembered, the response's status read, a Prometheus counter
@@ -37,6 +37,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+import hpack
 from benchcommon import cpu_seconds, header, logs_on_failure, run, workdir
 from http2_overhead import H2LOAD, NGHTTPX, SMALL_FILE, answers_one, h2load, start_nghttpx, tool
 from proxy_overhead import children, spawn
@@ -46,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sidecar.demo.fleet import sidecar_argv
 from sidecar.demo.ports import free_port
 from sidecar.demo.processes import wait_for
+from sidecar.http.h2c.header_blocks import BlockDecoder
 from tests.support.nghttpd import Nghttpd
 
 MODES = ("splice", "frames", "frames+hpack", "frames+table0", "table0+policy")
@@ -54,7 +56,6 @@ CASES = (("32x1", 1), ("32x10", 10))
 DATA, HEADERS, SETTINGS = 0x0, 0x1, 0x4
 END_STREAM, ACK, PADDED, PRIORITY = 0x1, 0x1, 0x8, 0x20
 HEADER_TABLE_SIZE_0 = b"\x00\x01\x00\x00\x00\x00"  # SETTINGS_HEADER_TABLE_SIZE = 0
-DECODED_ENTRIES = 1024
 
 
 # --- the relays (run as `h2_relay_ceiling.py --relay MODE --listen PORT --app PORT`)
@@ -77,9 +78,8 @@ class Half(asyncio.Protocol):
     only whole frames go on (a partial one waits for the rest); in the table0 modes each peer's
     SETTINGS is sent on with SETTINGS_HEADER_TABLE_SIZE 0 appended (the last value counts, RFC
     9113 section 6.5), so that both encoders drop their dynamic table and a header block decodes
-    the same whatever came before: decoded once, then found by its bytes."""
-
-    decoded: dict[bytes, list[tuple[bytes, bytes]]] = {}  # frames+table0, across connections
+    the same whatever came before: the sidecar's own BlockDecoder then decodes it once and finds
+    it by its bytes afterwards."""
 
     def __init__(self, mode: str, skip: int = 0, policy: Policy | None = None) -> None:
         self.mode = mode
@@ -92,11 +92,11 @@ class Half(asyncio.Protocol):
         self.policy = policy  # table0+policy: the client's side only
         self.inflight: dict[int, float] = {}  # table0+policy: shared by both sides of a connection
         self.status: dict[int, bytes] = {}  # the app's side: each stream's :status, till its end
-        self.decoder = None
-        if mode in ("frames+hpack", *TABLE0):
-            import hpack
-
+        self.decoder: hpack.Decoder | None = None
+        if mode == "frames+hpack":
             self.decoder = hpack.Decoder()
+        elif mode in TABLE0:
+            self.decoder = BlockDecoder()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -128,7 +128,7 @@ class Half(asyncio.Protocol):
                         block = block[1 : len(block) - block[0]]
                     if flags & PRIORITY:
                         block = block[5:]
-                    headers = self.decode(block)
+                    headers = self.decoder.decode(block, raw=True)
                     if self.mode == "table0+policy":
                         stream = int.from_bytes(buffer[at + 5 : at + 9], "big") & 0x7FFFFFFF
                         self.on_headers(stream, headers, flags & END_STREAM)
@@ -143,18 +143,6 @@ class Half(asyncio.Protocol):
         if rewritten:
             return b"".join([*rewritten, buffer[start:at]])
         return buffer[:at]
-
-    def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        assert self.decoder is not None
-        stateless = self.mode in TABLE0 and self.decoder.header_table_size == 0
-        if stateless and (found := self.decoded.get(block)) is not None:
-            return found
-        headers: list[tuple[bytes, bytes]] = self.decoder.decode(block, raw=True)
-        if stateless and self.decoder.header_table_size == 0:
-            if len(self.decoded) >= DECODED_ENTRIES:
-                self.decoded.clear()
-            self.decoded[block] = headers
-        return headers
 
     def on_headers(self, stream: int, headers: list[tuple[bytes, bytes]], ended: int) -> None:
         """A request's HEADERS (client side) opens the stream in flight; a response's (app side)
