@@ -48,7 +48,8 @@ import httptools
 from sidecar.http.exchange import Exchange
 from sidecar.http.fields import MAX_UNPARSED_BYTES, FieldReader
 from sidecar.http.flow import Endpoint
-from sidecar.http.h2c.server import PREFACE, H2ServerConnection
+from sidecar.http.h2c.frames import PREFACE
+from sidecar.http.h2c.server import H2ServerConnection
 from sidecar.http.head import serialize, status_line
 from sidecar.http.request_head import framing_only, read_request_head, refusal, request_parser
 

@@ -15,12 +15,12 @@ import contextlib
 import logging
 from collections import deque
 
-import h2.events
 from h2.errors import ErrorCodes
 
 from sidecar.errors import ConnectFailed, StreamRefused, UpstreamBroken, UpstreamTimeout
 from sidecar.http.client import Origin
 from sidecar.http.h2c.connection import H2Endpoint
+from sidecar.http.h2c.frames import MAX_STREAM_ID
 from sidecar.http.h2c.stream import Headers, Stream, StreamGone
 
 log = logging.getLogger("sidecar.http")
@@ -54,7 +54,7 @@ class H2ClientConnection(H2Endpoint):
 
     @property
     def usable(self) -> bool:
-        limit = self.h2.remote_settings.max_concurrent_streams
+        limit = self.peer_max_streams
         if not self.peer_settings:
             # Unlimited until the origin's SETTINGS say otherwise (RFC 9113 section 6.5.2),
             # but a burst that outruns them would be refused past the origin's own limit.
@@ -62,7 +62,11 @@ class H2ClientConnection(H2Endpoint):
         return not self.closed and self.goaway_last is None and len(self.streams) < limit
 
     def open(self, headers: Headers, end: bool) -> Stream:
-        stream = Stream(self, self.h2.get_next_available_stream_id())
+        stream = Stream(self, self.next_stream_id)
+        self.next_stream_id += 2
+        if self.next_stream_id > MAX_STREAM_ID:
+            self.goaway_last = 0  # stream ids used up: the pool opens another connection
+        stream.head_request = headers[0] == (b":method", b"HEAD")
         self.streams[stream.id] = stream
         self.send_headers(stream, headers, end)
         return stream
@@ -71,14 +75,7 @@ class H2ClientConnection(H2Endpoint):
         super().connection_lost(exc)
         self.pool.forget(self)
 
-    def _on_event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.ResponseReceived):
-            if (stream := self.streams.get(event.stream_id)) is not None:
-                stream.received_headers(list(event.headers), ended=False)
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self._goaway(event.last_stream_id or 0, int(event.error_code or 0))
-
-    def _goaway(self, last: int, code: int) -> None:
+    def _on_goaway(self, last: int, code: int) -> None:
         self.goaway_last = last
         if code != ErrorCodes.NO_ERROR:
             log.info("%s sent GOAWAY (error code %d)", self.origin, code)

@@ -30,14 +30,12 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-import h2.connection
-import h2.events
-import h2.settings
 from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
 
-from sidecar.http.h2c.connection import GracefulState, H2Endpoint
+from sidecar.http.h2c.connection import H2Endpoint
 from sidecar.http.h2c.exchange import StreamExchange, request_head
+from sidecar.http.h2c.frames import MAX_STREAM_ID, Setting, goaway
+from sidecar.http.h2c.header_checks import Malformed, check_request
 from sidecar.http.h2c.stream import Headers, Stream
 
 if TYPE_CHECKING:
@@ -45,8 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sidecar.http")
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-MAX_STREAM_ID = 2**31 - 1
 # Advertised and enforced (with REFUSED_STREAM): what nghttp2 and Envoy default to, about.
 MAX_CONCURRENT_STREAMS = 100
 # Step 2 of the drain comes at the PING's acknowledgement, or after this at the latest (grpc-go
@@ -77,28 +73,8 @@ RESET_BURST, RESET_RATE = 200.0, 100.0
 EMPTY_BURST, EMPTY_RATE = 100.0, 50.0
 
 
-class _ServerState(GracefulState):
-    """h2 ends the whole connection (PROTOCOL_ERROR) when a client opens more streams than
-    SETTINGS_MAX_CONCURRENT_STREAMS; RFC 9113 section 5.1.2 allows REFUSED_STREAM for that
-    stream alone, which a gRPC client retries. So h2's own count never refuses (it still runs:
-    it forgets closed streams), and the server refuses with REFUSED_STREAM itself."""
-
-    @property
-    def open_inbound_streams(self) -> int:
-        super().open_inbound_streams  # noqa: B018 (the property forgets closed streams)
-        return 0
-
-
-def goaway(last_stream_id: int, code: int = ErrorCodes.NO_ERROR) -> bytes:
-    """A GOAWAY that leaves the connection open for the streams at or below `last_stream_id`
-    (h2's own `close_connection` ends the state machine)."""
-    return GoAwayFrame(stream_id=0, last_stream_id=last_stream_id, error_code=code).serialize()
-
-
 class H2ServerConnection(H2Endpoint):
     """One client connection speaking HTTP/2: streams in, handed to the server's handler."""
-
-    state_class = _ServerState
 
     def __init__(self, server: HttpServer, peer: str | None) -> None:
         super().__init__(server.limits.body_timeout)
@@ -113,8 +89,8 @@ class H2ServerConnection(H2Endpoint):
         self._resets = TokenBucket(RESET_BURST, RESET_RATE, now)
         self._empties = TokenBucket(EMPTY_BURST, EMPTY_RATE, now)
 
-    def _settings(self) -> dict[h2.settings.SettingCodes, int]:
-        return {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS}
+    def _settings(self) -> dict[Setting, int]:
+        return {Setting.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -131,20 +107,23 @@ class H2ServerConnection(H2Endpoint):
 
     # --- streams
 
-    def _on_event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.RequestReceived):
-            headers = list(event.headers)
-            self._on_request(event.stream_id, headers, event.stream_ended is not None)
-        elif isinstance(event, h2.events.PingAckReceived):
-            if event.ping_data == self._ping:
-                self._refuse_from_now()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            # The client is going away: what it started still finishes.
-            self.refuse_above = min(self.refuse_above or MAX_STREAM_ID, self.last_accepted)
-            self._close_if_done()
+    def _on_ping_ack(self, data: bytes) -> None:
+        if data == self._ping:
+            self._refuse_from_now()
 
-    def _on_request(self, stream_id: int, headers: Headers, ended: bool) -> None:
+    def _on_goaway(self, last_stream_id: int, code: int) -> None:
+        # The client is going away: what it started still finishes.
+        self.refuse_above = min(self.refuse_above or MAX_STREAM_ID, self.last_accepted)
+        self._close_if_done()
+
+    def _peer_opened(self, stream_id: int, headers: Headers, end: bool) -> None:
         stream = Stream(self, stream_id)
+        try:
+            stream.expected_length = check_request(headers)
+        except Malformed as exc:
+            log.info("HTTP/2 malformed request from %s: %s", self.peer, exc)
+            self.reset(stream, ErrorCodes.PROTOCOL_ERROR)
+            return
         if self.refuse_above is not None and stream_id > self.refuse_above:
             self.reset(stream, ErrorCodes.REFUSED_STREAM)  # drained: it never reaches the app
             return
@@ -153,15 +132,17 @@ class H2ServerConnection(H2Endpoint):
             # both halves ended does not, even if its task is still finishing.
             self.reset(stream, ErrorCodes.REFUSED_STREAM)
             return
-        head = request_head(headers, ended)
-        if head is None:  # h2 checked the pseudo-headers; this is what HTTP/1.1 also refuses
+        head = request_head(headers, end)
+        if head is None:  # a well-formed CONNECT, which the sidecar does not forward
             self.reset(stream, ErrorCodes.PROTOCOL_ERROR)
             return
         self.streams[stream_id] = stream
-        stream.received_headers(headers, ended=False)
+        stream.received_headers(headers)
         self.last_accepted = stream_id
         exchange = StreamExchange(self, stream, head)
         self.tasks[stream_id] = self._loop.create_task(self._run(exchange))
+        if end:
+            self._peer_ended(stream)
 
     async def _run(self, exchange: StreamExchange) -> None:
         try:
@@ -210,7 +191,7 @@ class H2ServerConnection(H2Endpoint):
         self.draining = True
         self.write_raw(goaway(MAX_STREAM_ID))
         self._ping = os.urandom(8)
-        self.h2.ping(self._ping)
+        self.ping(self._ping)
         self.flush()
         self._loop.call_later(GOAWAY_PING_SECONDS, self._refuse_from_now)
 

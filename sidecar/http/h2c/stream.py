@@ -13,6 +13,8 @@ from h2.errors import ErrorCodes
 if TYPE_CHECKING:
     from sidecar.http.h2c.connection import H2Endpoint
 
+STREAM_WINDOW = 256 * 1024  # what this side advertises (SETTINGS_INITIAL_WINDOW_SIZE)
+
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -52,6 +54,14 @@ class Stream:
         self.reset_code: int | None = None  # reset by either side, or its connection lost
         self.sent_end = False  # this side's half is closed
         self.forwarded = False  # a client's stream that went on to the origin (a relay's)
+        # Flow control (sidecar.http.h2c.connection): what this side may still send on it, what
+        # the peer may, and what was written onward but not yet given back.
+        self.send_window = endpoint.peer_initial_window
+        self.recv_window = STREAM_WINDOW
+        self.recv_unacked = 0
+        self.expected_length: int | None = None  # the peer's content-length, which DATA must match
+        self.received_length = 0
+        self.head_request = False  # this side sent a HEAD: the response has no body
         self.head = asyncio.get_running_loop().create_future()  # resolved when headers arrived
         self._chunks: deque[bytes] = deque()
         self._readable = asyncio.Event()
@@ -95,12 +105,10 @@ class Stream:
 
     # --- fed by the endpoint's events
 
-    def received_headers(self, headers: Headers, ended: bool) -> None:
+    def received_headers(self, headers: Headers) -> None:
         self.headers = headers
         if not self.head.done():
             self.head.set_result(None)
-        if ended:
-            self.received_end()
 
     def received_data(self, data: bytes) -> None:
         self._chunks.append(data)
