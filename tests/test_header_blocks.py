@@ -2,7 +2,8 @@
 decoder (h2's, and a reference implementation of RFC 7541) reads back exactly the fields encoded,
 in order, block after block on one connection, never-indexed ones marked so, and nothing it
 decodes lands in its dynamic table. The decoder: what it finds by a block's bytes is what hpack
-decodes, and it finds nothing by bytes from a peer that keeps a table."""
+decodes, across connections for peers without a table, and on one connection only while the
+table of a peer that keeps one has not changed."""
 
 from __future__ import annotations
 
@@ -94,6 +95,32 @@ def test_the_same_bytes_from_a_peer_with_a_table_are_decoded_each_time() -> None
     decoder.decode(encoder.encode([(b"x-tenant", b"b")]), raw=True)  # index 62 is this one now
     assert decoder.decode(index_62, raw=True) == [(b"x-tenant", b"b")]
     assert index_62 not in header_blocks._decoded
+
+
+@given(st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=12), blocks)
+def test_blocks_of_a_peer_with_a_table_decode_as_hpack_does(
+    picks: list[int], pool: list[list[tuple[bytes, bytes]]]
+) -> None:
+    """From hpack.Encoder (a dynamic table, as gRPC clients and h2load keep), requests picked
+    from a few, so that the same indexed bytes come again, before and after the table changed."""
+    encoder, decoder, reference = Encoder(), BlockDecoder(), Decoder()
+    for pick in picks:
+        headers = pool[pick % len(pool)]
+        block = encoder.encode(headers)
+        assert decoder.decode(block, raw=True) == reference.decode(block, raw=True) == headers
+
+
+def test_indexed_blocks_from_a_peer_with_a_table_are_found_until_it_changes() -> None:
+    """The second request's block (all indexed) is found by its bytes, until the table moves."""
+    encoder, decoder = Encoder(), BlockDecoder()
+    request = [(b":method", b"GET"), (b"x-tenant", b"a")]
+    decoder.decode(encoder.encode(request), raw=True)  # x-tenant: a goes in the table
+    indexed = encoder.encode(request)
+    assert decoder.decode(indexed, raw=True) == request
+    assert indexed in decoder._known
+    assert decoder.decode(indexed, raw=True) == request  # found
+    decoder.decode(encoder.encode([(b"x-tenant", b"b")]), raw=True)  # the table moves
+    assert decoder.decode(indexed, raw=True) == [(b":method", b"GET"), (b"x-tenant", b"b")]
 
 
 def test_a_block_that_grows_the_table_is_not_kept() -> None:

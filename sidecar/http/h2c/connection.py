@@ -45,7 +45,7 @@ from sidecar.http.h2c.frames import (
     Setting,
     frame,
 )
-from sidecar.http.h2c.header_blocks import BlockDecoder, FieldEncoder
+from sidecar.http.h2c.header_blocks import MAX_HEADER_LIST_BYTES, BlockDecoder, FieldEncoder
 from sidecar.http.h2c.header_checks import Malformed, check_response, check_trailers
 from sidecar.http.h2c.stream import STREAM_WINDOW, Headers, Stream, StreamGone
 
@@ -61,8 +61,6 @@ STREAM_UPDATE_AT = STREAM_WINDOW // 2
 CONNECTION_UPDATE_AT = CONNECTION_WINDOW // 2
 # A connection it ends, the sidecar reads (and discards) what the peer still sends this long at most.
 LINGER_SECONDS = 2.0
-# As on HTTP/1.1 (sidecar.http.fields): the largest header list this side accepts.
-MAX_HEADER_LIST_BYTES = 64 * 1024
 # Streams this side reset whose late frames are ignored (RFC 9113 section 5.1: the peer may have
 # sent them before it saw the reset); older ones are forgotten, their frames then reset again.
 RESETS_REMEMBERED = 1024

@@ -287,7 +287,9 @@ class StreamExchange:
         self.respond(status, [(b"content-type", b"application/json"), *(headers or [])], payload, close)
 
     def finish(self) -> None:
-        """The handler is done: a stream it left open is reset (and the origin's with it)."""
+        """The handler is done: a stream it left open is reset (and the origin's with it), and
+        what the client sent that nobody read gives its window back."""
+        self.stream.discard()
         if self._upstream is not None and not self._upstream.closed:
             self._upstream.endpoint.reset(self._upstream, ErrorCodes.CANCEL)
         if self.stream.closed:

@@ -40,6 +40,8 @@ CACHE_BYTES = 256  # longer representations are not kept
 # Decoded blocks kept, at most, and the longest kept (a request's block is 100-300 bytes).
 DECODED_ENTRIES = 4096
 DECODED_BYTES = 1024
+MAX_HEADER_LIST_BYTES = 64 * 1024  # as on HTTP/1.1 (sidecar.http.fields)
+KNOWN_PER_CONNECTION = 64  # decoded blocks kept per connection whose peer keeps a table
 SIZE_UPDATE_TO_0 = b"\x20"  # RFC 7541 section 6.3, the integer 0 on 5 bits
 
 _WHOLE: dict[tuple[bytes, bytes], int] = {}
@@ -108,21 +110,62 @@ class FieldEncoder:
         return b"".join(pieces)
 
 
+class _CountedTable(HeaderTable):
+    """hpack's dynamic table, counting its changes: a block decoded while the count stays the
+    same means the same fields until it moves."""
+
+    changes = 0
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.changes += 1
+        super().add(name, value)
+
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    @maxsize.setter
+    def maxsize(self, value: int) -> None:
+        self.changes += 1
+        HeaderTable.maxsize.fset(self, value)  # type: ignore[attr-defined]
+
+
 class BlockDecoder(Decoder):
-    """h2's decoder (hpack.Decoder), with the blocks that cannot depend on a dynamic table found
-    by their bytes: the peer's table was 0 before the block and still is after it (a block that
-    sets it otherwise is decoded, and not kept)."""
+    """h2's decoder (hpack.Decoder), decoding each distinct block once while it cannot mean
+    anything else: on one connection, until the peer's dynamic table changes (a block of indexed
+    fields, as clients send on every request after the first, is then found by its bytes); on
+    every connection, once the peer's table is 0 before and after the block (a block that sets
+    it otherwise is decoded, and not kept)."""
+
+    header_table: _CountedTable
+
+    def __init__(self, max_header_list_size: int = MAX_HEADER_LIST_BYTES) -> None:
+        super().__init__(max_header_list_size=max_header_list_size)
+        self.header_table = _CountedTable()
+        self._known: dict[bytes, tuple[int, tuple[HeaderTuple, ...]]] = {}
 
     def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:
-        if not raw or self.header_table.maxsize != 0:
-            return list(super().decode(data, raw))
         block = bytes(data)
-        found = _decoded.get(block)
-        if found is not None:
-            return list(found)
+        table = self.header_table
+        if not raw or len(block) > DECODED_BYTES:
+            return list(super().decode(block, raw))
+        tableless = table.maxsize == 0
+        if tableless:
+            found = _decoded.get(block)
+            if found is not None:
+                return list(found)
+        else:
+            known = self._known.get(block)
+            if known is not None and known[0] == table.changes:
+                return list(known[1])
+        changes = table.changes
         headers = list(super().decode(block, raw))
-        if self.header_table.maxsize == 0 and len(block) <= DECODED_BYTES:
+        if tableless and table.maxsize == 0:
             if len(_decoded) >= DECODED_ENTRIES:
                 _decoded.clear()  # distinct blocks cannot grow it, nor pin what it holds
             _decoded[block] = tuple(headers)
+        elif table.changes == changes:
+            if len(self._known) >= KNOWN_PER_CONNECTION:
+                self._known.clear()
+            self._known[block] = (changes, tuple(headers))
         return headers

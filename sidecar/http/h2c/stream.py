@@ -95,9 +95,15 @@ class Stream:
 
     def take_buffered(self) -> None:
         """What `buffered()` gave is used: drop it, and give its window back."""
-        size = sum(len(piece) for piece in self._chunks)
-        self._chunks.clear()
-        self.consumed(size)
+        self.discard()
+
+    def discard(self) -> None:
+        """What arrived and will not be read is dropped, and its window given back: else the
+        connection's window would shrink by it for good."""
+        if self._chunks:
+            size = sum(len(piece) for piece in self._chunks)
+            self._chunks.clear()
+            self.consumed(size)
 
     def consumed(self, size: int) -> None:
         """`size` bytes of what `read()` gave were written onward: the peer may send more."""
@@ -123,7 +129,7 @@ class Stream:
     def gone(self, code: int) -> None:
         if self.reset_code is None:
             self.reset_code = code
-        self._chunks.clear()
+        self.discard()
         self._readable.set()
         if not self.head.done():
             self.head.set_exception(StreamGone(code))
