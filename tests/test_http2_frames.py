@@ -19,8 +19,9 @@ from h2.errors import ErrorCodes
 
 from tests.support import grpc_client
 from tests.support.grpc_app import GrpcAppProc, grpc_app
-from tests.support.procs import SidecarProc, await_for, port_of, sidecar_in_front, wait_for
+from tests.support.procs import SidecarProc, await_for, demo_app, port_of, sidecar, sidecar_in_front, wait_for
 from tests.support.rawh2 import (
+    GRPC_REQUEST_HEADERS,
     PREFACE,
     ConnectionClosed,
     FrameType,
@@ -267,3 +268,25 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def test_bodies_nobody_reads_give_the_connection_window_back(tmp_path: Path) -> None:
+    """gRPC calls the sidecar answers itself, their bodies unread (the app speaks HTTP/1.1 only):
+    eight of 200 kB on one connection, more than its 1 MiB window, are each answered, and the
+    connection is not ended for going past its window."""
+    registry = f"sqlite://{tmp_path / 'registry.db'}"
+    body = grpc_message(b"m" * 200_000)
+    pieces = [body[at : at + 16_384] for at in range(0, len(body), 16_384)]
+    with demo_app(tmp_path) as app, sidecar(tmp_path, registry, app, "--app-health", "") as car:
+        async with await H2Client.open(port_of(car)) as client:
+            await client.await_settings()
+            for stream in range(1, 17, 2):
+                block = header_block(request_headers("POST", SLEEP_CALL, headers=GRPC_REQUEST_HEADERS))
+                frames = [headers_frame(stream, block, end_stream=False)]
+                frames += [data_frame(stream, piece, end_stream=piece is pieces[-1]) for piece in pieces]
+                await client.send(*frames)
+                response = await client.await_response(stream, timeout=10)
+                assert response.header("grpc-status") == "14", response  # UNAVAILABLE: HTTP/1.1 app
+                types = [value for name, value in response.headers if name == "content-type"]
+                assert types == ["application/grpc"]  # one, gRPC's
+            assert client.goaways == []

@@ -269,7 +269,8 @@ class StreamExchange:
                 self.grpc_status = str(code).encode()
                 grpc = [(b"content-type", GRPC), (b"grpc-status", self.grpc_status)]
                 grpc.append((b"grpc-message", quote(message, safe=" ").encode()))
-                out.send_headers(self.stream, [(b":status", b"200"), *grpc, *h2_headers(headers)], end=True)
+                extra = h2_headers(headers, drop={b"content-type"})  # a gRPC answer's is gRPC's
+                out.send_headers(self.stream, [(b":status", b"200"), *grpc, *extra], end=True)
                 return
             fields = [(b":status", str(status).encode()), *h2_headers(headers)]
             if status != 204:
