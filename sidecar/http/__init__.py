@@ -1,5 +1,5 @@
 """The data path's protocol cores: HTTP/1.1 on asyncio Protocols and llhttp (httptools), and
-HTTP/2 with prior knowledge (h2c) on the `h2` state machine (sidecar.http.h2c), on the same
+HTTP/2 with prior knowledge (h2c) frame by frame (sidecar.http.h2c), on the same
 ports: a connection that opens with HTTP/2's preface is handed over to it.
 
 `HttpServer` parses client request heads and hands each to a handler as an `Exchange`; the

@@ -1,6 +1,8 @@
 """HTTP/2 with prior knowledge (h2c) on both listeners and to origins that speak it.
 
-connection     one HTTP/2 connection on h2's state machine: windows, writes, the bounds
+frames         frames as bytes: the 9-byte head, the frames the sidecar writes, ConnectionFault
+connection     one HTTP/2 connection, frame by frame: stream states, windows, settings, writes
+header_checks  what makes a received header list malformed (a stream error)
 header_blocks  HPACK as the sidecar speaks it: no dynamic table, fields and blocks coded once
 stream         one stream, as either end sees it: what the peer sent on it, as it arrives
 server         client connections: streams handed to the policy, the two-step GOAWAY drain,

@@ -42,7 +42,7 @@ GRPC_UNKNOWN = 2
 
 
 def request_head(headers: Headers, ended: bool) -> RequestHead | None:
-    """The request an HTTP/2 HEADERS frame opens (h2 has checked its pseudo-headers), as the
+    """The request an HTTP/2 HEADERS frame opens (checked by sidecar.http.h2c.header_checks), as the
     policy reads requests; None for what the sidecar does not forward (CONNECT)."""
     method = path = authority = None
     regular: Headers = []
@@ -177,7 +177,7 @@ class StreamExchange:
         if (self.header(b"te") or b"").lower() == b"trailers":
             pseudo.append((b"te", b"trailers"))  # gRPC servers want it: the one TE HTTP/2 allows
         has_body = self.head.has_body
-        if has_body and self.head.content_length is not None:  # checked against the DATA by h2
+        if has_body and self.head.content_length is not None:  # the client's DATA were checked against it
             pseudo.append((b"content-length", str(self.head.content_length).encode()))
         upstream = await pool.h2.open(origin, [*pseudo, *h2_headers(headers)], end=not has_body)
         self._upstream = upstream
@@ -225,7 +225,7 @@ class StreamExchange:
             *h2_headers(extra),
         ]
         length = upstream.header(b"content-length")
-        if length is not None:  # h2 checks it against the DATA that comes
+        if length is not None:  # the origin's DATA are checked against it
             headers.append((b"content-length", length))
         self.started, self.status = True, response.status
         out = self.connection

@@ -1,8 +1,8 @@
 """HPACK as the sidecar speaks it (RFC 7541): the header blocks it sends, without a dynamic
 table, and those it reads, decoded once per distinct block when no table can stand behind them.
 
-Encoding. h2's own encoder (hpack.Encoder) indexes fields in a dynamic table it keeps per
-connection, and encoding was among the largest items of a profile of the relay. An encoder that
+Encoding. hpack's encoder (hpack.Encoder, which h2 used) indexes fields in a dynamic table it
+keeps per connection, and encoding was among the largest items of a profile of the relay. An encoder that
 never indexes is a pure function of each field, so a field's representation is computed once and
 kept: a header block is then a join of cached pieces. Each is the static table's index when the
 field is there whole, its name's index and the value as a literal when only the name is, else
@@ -11,11 +11,14 @@ NeverIndexedHeaderTuple, relayed as it came) stays so. The first block on a conn
 first after the peer changed its SETTINGS_HEADER_TABLE_SIZE, starts with a dynamic table size
 update to 0, so the peer's decoder holds nothing for this connection either.
 
-Decoding. Once a peer's encoder has set its table to 0 (another sidecar's does, with its first
-block), a block means the same on any connection whatever came before it: `BlockDecoder` then
-decodes each distinct block once and finds it by its bytes afterwards, in a bounded cache shared
-by all connections. From a peer that keeps a table (a gRPC library, h2load), every block is
-decoded as h2 would, the cache untouched: the same bytes may mean other fields there.
+Decoding (hpack.Decoder, with its bound on the decoded size). Once a peer's encoder has set its
+table to 0 (another sidecar's does, with its first block), a block means the same on any
+connection whatever came before it: `BlockDecoder` then decodes each distinct block once and
+finds it by its bytes afterwards, in a bounded cache shared by all connections. From a peer that
+keeps a table (a gRPC library, h2load), the same bytes may mean other fields once the table
+changed: a block is found by its bytes on its own connection only, and only while the table has
+not changed since it was decoded (clients send the same request's fields as indexed bytes, which
+change nothing, on every request after the first).
 
 Measured beside hpack (a gRPC call's request, response and trailers, bench/header_blocks.py,
 2026-12-07): 2-3 us of CPU to encode instead of 51-56, and hpack decodes these blocks as fast as
@@ -77,8 +80,8 @@ def representation(name: bytes, value: bytes, never_indexed: bool = False) -> by
 
 
 class FieldEncoder:
-    """What h2 asks of its encoder (`encode`, and `header_table_size` set when the peer's
-    SETTINGS_HEADER_TABLE_SIZE changes), for one connection."""
+    """The encoder of one connection: `encode`, and `header_table_size`, set when the peer's
+    SETTINGS_HEADER_TABLE_SIZE changes."""
 
     def __init__(self) -> None:
         self._update = True  # the next block starts with a table size update to 0
@@ -131,7 +134,7 @@ class _CountedTable(HeaderTable):
 
 
 class BlockDecoder(Decoder):
-    """h2's decoder (hpack.Decoder), decoding each distinct block once while it cannot mean
+    """hpack's decoder, decoding each distinct block once while it cannot mean
     anything else: on one connection, until the peer's dynamic table changes (a block of indexed
     fields, as clients send on every request after the first, is then found by its bytes); on
     every connection, once the peer's table is 0 before and after the block (a block that sets
