@@ -38,6 +38,7 @@ from tests.support.rawh2 import (
     request_headers,
     rst_stream_frame,
     settings_frame,
+    window_update_frame,
 )
 
 MAX_STREAM_ID = 2**31 - 1
@@ -132,6 +133,29 @@ async def test_rapid_reset_is_cut_with_enhance_your_calm(provider: tuple[GrpcApp
         assert goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
         assert await client.await_closed(timeout=10)
     assert grpc_client.unary(f"127.0.0.1:{port_of(car)}", b"still here") == ("p1", b"still here")
+
+
+async def test_streams_made_to_be_reset_count_as_resets(provider: tuple[GrpcAppProc, SidecarProc]) -> None:
+    """Streams opened and then made to be reset by the sidecar (a WINDOW_UPDATE of 0 on each, a
+    stream error: MadeYouReset, CVE-2025-8671) count as resets: the connection ends with GOAWAY
+    ENHANCE_YOUR_CALM, and the calls that reached the app were cancelled, not left running."""
+    app, car = provider
+    async with await H2Client.open(port_of(car)) as client:
+        block = header_block(request_headers("POST", SLEEP_CALL, headers=list(GRPC_REQUEST_HEADERS)))
+        call = grpc_message(sleep_message(30))
+        frames: list[bytes] = []
+        for n in range(1000):
+            stream = 2 * n + 1
+            frames += [
+                headers_frame(stream, block, end_stream=False),
+                data_frame(stream, call, end_stream=True),
+            ]
+            frames.append(window_update_frame(stream, 0))
+        await client.send(*frames)
+        goaway = await client.await_goaway(timeout=10)
+        assert goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+        assert await client.await_closed(timeout=10)
+    await await_for(lambda: grpc_client.stats(app.target)["inflight"] == 0, timeout=15, what="the app idle")
 
 
 async def test_empty_data_flood_is_cut(provider: tuple[GrpcAppProc, SidecarProc]) -> None:

@@ -86,7 +86,7 @@ class H2ClientConnection(H2Endpoint):
         if not self.streams:
             self.close()
 
-    def _stream_closed(self, stream: Stream, remote_reset: bool) -> None:
+    def _stream_closed(self, stream: Stream, by_peer: bool) -> None:
         self.pool.wake(self.origin)
         if not self.streams:
             if self.goaway_last is not None:

@@ -329,7 +329,7 @@ class H2Endpoint(asyncio.Protocol):
                 raise Malformed("trailers that do not end the stream")
             check_trailers(headers)
         except Malformed as exc:
-            log.info("HTTP/2 malformed headers from %s: %s", self._peer_name(), exc)
+            log.debug("HTTP/2 malformed headers from %s: %s", self._peer_name(), exc)
             self.stream_error(stream, ErrorCodes.PROTOCOL_ERROR)
             return
         self._peer_ended(stream, headers)
@@ -364,7 +364,7 @@ class H2Endpoint(asyncio.Protocol):
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
             stream.gone(frames.U32.unpack(payload)[0])
-            self._stream_closed(stream, remote_reset=True)
+            self._stream_closed(stream, by_peer=True)
             self._wake_writers()
 
     def _settings_frame(self, flags: int, stream_id: int, payload: bytes) -> None:
@@ -461,14 +461,17 @@ class H2Endpoint(asyncio.Protocol):
     def _empty_frame(self) -> None:
         """A DATA frame with nothing in it (a flood of them is an attack; see the server)."""
 
-    def _stream_closed(self, stream: Stream, remote_reset: bool) -> None:
-        """`stream` is over (both halves done, or reset)."""
+    def _stream_closed(self, stream: Stream, by_peer: bool) -> None:
+        """`stream` is over: both halves done, or reset (`by_peer`: by the peer's RST_STREAM, or
+        by this side for the peer's fault)."""
 
     # --- stream errors (section 5.4.2)
 
     def stream_error(self, stream: Stream, code: int) -> None:
-        log.info("HTTP/2 stream error from %s on stream %d: %s", self._peer_name(), stream.id, _name(code))
-        self.reset(stream, code)
+        """The peer broke the rules on `stream`: it is reset, as if by the peer (a loop of these
+        is the MadeYouReset attack, CVE-2025-8671, bounded with the peer's own resets)."""
+        log.debug("HTTP/2 stream error from %s on stream %d: %s", self._peer_name(), stream.id, _name(code))
+        self.reset(stream, code, by_peer=True)
 
     def _stream_error_by_id(self, stream_id: int, code: int) -> None:
         stream = self.streams.get(stream_id)
@@ -546,7 +549,7 @@ class H2Endpoint(asyncio.Protocol):
         self._sent_end(stream)
         self.schedule_flush()
 
-    def reset(self, stream: Stream, code: int) -> None:
+    def reset(self, stream: Stream, code: int, by_peer: bool = False) -> None:
         """Reset `stream` with `code`, unless it is over already."""
         if self.closed or stream.reset_code is not None:
             return
@@ -554,7 +557,7 @@ class H2Endpoint(asyncio.Protocol):
         self.streams.pop(stream.id, None)
         self._send_reset(stream.id, code)
         self.schedule_flush()
-        self._stream_closed(stream, remote_reset=False)
+        self._stream_closed(stream, by_peer)
         self._wake_writers()
 
     def ping(self, data: bytes) -> None:
@@ -569,7 +572,7 @@ class H2Endpoint(asyncio.Protocol):
         """Both halves are done: the stream no longer counts (what it received may still be
         being read: the connection's window is given back as it is)."""
         if stream.ended and stream.sent_end and self.streams.pop(stream.id, None) is not None:
-            self._stream_closed(stream, remote_reset=False)
+            self._stream_closed(stream, by_peer=False)
 
     def acknowledge(self, stream: Stream, size: int) -> None:
         """`size` bytes received on `stream` were written onward (or will never be read): the

@@ -18,7 +18,9 @@ The connection closes once its streams are done.
 
 Attacks on HTTP/2 proxies, bounded as nghttp2 and Envoy bound them: streams beyond
 MAX_CONCURRENT_STREAMS are refused (REFUSED_STREAM); a client that resets streams faster than
-RESETS allow (rapid reset, CVE-2023-44487) or sends empty DATA frames faster than EMPTY_FRAMES
+RESETS allow (rapid reset, CVE-2023-44487), or makes the sidecar reset them by breaking the rules
+on them (MadeYouReset, CVE-2025-8671: a stream so reset no longer counts as open, so its work is
+cancelled too, and it counts as a reset), or sends empty DATA frames faster than EMPTY_FRAMES
 allow gets GOAWAY ENHANCE_YOUR_CALM; header lists, CONTINUATION runs, windows and PING/SETTINGS
 floods are bounded by the connection itself (sidecar.http.h2c.connection).
 """
@@ -121,7 +123,7 @@ class H2ServerConnection(H2Endpoint):
         try:
             stream.expected_length = check_request(headers)
         except Malformed as exc:
-            log.info("HTTP/2 malformed request from %s: %s", self.peer, exc)
+            log.debug("HTTP/2 malformed request from %s: %s", self.peer, exc)
             self.reset(stream, ErrorCodes.PROTOCOL_ERROR)
             return
         if self.refuse_above is not None and stream_id > self.refuse_above:
@@ -161,16 +163,17 @@ class H2ServerConnection(H2Endpoint):
                 self._timer.watch()
             self._close_if_done()
 
-    def _stream_closed(self, stream: Stream, remote_reset: bool) -> None:
-        if not remote_reset:
+    def _stream_closed(self, stream: Stream, by_peer: bool) -> None:
+        if not by_peer:
             return
         task = self.tasks.pop(stream.id, None)
         if task is not None:
-            # The client gave up: its exchange, and the app's stream, go too; it no longer
-            # counts against MAX_CONCURRENT_STREAMS (its task ends in a moment).
+            # The client gave up (or broke the rules on it): its exchange, and the app's stream,
+            # go too; it no longer counts against MAX_CONCURRENT_STREAMS, so its work must not
+            # go on either (its task ends in a moment).
             task.cancel()
         if not self._resets.take(self._loop.time()):
-            self._calm_down("streams reset faster than allowed (rapid reset)")
+            self._calm_down("streams reset, or made to be reset, faster than allowed (rapid reset)")
 
     def _empty_frame(self) -> None:
         if not self._empties.take(self._loop.time()):
