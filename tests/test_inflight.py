@@ -18,9 +18,12 @@ async def test_quiet_wait_waits_for_what_is_in_flight() -> None:
     entered, release = asyncio.Event(), asyncio.Event()
 
     async def request() -> None:
-        with tracker.track():
+        tracker.begin()
+        try:
             entered.set()
             await release.wait()
+        finally:
+            tracker.end()
 
     task = asyncio.create_task(request())
     await asyncio.wait_for(entered.wait(), 5)
@@ -41,8 +44,9 @@ async def test_new_arrival_restarts_quiet_period() -> None:
     waiter = asyncio.create_task(tracker.wait_quiet(quiet, since=time.monotonic()))
     done, _ = await asyncio.wait([waiter], timeout=MUST_NOT_END_S)  # well inside the quiet period
     assert not done
-    with tracker.track():
-        arrived = time.monotonic()
+    tracker.begin()
+    arrived = time.monotonic()
+    tracker.end()
     await asyncio.wait_for(waiter, 5)
     assert time.monotonic() - arrived >= quiet
 
@@ -56,8 +60,8 @@ async def test_a_cancel_ends_the_quiet_wait_whenever_a_request_arrives() -> None
         tracker = InflightTracker()
         waiter = asyncio.create_task(tracker.wait_quiet(60.0, since=time.monotonic()))
         await asyncio.sleep(0)  # it waits for an arrival now
-        with tracker.track():
-            pass
+        tracker.begin()
+        tracker.end()
         for _ in range(steps):
             await asyncio.sleep(0)
         waiter.cancel()
@@ -74,9 +78,12 @@ async def test_wait_idle_returns_when_the_last_request_ends() -> None:
     entered = [asyncio.Event(), asyncio.Event()]
 
     async def request(entering: asyncio.Event) -> None:
-        with tracker.track():
+        tracker.begin()
+        try:
             entering.set()
             await release.wait()
+        finally:
+            tracker.end()
 
     requests = [asyncio.create_task(request(entering)) for entering in entered]
     await asyncio.wait_for(asyncio.gather(*(entering.wait() for entering in entered)), 5)

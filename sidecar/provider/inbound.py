@@ -109,8 +109,11 @@ class InboundProxy:
             consumer = exchange.header(wire.CONSUMER)
             if consumer:
                 self.consumers.remember(consumer.decode("latin-1"), exchange.peer)
-            with self.tracker.track(stream=exchange.http2):
+            self.tracker.begin(exchange.http2)
+            try:
                 await self._forward(exchange)
+            finally:
+                self.tracker.end(exchange.http2)
         self.metrics.count_request(exchange.status)
         if exchange.grpc:
             self.metrics.count_grpc(exchange.grpc_status)

@@ -14,8 +14,8 @@ import asyncio
 import ipaddress
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from urllib.parse import urlsplit
 
 
@@ -32,21 +32,20 @@ class InflightTracker:
     def count(self) -> int:
         return self._count
 
-    @contextmanager
-    def track(self, stream: bool = False) -> Iterator[None]:
-        """One request (or HTTP/2 `stream`) in flight while inside the block."""
+    def begin(self, stream: bool = False) -> None:
+        """One more request (or HTTP/2 `stream`) in flight, until its `end()` (a try/finally
+        in the caller: this runs for every request, where a context manager costs more)."""
         self._count += 1
         self.streams += stream
         self.last_arrival = time.monotonic()
         self._idle.clear()
         self._arrived.set()
-        try:
-            yield
-        finally:
-            self._count -= 1
-            self.streams -= stream
-            if self._count == 0:
-                self._idle.set()
+
+    def end(self, stream: bool = False) -> None:
+        self._count -= 1
+        self.streams -= stream
+        if self._count == 0:
+            self._idle.set()
 
     async def wait_idle(self) -> None:
         """Return once nothing is in flight."""

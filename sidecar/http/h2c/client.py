@@ -67,6 +67,7 @@ class H2ClientConnection(H2Endpoint):
         if self.next_stream_id > MAX_STREAM_ID:
             self.goaway_last = 0  # stream ids used up: the pool opens another connection
         stream.head_request = headers[0] == (b":method", b"HEAD")
+        stream.head = self._loop.create_future()
         self.streams[stream.id] = stream
         self.send_headers(stream, headers, end)
         return stream
@@ -172,16 +173,24 @@ class H2Pool:
         task.add_done_callback(self._growing.discard)
 
     async def response(self, stream: Stream) -> None:
-        """Wait for `stream`'s response head (--app-timeout / --upstream-timeout at most)."""
+        """Wait for `stream`'s response head (--app-timeout / --upstream-timeout at most: a timer
+        that fails the wait, cheaper than asyncio.timeout for every stream)."""
+        head = stream.head
+        assert head is not None  # made by H2ClientConnection.open
+        timer = None
+        if self.response_timeout is not None:
+            timer = asyncio.get_running_loop().call_later(self.response_timeout, _too_late, head)
         try:
-            async with asyncio.timeout(self.response_timeout):
-                await stream.head
+            await head
         except TimeoutError as exc:
             raise UpstreamTimeout(f"no response within {self.response_timeout:g} s") from exc
         except StreamGone as exc:
             if exc.code == ErrorCodes.REFUSED_STREAM:
                 raise StreamRefused("the origin refused the stream: it was not processed") from exc
             raise UpstreamBroken(f"the origin ended the stream without a response ({exc})") from exc
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def _connect(self, origin: Origin) -> H2ClientConnection:
         loop = asyncio.get_running_loop()
@@ -219,3 +228,8 @@ class H2Pool:
             for connection in list(connections):
                 connection.abort()
         self._connections.clear()
+
+
+def _too_late(head: asyncio.Future[None]) -> None:
+    if not head.done():
+        head.set_exception(TimeoutError())

@@ -24,7 +24,7 @@ from h2.errors import ErrorCodes
 from sidecar.errors import StreamRefused, UpstreamBroken, UpstreamError
 from sidecar.http.fields import NONE
 from sidecar.http.h2c.stream import Headers, Stream, StreamGone
-from sidecar.http.head import REQUEST_CORE_WRITTEN, RequestHead, get
+from sidecar.http.head import HOP_BY_HOP, REQUEST_CORE_WRITTEN, RequestHead, get
 from sidecar.http.target import join
 
 if TYPE_CHECKING:
@@ -89,6 +89,20 @@ def h2_headers(headers: Headers, drop: frozenset[bytes] | set[bytes] = frozenset
             continue
         out.append((key, value))
     return out
+
+
+def origin_fields(fields: Headers, strip_marks: bool) -> Headers:
+    """An HTTP/2 origin's headers or trailers (lower case, checked on receipt) as they go on to
+    the client, in one pass: without pseudo-fields and hop-by-hop fields, and without its
+    X-Sidecar-* marks when `strip_marks`. Its content-length stays (its DATA were checked
+    against it)."""
+    return [
+        (name, value)
+        for name, value in fields
+        if name[:1] != b":"
+        and name not in HOP_BY_HOP
+        and not (strip_marks and name.startswith(b"x-sidecar-"))
+    ]
 
 
 def marks_of(headers: Headers) -> set[bytes]:
@@ -217,16 +231,8 @@ class StreamExchange:
             await relay_http1(self, response, extra, strip_marks)
             return
         upstream = response.stream
-        drop = marks_of(upstream.headers) if strip_marks else set()
-        regular = [(name, value) for name, value in upstream.headers if not name.startswith(b":")]
-        headers = [
-            (b":status", str(response.status).encode()),
-            *h2_headers(regular, drop),
-            *h2_headers(extra),
-        ]
-        length = upstream.header(b"content-length")
-        if length is not None:  # the origin's DATA are checked against it
-            headers.append((b"content-length", length))
+        status = (b":status", b"%d" % response.status)
+        headers = [status, *origin_fields(upstream.headers, strip_marks), *h2_headers(extra)]
         self.started, self.status = True, response.status
         out = self.connection
         try:
@@ -238,7 +244,7 @@ class StreamExchange:
             while (piece := await upstream.read()) is not None:
                 await out.send_data(self.stream, piece)
                 upstream.consumed(len(piece))
-            trailers = h2_headers(upstream.trailers, drop) if upstream.trailers else None
+            trailers = origin_fields(upstream.trailers, strip_marks) if upstream.trailers else None
             if trailers:
                 self.grpc_status = get(trailers, b"grpc-status")
             out.end_stream(self.stream, trailers)

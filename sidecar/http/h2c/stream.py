@@ -62,9 +62,12 @@ class Stream:
         self.expected_length: int | None = None  # the peer's content-length, which DATA must match
         self.received_length = 0
         self.head_request = False  # this side sent a HEAD: the response has no body
-        self.head = asyncio.get_running_loop().create_future()  # resolved when headers arrived
+        # A stream this side opened (a client's) awaits the peer's headers (H2ClientConnection.open
+        # makes the future); the reader of the body awaits the next piece. Made only when needed:
+        # every stream costs them otherwise.
+        self.head: asyncio.Future[None] | None = None
         self._chunks: deque[bytes] = deque()
-        self._readable = asyncio.Event()
+        self._readable: asyncio.Future[None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -83,8 +86,8 @@ class Stream:
                 raise StreamGone(self.reset_code)
             if self.ended:
                 return None
-            self._readable.clear()
-            await self._readable.wait()
+            self._readable = asyncio.get_running_loop().create_future()
+            await self._readable
         return self._chunks.popleft()
 
     def buffered(self) -> bytes | None:
@@ -113,24 +116,28 @@ class Stream:
 
     def received_headers(self, headers: Headers) -> None:
         self.headers = headers
-        if not self.head.done():
+        if self.head is not None and not self.head.done():
             self.head.set_result(None)
 
     def received_data(self, data: bytes) -> None:
         self._chunks.append(data)
-        self._readable.set()
+        self._wake()
 
     def received_end(self, trailers: Headers | None = None) -> None:
         if trailers is not None:
             self.trailers = trailers
         self.ended = True
-        self._readable.set()
+        self._wake()
 
     def gone(self, code: int) -> None:
         if self.reset_code is None:
             self.reset_code = code
         self.discard()
-        self._readable.set()
-        if not self.head.done():
+        self._wake()
+        if self.head is not None and not self.head.done():
             self.head.set_exception(StreamGone(code))
             self.head.exception()  # retrieved: nobody may be waiting for it
+
+    def _wake(self) -> None:
+        if self._readable is not None and not self._readable.done():
+            self._readable.set_result(None)
