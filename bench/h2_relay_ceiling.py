@@ -128,7 +128,7 @@ class Half(asyncio.Protocol):
                         block = block[1 : len(block) - block[0]]
                     if flags & PRIORITY:
                         block = block[5:]
-                    headers = self.decoder.decode(block, raw=True)
+                    headers = list(self.decoder.block(block).fields)
                     if self.mode == "table0+policy":
                         stream = int.from_bytes(buffer[at + 5 : at + 9], "big") & 0x7FFFFFFF
                         self.on_headers(stream, headers, flags & END_STREAM)

@@ -89,7 +89,7 @@ def main() -> None:
         # The sidecar's decoder, on a connection that has seen the call: what it finds by bytes.
         encoder, block_decoder = new_encoder(), BlockDecoder()
         for block in CALL:
-            block_decoder.decode(encoder.encode(block), raw=True)
+            block_decoder.block(encoder.encode(block))
         request = encoder.encode(REQUEST)
         found = per_call_us(lambda d=block_decoder, block=request: d.decode(block, raw=True), calls)
         print(

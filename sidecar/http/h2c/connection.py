@@ -45,8 +45,8 @@ from sidecar.http.h2c.frames import (
     Setting,
     frame,
 )
-from sidecar.http.h2c.header_blocks import MAX_HEADER_LIST_BYTES, BlockDecoder, FieldEncoder
-from sidecar.http.h2c.header_checks import Malformed, check_response, check_trailers
+from sidecar.http.h2c.header_blocks import MAX_HEADER_LIST_BYTES, BlockDecoder, DecodedBlock, FieldEncoder
+from sidecar.http.h2c.header_checks import Malformed, check_response, check_trailers, checked
 from sidecar.http.h2c.stream import STREAM_WINDOW, Headers, Stream, StreamGone
 
 log = logging.getLogger("sidecar.http")
@@ -287,7 +287,7 @@ class H2Endpoint(asyncio.Protocol):
         """A whole header block: decoded (always: it may change the peer's table), then a new
         stream, a response, or trailers."""
         try:
-            headers = cast(Headers, self.decoder.decode(block, raw=True))
+            decoded = self.decoder.block(block)
         except OversizedHeaderListError as exc:
             raise ConnectionFault(ErrorCodes.ENHANCE_YOUR_CALM, "a header list over 64 KiB") from exc
         except (HPACKError, IndexError, TypeError, ValueError) as exc:
@@ -300,7 +300,7 @@ class H2Endpoint(asyncio.Protocol):
                 if flags & SELF_DEPENDENT:
                     self._send_reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
                 else:
-                    self._peer_opened(stream_id, headers, end)
+                    self._peer_opened(stream_id, decoded, end)
             elif self._idle(stream_id):
                 raise ConnectionFault(ErrorCodes.PROTOCOL_ERROR, f"HEADERS opening stream {stream_id}")
             elif stream_id not in self._reset_here:
@@ -312,9 +312,10 @@ class H2Endpoint(asyncio.Protocol):
         if stream.ended:
             self.stream_error(stream, ErrorCodes.STREAM_CLOSED)
             return
+        headers = list(decoded.fields)
         try:
             if self.client_side and not stream.headers:
-                status, stream.expected_length = check_response(headers)
+                status, stream.expected_length = checked(decoded, check_response)
                 if status < 200:
                     if end:
                         raise Malformed("an informational response that ends the stream")
@@ -327,14 +328,14 @@ class H2Endpoint(asyncio.Protocol):
                 return
             if not end:
                 raise Malformed("trailers that do not end the stream")
-            check_trailers(headers)
+            checked(decoded, check_trailers)
         except Malformed as exc:
             log.debug("HTTP/2 malformed headers from %s: %s", self._peer_name(), exc)
             self.stream_error(stream, ErrorCodes.PROTOCOL_ERROR)
             return
         self._peer_ended(stream, headers)
 
-    def _peer_opened(self, stream_id: int, headers: Headers, end: bool) -> None:
+    def _peer_opened(self, stream_id: int, decoded: DecodedBlock, end: bool) -> None:
         """The peer opened stream `stream_id` (a server's request); a client's peer may not."""
         raise ConnectionFault(ErrorCodes.PROTOCOL_ERROR, "a server opened a stream")
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from hpack import Decoder, HeaderTuple
+from hpack import Decoder
 from hpack.hpack import encode_integer
 from hpack.table import HeaderTable
 
@@ -54,7 +54,7 @@ for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
     _NAME.setdefault(_name, _index)
 
 _cache: dict[Any, bytes] = {}
-_decoded: dict[bytes, tuple[HeaderTuple, ...]] = {}
+_decoded: dict[bytes, DecodedBlock] = {}
 
 
 def _integer(value: int, prefix_bits: int, flags: int) -> bytes:
@@ -133,6 +133,17 @@ class _CountedTable(HeaderTable):
         HeaderTable.maxsize.fset(self, value)  # type: ignore[attr-defined]
 
 
+class DecodedBlock:
+    """A header block's fields, and what the checks of them gave (`memo`, by check): a block
+    found again by its bytes is not checked again either."""
+
+    __slots__ = ("fields", "memo")
+
+    def __init__(self, fields: tuple[tuple[bytes, bytes], ...]) -> None:
+        self.fields = fields  # hpack's HeaderTuple (never-indexed ones stay so when relayed)
+        self.memo: dict[object, Any] = {}
+
+
 class BlockDecoder(Decoder):
     """hpack's decoder, decoding each distinct block once while it cannot mean
     anything else: on one connection, until the peer's dynamic table changes (a block of indexed
@@ -145,30 +156,31 @@ class BlockDecoder(Decoder):
     def __init__(self, max_header_list_size: int = MAX_HEADER_LIST_BYTES) -> None:
         super().__init__(max_header_list_size=max_header_list_size)
         self.header_table = _CountedTable()
-        self._known: dict[bytes, tuple[int, tuple[HeaderTuple, ...]]] = {}
+        self._known: dict[bytes, tuple[int, DecodedBlock]] = {}
 
-    def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:
+    def block(self, data: bytes) -> DecodedBlock:
+        """The fields of `data` (raw bytes), found or decoded; raises what hpack raises."""
         block = bytes(data)
         table = self.header_table
-        if not raw or len(block) > DECODED_BYTES:
-            return list(super().decode(block, raw))
+        if len(block) > DECODED_BYTES:
+            return DecodedBlock(tuple(self.decode(block, raw=True)))
         tableless = table.maxsize == 0
         if tableless:
             found = _decoded.get(block)
             if found is not None:
-                return list(found)
+                return found
         else:
             known = self._known.get(block)
             if known is not None and known[0] == table.changes:
-                return list(known[1])
+                return known[1]
         changes = table.changes
-        headers = list(super().decode(block, raw))
+        decoded = DecodedBlock(tuple(self.decode(block, raw=True)))
         if tableless and table.maxsize == 0:
             if len(_decoded) >= DECODED_ENTRIES:
                 _decoded.clear()  # distinct blocks cannot grow it, nor pin what it holds
-            _decoded[block] = tuple(headers)
+            _decoded[block] = decoded
         elif table.changes == changes:
             if len(self._known) >= KNOWN_PER_CONNECTION:
                 self._known.clear()
-            self._known[block] = (changes, tuple(headers))
-        return headers
+            self._known[block] = (changes, decoded)
+        return decoded

@@ -9,9 +9,14 @@ clients send the same fields on every request.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+if TYPE_CHECKING:
+    from sidecar.http.h2c.header_blocks import DecodedBlock
 
 Headers = Sequence[tuple[bytes, bytes]]
+T = TypeVar("T")
 
 # Section 8.2.2: connection-specific fields have no place in HTTP/2 (`te` only as "trailers").
 CONNECTION_SPECIFIC = frozenset(
@@ -100,3 +105,19 @@ def check_trailers(headers: Headers) -> None:
         if name[:1] == b":":
             raise Malformed(f"pseudo-field {name.decode('latin-1')} in trailers")
         _regular(name, value)
+
+
+def checked(block: DecodedBlock, check: Callable[[Headers], T]) -> T:
+    """`check(block.fields)`, once per block: what it gave, or why it was malformed, is kept
+    with the block, which the decoder finds again by its bytes."""
+    memo: tuple[Any, str | None] | None = block.memo.get(check)
+    if memo is None:
+        try:
+            memo = (check(block.fields), None)
+        except Malformed as exc:
+            memo = (None, str(exc))
+        block.memo[check] = memo
+    result, fault = memo
+    if fault is not None:
+        raise Malformed(fault)
+    return cast(T, result)

@@ -37,8 +37,9 @@ from h2.errors import ErrorCodes
 from sidecar.http.h2c.connection import H2Endpoint
 from sidecar.http.h2c.exchange import StreamExchange, request_head
 from sidecar.http.h2c.frames import MAX_STREAM_ID, Setting, goaway
-from sidecar.http.h2c.header_checks import Malformed, check_request
-from sidecar.http.h2c.stream import Headers, Stream
+from sidecar.http.h2c.header_blocks import DecodedBlock
+from sidecar.http.h2c.header_checks import Malformed, check_request, checked
+from sidecar.http.h2c.stream import Stream
 
 if TYPE_CHECKING:
     from sidecar.http.listener import HttpServer
@@ -118,10 +119,11 @@ class H2ServerConnection(H2Endpoint):
         self.refuse_above = min(self.refuse_above or MAX_STREAM_ID, self.last_accepted)
         self._close_if_done()
 
-    def _peer_opened(self, stream_id: int, headers: Headers, end: bool) -> None:
+    def _peer_opened(self, stream_id: int, decoded: DecodedBlock, end: bool) -> None:
         stream = Stream(self, stream_id)
+        headers = list(decoded.fields)
         try:
-            stream.expected_length = check_request(headers)
+            stream.expected_length = checked(decoded, check_request)
         except Malformed as exc:
             log.debug("HTTP/2 malformed request from %s: %s", self.peer, exc)
             self.reset(stream, ErrorCodes.PROTOCOL_ERROR)
