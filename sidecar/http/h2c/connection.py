@@ -527,17 +527,23 @@ class H2Endpoint(asyncio.Protocol):
         if end:
             self._sent_end(stream)
 
+    def send_whole(self, stream: Stream, data: bytes) -> bool:
+        """`data` and the stream's end in one DATA frame, if the windows allow it now (and the
+        peer reads); False, and nothing sent, if not."""
+        self._check_open(stream)
+        if self._writing_paused or len(data) > min(stream.send_window, self.send_window, self.peer_max_frame):
+            return False
+        self._out.append(frame(Frame.DATA, END_STREAM, stream.id, data))
+        stream.send_window -= len(data)
+        self.send_window -= len(data)
+        self._sent_end(stream)
+        self.schedule_flush()
+        return True
+
     def send_small(self, stream: Stream, data: bytes) -> None:
         """The whole of a small body the sidecar wrote itself, and the stream's end; what the
         window does not allow yet follows as it opens."""
-        self._check_open(stream)
-        if len(data) <= min(stream.send_window, self.send_window, self.peer_max_frame):
-            self._out.append(frame(Frame.DATA, END_STREAM, stream.id, data))
-            stream.send_window -= len(data)
-            self.send_window -= len(data)
-            self._sent_end(stream)
-            self.schedule_flush()
-        else:
+        if not self.send_whole(stream, data):
             task = self._loop.create_task(self.send_data(stream, data, end=True))
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
 

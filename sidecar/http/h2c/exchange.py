@@ -195,7 +195,9 @@ class StreamExchange:
             pseudo.append((b"content-length", str(self.head.content_length).encode()))
         upstream = await pool.h2.open(origin, [*pseudo, *h2_headers(headers)], end=not has_body)
         self._upstream = upstream
-        pump = asyncio.get_running_loop().create_task(self._send_body(upstream, body)) if has_body else None
+        pump = None
+        if has_body and not self._sent_whole(upstream, body):
+            pump = asyncio.get_running_loop().create_task(self._send_body(upstream, body))
         try:
             await pool.h2.response(upstream)
         except BaseException:
@@ -204,6 +206,22 @@ class StreamExchange:
             upstream.endpoint.reset(upstream, ErrorCodes.CANCEL)
             raise
         return H2Response(upstream, pump)
+
+    def _sent_whole(self, upstream: Stream, body: bytes | None) -> bool:
+        """Whether the whole request body (`body`, or the client's if it has all arrived, without
+        trailers) went to the origin's stream at once: a gRPC unary call's does, and then needs no
+        task of its own to pump it. The client's window is given back once it is sent."""
+        buffered = body is None
+        if buffered:
+            body = None if self.stream.trailers else self.stream.buffered()
+        try:
+            if body is None or not upstream.endpoint.send_whole(upstream, body):
+                return False
+        except StreamGone:
+            return False  # the pump hears of it, as it would have
+        if buffered:
+            self.stream.take_buffered()
+        return True
 
     async def _send_body(self, upstream: Stream, body: bytes | None) -> None:
         """The request body to the origin's stream, as it arrives; trailers too."""
