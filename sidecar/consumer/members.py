@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 
 from registry_adapters import Instance
+from sidecar.http.client import Origin
 from sidecar.protocol import metadata as meta
 from sidecar.protocol.metadata import WeightSpec, weight_spec
 from sidecar.protocol.warmup import age_after_step, age_at_first_sight
@@ -35,6 +36,10 @@ class Member:
     inflight: int = 0
     ejected_until: float = 0.0
     spec: WeightSpec = field(init=False)  # parsed from the metadata when the instance changes
+    # How to reach it, made when the instance changes too: over HTTP/1.1, and over HTTP/2 if its
+    # provider sidecar takes it (sidecar_protocols); its address as a request's authority.
+    origins: tuple[Origin, Origin] = field(init=False)
+    authority: bytes = field(init=False)
     warned: bool = field(init=False, default=False)  # about invalid metadata: once per instance
     born_ms: int = 0  # when its warmup began, on this consumer's monotonic clock (see `reckon`)
     mark: float | None = None  # the weight its last response said (latency warmup mode)
@@ -63,7 +68,11 @@ class Member:
         return True
 
     def _parse(self) -> None:
-        self.spec = weight_spec(self.instance.weight, self.instance.meta)
+        instance = self.instance
+        self.spec = weight_spec(instance.weight, instance.meta)
+        http1 = Origin(instance.host, instance.port)
+        self.origins = (http1, Origin(instance.host, instance.port, h2c=meta.accepts_h2c(instance.meta)))
+        self.authority = instance.address.encode()
         if self.spec.invalid is not None and not self.warned:
             self.warned = True
             log.warning(

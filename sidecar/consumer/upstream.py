@@ -36,16 +36,16 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from registry_adapters import Instance, Registry
+from registry_adapters import Registry
 from sidecar.config import Settings, Upstream
 from sidecar.consumer.balancer import RetryBudget
 from sidecar.consumer.instances import WatchedTable
 from sidecar.consumer.listing import ServiceListing
+from sidecar.consumer.members import Member
 from sidecar.errors import UpstreamError
-from sidecar.http import AnyExchange, Failure, HttpServer, Limits, Origin, Pool, classify, refused
+from sidecar.http import AnyExchange, Failure, HttpServer, Limits, Pool, classify, refused
 from sidecar.metrics import Metrics
 from sidecar.protocol import headers as wire
-from sidecar.protocol.metadata import accepts_h2c
 
 log = logging.getLogger("sidecar.upstream")
 
@@ -133,7 +133,7 @@ class UpstreamListener:
             tried.add(member.instance.instance_id)
             member.inflight += 1
             try:
-                retry = await self._attempt(exchange, member.instance, body)
+                retry = await self._attempt(exchange, member, body)
             finally:
                 member.inflight -= 1
             if retry is None:
@@ -165,17 +165,18 @@ class UpstreamListener:
         body = {"error": f"no instance of {self.service} available", "tried": [], **told}
         exchange.respond_json(503, body)
 
-    async def _attempt(self, exchange: AnyExchange, instance: Instance, body: bytes | None) -> Retry | None:
+    async def _attempt(self, exchange: AnyExchange, member: Member, body: bytes | None) -> Retry | None:
         """One try on one instance: None once a response was relayed, or why another instance may
         be tried (and what to answer if none may)."""
+        instance = member.instance
         request = exchange.head
         headers = [*request.end_to_end(DROPPED), self.consumer_header]
         replayable = body is not None  # kept whole; a streamed body is used up once sent
         # HTTP/2 to a provider sidecar that takes it, when the client speaks it (gRPC); else
         # HTTP/1.1, which every provider takes.
-        origin = Origin(instance.host, instance.port, h2c=exchange.http2 and accepts_h2c(instance.meta))
+        origin = member.origins[exchange.http2]
         try:
-            response = await exchange.forward(self.pool, origin, instance.address.encode(), headers, body)
+            response = await exchange.forward(self.pool, origin, member.authority, headers, body)
         except UpstreamError as exc:
             failure = classify(exc, request.method, replayable)
             # Not for a refused HTTP/2 stream: REFUSED_STREAM may only mean "not now" (its
