@@ -216,6 +216,20 @@ async def test_continuation_flood_is_bounded(provider: tuple[GrpcAppProc, Sideca
         assert client.goaways[0].error_code != ErrorCodes.NO_ERROR
 
 
+async def test_empty_continuation_flood_is_bounded(provider: tuple[GrpcAppProc, SidecarProc]) -> None:
+    """CONTINUATION frames with nothing in them (the 2024 flood's other form: the block never
+    grows, so no byte bound ends it) end the connection with GOAWAY ENHANCE_YOUR_CALM."""
+    _, car = provider
+    async with await H2Client.open(port_of(car)) as client:
+        block = header_block(request_headers("POST", SLEEP_CALL))
+        frames = [headers_frame(1, block, end_stream=True, end_headers=False)]
+        frames += [continuation_frame(1, b"", end_headers=False)] * 5000
+        with contextlib.suppress(ConnectionClosed, ConnectionError, TimeoutError):
+            await client.send(*frames)  # cut while sending: the GOAWAY came first
+        goaway = await client.await_goaway(timeout=10)
+        assert goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+
+
 async def test_malformed_frame_ends_only_its_connection(provider: tuple[GrpcAppProc, SidecarProc]) -> None:
     """DATA on stream 0 is a connection error (PROTOCOL_ERROR); a call on another connection
     that was in flight meanwhile completes."""

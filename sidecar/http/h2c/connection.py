@@ -64,6 +64,10 @@ LINGER_SECONDS = 2.0
 # Streams this side reset whose late frames are ignored (RFC 9113 section 5.1: the peer may have
 # sent them before it saw the reset); older ones are forgotten, their frames then reset again.
 RESETS_REMEMBERED = 1024
+# CONTINUATION frames one header block may take (as h2 and nghttp2 bound them): a block of 64 KiB
+# needs 4 of the smallest frames a peer may send (16 KiB); a run of empty ones is the 2024
+# CONTINUATION flood (CVE-2024-27316 and its family), which the 64 KiB bound alone never ends.
+MAX_CONTINUATIONS = 64
 # Not a flag on the wire: marks a HEADERS frame whose priority names its own stream (section 5.3.1).
 SELF_DEPENDENT = 0x100
 
@@ -97,6 +101,7 @@ class H2Endpoint(asyncio.Protocol):
         self._awaiting_preface = not self.client_side
         self._first_frame = True  # must be the peer's SETTINGS
         self._block: tuple[int, int, bytearray] | None = None  # a header block being received
+        self._continuations = 0  # CONTINUATION frames of that block so far
         self._loop = asyncio.get_running_loop()
         self._writable: asyncio.Future[None] | None = None  # awaited by senders out of window
         self._writing_paused = False
@@ -271,14 +276,18 @@ class H2Endpoint(asyncio.Protocol):
             self._header_block(stream_id, flags, block)
         else:
             self._block = (stream_id, flags, bytearray(block))
+            self._continuations = 0
 
     def _continuation_frame(self, flags: int, stream_id: int, payload: bytes) -> None:
         if self._block is None or self._block[0] != stream_id:
             raise ConnectionFault(ErrorCodes.PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
         _, first_flags, block = self._block
         block += payload
+        self._continuations += 1
         if len(block) > MAX_HEADER_LIST_BYTES:
             raise ConnectionFault(ErrorCodes.ENHANCE_YOUR_CALM, "a header block over 64 KiB")
+        if self._continuations > MAX_CONTINUATIONS:  # empty ones grow nothing but cost a frame each
+            raise ConnectionFault(ErrorCodes.ENHANCE_YOUR_CALM, "a header block in too many frames")
         if flags & END_HEADERS:
             self._block = None
             self._header_block(stream_id, first_flags, bytes(block))
