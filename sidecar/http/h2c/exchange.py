@@ -91,17 +91,15 @@ def h2_headers(headers: Headers, drop: frozenset[bytes] | set[bytes] = frozenset
     return out
 
 
-def origin_fields(fields: Headers, strip_marks: bool) -> Headers:
+def origin_fields(fields: Headers, strip_marks: bool, drop: frozenset[bytes] = HOP_BY_HOP) -> Headers:
     """An HTTP/2 origin's headers or trailers (lower case, checked on receipt) as they go on to
-    the client, in one pass: without pseudo-fields and hop-by-hop fields, and without its
-    X-Sidecar-* marks when `strip_marks`. Its content-length stays (its DATA were checked
-    against it)."""
+    the client, in one pass: without pseudo-fields and `drop` (hop-by-hop fields; a response's
+    content-length stays, its DATA were checked against it), and without its X-Sidecar-* marks
+    when `strip_marks`."""
     return [
         (name, value)
         for name, value in fields
-        if name[:1] != b":"
-        and name not in HOP_BY_HOP
-        and not (strip_marks and name.startswith(b"x-sidecar-"))
+        if name[:1] != b":" and name not in drop and not (strip_marks and name.startswith(b"x-sidecar-"))
     ]
 
 
@@ -262,7 +260,9 @@ class StreamExchange:
             while (piece := await upstream.read()) is not None:
                 await out.send_data(self.stream, piece)
                 upstream.consumed(len(piece))
-            trailers = origin_fields(upstream.trailers, strip_marks) if upstream.trailers else None
+            trailers = None
+            if upstream.trailers:  # no framing field in trailers (RFC 9110 section 6.5.1)
+                trailers = origin_fields(upstream.trailers, strip_marks, REQUEST_CORE_WRITTEN)
             if trailers:
                 self.grpc_status = get(trailers, b"grpc-status")
             out.end_stream(self.stream, trailers)
