@@ -158,6 +158,20 @@ async def test_streams_made_to_be_reset_count_as_resets(provider: tuple[GrpcAppP
     await await_for(lambda: grpc_client.stats(app.target)["inflight"] == 0, timeout=15, what="the app idle")
 
 
+async def test_malformed_requests_in_a_loop_are_cut(provider: tuple[GrpcAppProc, SidecarProc]) -> None:
+    """Malformed requests (an upper-case field name: each a stream error the sidecar answers with
+    RST_STREAM) sent in a loop end the connection with GOAWAY ENHANCE_YOUR_CALM, as the client's
+    own resets would; none reaches the app."""
+    app, car = provider
+    before = served(app)
+    block = header_block(request_headers("POST", SLEEP_CALL, headers=[("X-Upper", "1")]))
+    async with await H2Client.open(port_of(car)) as client:
+        await client.send(*[headers_frame(2 * n + 1, block) for n in range(1000)])
+        goaway = await client.await_goaway(timeout=10)
+        assert goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    assert served(app) == before
+
+
 async def test_empty_data_flood_is_cut(provider: tuple[GrpcAppProc, SidecarProc]) -> None:
     """Empty DATA frames in a loop end the connection with GOAWAY ENHANCE_YOUR_CALM."""
     _, car = provider

@@ -225,6 +225,7 @@ class H2Endpoint(asyncio.Protocol):
             raise ConnectionFault(ErrorCodes.PROTOCOL_ERROR, f"{what} on idle stream {stream_id}")
         if stream_id not in self._reset_here:  # else: sent before the peer saw our reset
             self._send_reset(stream_id, ErrorCodes.STREAM_CLOSED)
+            self._peer_fault()
 
     def _data_frame(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
@@ -308,6 +309,7 @@ class H2Endpoint(asyncio.Protocol):
                 self.last_peer_stream = stream_id
                 if flags & SELF_DEPENDENT:
                     self._send_reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
+                    self._peer_fault()
                 else:
                     self._peer_opened(stream_id, decoded, end)
             elif self._idle(stream_id):
@@ -475,6 +477,9 @@ class H2Endpoint(asyncio.Protocol):
         """`stream` is over: both halves done, or reset (`by_peer`: by the peer's RST_STREAM, or
         by this side for the peer's fault)."""
 
+    def _peer_fault(self) -> None:
+        """This side reset a stream it never handed on, for the peer's fault (see the server)."""
+
     # --- stream errors (section 5.4.2)
 
     def stream_error(self, stream: Stream, code: int) -> None:
@@ -489,6 +494,7 @@ class H2Endpoint(asyncio.Protocol):
             self.stream_error(stream, code)
         else:
             self._send_reset(stream_id, code)
+            self._peer_fault()
 
     def _send_reset(self, stream_id: int, code: int) -> None:
         self._out.append(frames.rst_stream(stream_id, code))

@@ -127,6 +127,7 @@ class H2ServerConnection(H2Endpoint):
         except Malformed as exc:
             log.debug("HTTP/2 malformed request from %s: %s", self.peer, exc)
             self.reset(stream, ErrorCodes.PROTOCOL_ERROR)
+            self._peer_fault()
             return
         if self.refuse_above is not None and stream_id > self.refuse_above:
             self.reset(stream, ErrorCodes.REFUSED_STREAM)  # drained: it never reaches the app
@@ -174,6 +175,11 @@ class H2ServerConnection(H2Endpoint):
             # go too; it no longer counts against MAX_CONCURRENT_STREAMS, so its work must not
             # go on either (its task ends in a moment).
             task.cancel()
+        self._peer_fault()
+
+    def _peer_fault(self) -> None:
+        """A reset the client sent, or made this side send (malformed requests, frames on closed
+        streams...): each takes from the same budget."""
         if not self._resets.take(self._loop.time()):
             self._calm_down("streams reset, or made to be reset, faster than allowed (rapid reset)")
 
