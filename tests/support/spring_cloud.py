@@ -120,6 +120,10 @@ def reached(peer: Peer, names: set[str]) -> bool:
     return {call["instance"] for call in peer.of("call")} >= names
 
 
+def listed_all(peer: Peer, names: set[str]) -> bool:
+    return any({row["id"] for row in event["instances"]} == names for event in peer.of("instances"))
+
+
 def settled(peer: Peer, names: set[str], last: int = 200) -> bool:
     """The last `last` calls all succeeded, on the replacements only, and each got some: the
     roll is over for this consumer."""
@@ -198,6 +202,10 @@ def roll_under_peers(
         for peer in peers.values():
             peer.wait_event(lambda event: event["event"] == "ready", what="the first call to succeed")
             wait_for(partial(reached, peer, set(names)), 30, "calls to reach all three providers")
+        if lister is not None:
+            # The list peer's JVM starts beside the callers, not before them: the roll begins
+            # once it has listed the three, or its first view could already lack one.
+            wait_for(partial(listed_all, listing, set(names)), 60, "the list peer to list all three")
         began = now_ms()
         pacing = ServingBeforeNext()
         result = roll(fleet, "sidecar", providers, PROVIDER_ARGS, f"{service}-new", pacing)
