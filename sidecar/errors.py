@@ -14,6 +14,9 @@
         +-- UpstreamTimeout  --app-timeout passed without a byte from the app
         +-- StreamRefused    HTTP/2: the origin refused the stream (REFUSED_STREAM, or above its
                              GOAWAY's last stream id): it was not processed
+    +-- ConnectionFault      HTTP/2: a peer broke the protocol (RFC 9113 section 5.4.1); the
+                             connection ends with GOAWAY and the fault's code (defined in
+                             sidecar.http.h2c.frames, which raises it, with its error codes)
 
 Registry backends raise `registry_adapters.RegistryError` and its subclasses; the lifecycle
 catches those at its boundary, records them in /status and metrics, and retries.

@@ -152,7 +152,7 @@ class StreamExchange:
         body = self.stream.buffered()
         if body is None or len(body) > limit:
             return None
-        self.stream.take_buffered()
+        self.stream.discard()
         return body
 
     async def next_piece(self) -> bytes | None:
@@ -218,7 +218,7 @@ class StreamExchange:
         except StreamGone:
             return False  # the pump hears of it, as it would have
         if buffered:
-            self.stream.take_buffered()
+            self.stream.discard()
         return True
 
     async def _send_body(self, upstream: Stream, body: bytes | None) -> None:

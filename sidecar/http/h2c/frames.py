@@ -1,5 +1,5 @@
 """HTTP/2 frames as bytes (RFC 9113 sections 4 and 6): the 9-byte head, the frames the sidecar
-writes, and the two kinds of error a received frame can be. Nothing here keeps state.
+writes, and the connection error a received frame can be. Nothing here keeps state.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ import struct
 from enum import IntEnum
 
 from h2.errors import ErrorCodes
+
+from sidecar.errors import SidecarError
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Length (24 bits, as a byte and a short), type, flags, stream id (31 bits, the reserved bit
@@ -56,7 +58,7 @@ U32 = struct.Struct(">L")
 GOAWAY_HEAD = struct.Struct(">LL")
 
 
-class ConnectionFault(Exception):
+class ConnectionFault(SidecarError):
     """A connection error (RFC 9113 section 5.4.1): GOAWAY with `code`, then the close."""
 
     def __init__(self, code: ErrorCodes, why: str) -> None:

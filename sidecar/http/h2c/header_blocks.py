@@ -57,6 +57,14 @@ _cache: dict[Any, bytes] = {}
 _decoded: dict[bytes, DecodedBlock] = {}
 
 
+def _keep(cache: dict[Any, Any], key: Any, value: Any, entries: int) -> None:
+    """Keep `value` in a bounded cache: a full one is emptied, so distinct keys (a request id, say)
+    cannot grow it, nor pin what it holds."""
+    if len(cache) >= entries:
+        cache.clear()
+    cache[key] = value
+
+
 def _integer(value: int, prefix_bits: int, flags: int) -> bytes:
     """RFC 7541 section 5.1 (hpack's encoding), with the representation's flags in the prefix."""
     encoded = encode_integer(value, prefix_bits)
@@ -106,9 +114,7 @@ class FieldEncoder:
             if piece is None:
                 piece = representation(*key)
                 if len(piece) <= CACHE_BYTES:
-                    if len(cache) >= CACHE_ENTRIES:
-                        cache.clear()  # distinct fields cannot grow it, nor pin what it holds
-                    cache[key] = piece
+                    _keep(cache, key, piece, CACHE_ENTRIES)
             pieces.append(piece)
         return b"".join(pieces)
 
@@ -176,11 +182,7 @@ class BlockDecoder(Decoder):
         changes = table.changes
         decoded = DecodedBlock(tuple(self.decode(block, raw=True)))
         if tableless and table.maxsize == 0:
-            if len(_decoded) >= DECODED_ENTRIES:
-                _decoded.clear()  # distinct blocks cannot grow it, nor pin what it holds
-            _decoded[block] = decoded
+            _keep(_decoded, block, decoded, DECODED_ENTRIES)
         elif table.changes == changes:
-            if len(self._known) >= KNOWN_PER_CONNECTION:
-                self._known.clear()
-            self._known[block] = (changes, decoded)
+            _keep(self._known, block, (changes, decoded), KNOWN_PER_CONNECTION)
         return decoded

@@ -96,13 +96,9 @@ class Stream:
             return None
         return b"".join(self._chunks)
 
-    def take_buffered(self) -> None:
-        """What `buffered()` gave is used: drop it, and give its window back."""
-        self.discard()
-
     def discard(self) -> None:
-        """What arrived and will not be read is dropped, and its window given back: else the
-        connection's window would shrink by it for good."""
+        """What arrived and will not be read (or was used whole, from `buffered()`) is dropped,
+        and its window given back: else the connection's window would shrink by it for good."""
         if self._chunks:
             size = sum(len(piece) for piece in self._chunks)
             self._chunks.clear()
