@@ -35,7 +35,16 @@ from sidecar.protocol.metadata import (
 )
 from tests.support.consul_agent import ConsulAgent
 from tests.support.ports import free_port
-from tests.support.procs import AppProc, SidecarProc, await_for, demo_app, metric, sidecar, wait_for
+from tests.support.procs import (
+    AppProc,
+    SidecarProc,
+    await_for,
+    demo_app,
+    metric,
+    open_gate,
+    sidecar,
+    wait_for,
+)
 from tests.support.registry_view import consul_http, registered_ids, watched
 
 TOKEN = "fleet-token"
@@ -376,12 +385,14 @@ async def test_closing_response_drops_instance(tmp_path: Path) -> None:
         publish(watched, instance_at("svc", "p1", p1.port))
         client.wait_table("p1")
         async with httpx.AsyncClient(timeout=30) as http:
-            slow = asyncio.create_task(http.get(f"{client.url}/work", params={"ms": 1500}))
+            # Held at p1's app until p1 drains (a gate, not a timer: it cannot end too soon).
+            slow = asyncio.create_task(http.get(f"{client.url}/wait", params={"gate": "slow"}))
             await await_for(lambda: p1.car.status()["inflight"] == 1, what="the slow request on p1")
             publish(watched, instance_at("svc", "p2", p2.port))
             client.wait_table("p1", "p2")
             shutdown = asyncio.create_task(http.get(f"{p1.car.admin}/shutdown"))
             await await_for(lambda: p1.car.status()["phase"] == "draining", what="p1 draining")
+            open_gate(p1.app, "slow")
             response = await slow
             assert response.status_code == 200
             assert response.json()["instance"] == "p1"
@@ -472,10 +483,11 @@ async def test_inflight_count_survives_registry_changes(tmp_path: Path) -> None:
         publish(watched, instance_at("svc", "app", app.port, 100))
         client.wait_table("app")
         async with httpx.AsyncClient(timeout=30) as http:
-            slow = asyncio.create_task(http.get(f"{client.url}/work", params={"ms": 1500}))
+            slow = asyncio.create_task(http.get(f"{client.url}/wait", params={"gate": "slow"}))
             await await_for(lambda: client.table()["app"]["inflight"] == 1, what="the request in flight")
             publish(watched, instance_at("svc", "app", app.port, 50))
             await await_for(lambda: client.table()["app"]["weight"] == 50, what="the new weight")
+            open_gate(app, "slow")  # only now: the change came while the request was in flight
             assert (await slow).status_code == 200
         await await_for(lambda: client.table()["app"]["inflight"] == 0, 3, "in flight back to 0")
 

@@ -23,7 +23,7 @@ from tests.support.procs import await_for, demo_app, sidecar, stop_process
 from tests.test_instances import ScriptedRegistry
 
 CLIENTS = 16  # of each method
-LOAD_BEFORE_S = 1.5
+LOAD_BEFORE = 5  # answers per client, on average, before the restart
 LOAD_AFTER_S = 1.5  # of answered requests once the consumer is back
 DEADLINE_S = 60.0
 
@@ -73,7 +73,8 @@ async def test_restart_under_load_loses_nothing_that_was_sent(tmp_path: Path) ->
 
         clients = [asyncio.create_task(client(method)) for method in ("GET", "POST") for _ in range(CLIENTS)]
         try:
-            await asyncio.sleep(LOAD_BEFORE_S)  # load flowing: the state under test
+            # Load flowing (the state under test): five answers per client on average.
+            await await_for(lambda: outcomes["200"] >= LOAD_BEFORE * 2 * CLIENTS, what="load flowing")
             consumer.signal(signal.SIGTERM)
             await asyncio.to_thread(consumer.proc.wait, DEADLINE_S)
             stack.callback(stop_process, await asyncio.to_thread(start_again, consumer.args, tmp_path))

@@ -140,7 +140,7 @@ def test_warmup_reaches_dubbo_through_the_weight(fleet: Fleet, peer: Peer, stead
     published = published_params(fleet.registry, warming.listen)
     assert published["warmup"] == "0"
     assert int(published["weight"]) < FULL
-    began = warming.ready_at - time.monotonic() + time.time() * 1000  # epoch ms of /ready
+    began = (warming.ready_at - time.monotonic() + time.time()) * 1000  # epoch ms of /ready
     full = peer.wait_event(
         lambda e: e["event"] == "weights" and e["weights"].get(warming.listen) == FULL,
         timeout=WARMUP_S + 20,
@@ -196,7 +196,8 @@ def test_shutdown_with_dubbos_default_notification_delay(fleet: Fleet, peer: Pee
     change (a rolling restart) is dropped that much later, after /shutdown has answered."""
     times = shutdown_while_watched(fleet, peer, "leaving")
     assert times["gone"] > times["answered"]
-    assert 4500 <= times["gone"] - times["listed"] <= 6000
+    # 5 s, then the peer's next look (it reads ZooKeeper too): a busy JVM may take a second more.
+    assert 4500 <= times["gone"] - times["listed"] <= 7000
 
 
 def test_shutdown_without_notification_delay(

@@ -120,8 +120,12 @@ def reached(peer: Peer, names: set[str]) -> bool:
     return {call["instance"] for call in peer.of("call")} >= names
 
 
-def listed_all(peer: Peer, names: set[str]) -> bool:
-    return any({row["id"] for row in event["instances"]} == names for event in peer.of("instances"))
+def listed(peer: Peer, names: set[str], now: bool = False) -> bool:
+    """Whether the list peer has listed exactly `names` (`now`: in its latest view)."""
+    views = peer.of("instances")
+    if now:
+        views = views[-1:]
+    return any({row["id"] for row in view["instances"]} == names for view in views)
 
 
 def settled(peer: Peer, names: set[str], last: int = 200) -> bool:
@@ -205,7 +209,7 @@ def roll_under_peers(
         if lister is not None:
             # The list peer's JVM starts beside the callers, not before them: the roll begins
             # once it has listed the three, or its first view could already lack one.
-            wait_for(partial(listed_all, listing, set(names)), 60, "the list peer to list all three")
+            wait_for(partial(listed, listing, set(names)), 60, "the list peer to list all three")
         began = now_ms()
         pacing = ServingBeforeNext()
         result = roll(fleet, "sidecar", providers, PROVIDER_ARGS, f"{service}-new", pacing)
@@ -215,6 +219,8 @@ def roll_under_peers(
         outcome = RollUnderPeers(providers, result, pacing)
         outcome.outcomes = {name: Outcome(calls_since(peer, began), result) for name, peer in peers.items()}
         if lister is not None:
+            # And at the end: the list peer's last view is the replacements, before it stops.
+            wait_for(partial(listed, listing, new, now=True), 30, "the list peer to list the replacements")
             outcome.listed = listing.of("instances")
     for shutdown in result.shutdowns:
         assert shutdown.status == 200, shutdown.body
