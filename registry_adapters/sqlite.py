@@ -14,12 +14,15 @@ Features
   the list changed, also when a row expired. The watches of one registry object poll together,
   on the same 100 ms ticks, with one query for all their services (a consumer with 100
   upstreams reads the file 10 times a second, not 1,000), and a row that did not change is not
-  parsed again (a table of 10,000 instances).
+  parsed again (a table of 10,000 instances). A poll reads no row at all while no connection has
+  committed anything since the last read (`PRAGMA data_version`) and no row of it has expired.
 - `set_weight` and `set_offline` act on instances registered through this object (`set_weight`
   of another one is rejected, `set_offline` of another one does nothing).
 - `services` lists the services with a row that has not expired (out of rotation or not).
 - `close()` stops the heartbeats and leaves the rows to expire; it does not deregister.
-- sqlite3 calls run in worker threads (`asyncio.to_thread`), each with its own connection.
+- sqlite3 calls run in worker threads (`asyncio.to_thread`). Each write opens a connection of
+  its own; reads share one connection kept open (opening one per 100 ms poll was most of an idle
+  sidecar's CPU), opened again when the file was replaced or removed, or a read failed.
 
 Connection string
 -----------------
@@ -32,12 +35,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import os
 import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable
-from contextlib import closing
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, Self, TypeVar
 from urllib.parse import SplitResult, unquote
@@ -103,6 +109,12 @@ class SQLiteRegistry(Backend):
         self._round: asyncio.Future[dict[str, list[Instance]]] | None = None  # a read under way
         self._round_services: frozenset[str] = frozenset()  # what it reads
         self._parsed: dict[tuple[Any, ...], Instance | None] = {}  # row -> instance, last read
+        # The readers' connection (see `_reading`), the file it opened (device, inode), and the
+        # lock every read holds: one statement at a time on it, whichever thread runs it.
+        self._reader: sqlite3.Connection | None = None
+        self._reader_file: tuple[int, int] | None = None
+        self._read_lock = threading.Lock()
+        self._last_read: LastRead | None = None
 
     @classmethod
     def from_url(cls, parts: SplitResult, **options: Any) -> Self:
@@ -168,6 +180,7 @@ class SQLiteRegistry(Backend):
     async def close(self) -> None:
         self._closed = True
         await self._beats.stop()
+        await asyncio.to_thread(self._release_reader)
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -188,15 +201,49 @@ class SQLiteRegistry(Backend):
     async def _beat(self, instance_id: str) -> bool:
         return await self._run(self._write_change, instance_id)
 
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: autocommit, each statement a transaction of its own.
-        db = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+    def _connect(self, shared: bool = False) -> sqlite3.Connection:
+        # isolation_level=None: autocommit, each statement a transaction of its own (a reader
+        # holds no snapshot between its reads). `shared`: used from any worker thread, one at a
+        # time (under _read_lock).
+        db = sqlite3.connect(
+            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=not shared
+        )
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: safe from corruption, and fast
         if not self._schema_ready:
             db.execute("PRAGMA journal_mode=WAL")  # stored in the file: once is enough
             db.executescript(_SCHEMA)
             self._schema_ready = True
         return db
+
+    @contextmanager
+    def _reader_held(self) -> Iterator[sqlite3.Connection]:
+        """The readers' connection, for one read at a time; a failed read closes it, and the
+        next read opens it again."""
+        with self._read_lock:
+            try:
+                yield self._reading()
+            except sqlite3.Error:
+                self._close_reader()
+                raise
+
+    def _reading(self) -> sqlite3.Connection:
+        """The readers' connection, opened again if the file at the path is not the one it
+        opened (replaced, or removed: a connection to a removed file would read it forever)."""
+        file = _file_id(self.path)
+        if self._reader is None or file is None or file != self._reader_file:
+            self._close_reader()
+            self._reader = self._connect(shared=True)
+            self._reader_file = _file_id(self.path)  # _connect made the file if it was missing
+        return self._reader
+
+    def _release_reader(self) -> None:
+        with self._read_lock:  # not under a read still running in another thread
+            self._close_reader()
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader, self._reader_file = None, None
 
     def _write_register(self, published: Published) -> None:
         now = time.time()
@@ -234,7 +281,7 @@ class SQLiteRegistry(Backend):
         db.execute("INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)  # schema order
 
     def _read_services(self) -> list[str]:
-        with closing(self._connect()) as db:
+        with self._reader_held() as db:
             rows = db.execute(
                 "SELECT DISTINCT service FROM instances WHERE expires_at > ? ORDER BY service",
                 (time.time(),),
@@ -242,23 +289,65 @@ class SQLiteRegistry(Backend):
         return [service for (service,) in rows]
 
     def _read_live(self, services: list[str]) -> dict[str, list[Instance]]:
+        """The live instances of `services`. The last answer stands, unread, while no connection
+        committed anything to the file (`PRAGMA data_version`, which moves for every commit but
+        the reading connection's own, and it writes none) and none of its rows has expired:
+        a table that nobody changes costs a pragma per poll, not a read of every row."""
+        now, asked = time.time(), tuple(services)
         marks = ", ".join("?" * len(services))
-        with closing(self._connect()) as db:
+        with self._reader_held() as db:
+            (version,) = db.execute("PRAGMA data_version").fetchone()
+            last = self._last_read
+            if last is not None and last.stands(db, version, asked, now):
+                return last.found
             rows = db.execute(
-                "SELECT service, instance_id, host, port, weight, meta FROM instances"
+                "SELECT service, instance_id, host, port, weight, meta, expires_at FROM instances"
                 f" WHERE service IN ({marks}) AND offline = 0 AND weight > 0 AND expires_at > ?"
                 " ORDER BY service, instance_id",
-                (*services, time.time()),
+                (*services, now),
             ).fetchall()
         found: dict[str, list[Instance]] = {service: [] for service in services}
         parsed, previous = {}, self._parsed
+        until = math.inf  # the first of these rows to expire
         for row in rows:
-            instance = previous[row] if row in previous else _instance(row)
-            parsed[row] = instance
+            until = min(until, row[6])
+            fields = row[:6]  # a heartbeat moves only the expiry: the row is not parsed again
+            instance = previous[fields] if fields in previous else _instance(fields)
+            parsed[fields] = instance
             if instance is not None:
                 found[instance.service].append(instance)
         self._parsed = parsed  # replaced whole: a read in another thread keeps the one it had
+        self._last_read = LastRead(db, version, asked, found, until)
         return found
+
+
+@dataclass(frozen=True)
+class LastRead:
+    """What `_read_live` last read, and when it is to be read again at the latest."""
+
+    reader: sqlite3.Connection  # on which connection (data_version is per connection)
+    version: int  # its data_version then
+    services: tuple[str, ...]
+    found: dict[str, list[Instance]]
+    until: float  # wall-clock time the first of its rows expires
+
+    def stands(self, reader: sqlite3.Connection, version: int, services: tuple[str, ...], now: float) -> bool:
+        """Whether it is still the answer: same question, nothing committed since, none expired."""
+        return (
+            reader is self.reader
+            and version == self.version
+            and services == self.services
+            and now < self.until
+        )
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """Which file is at `path` now (device, inode), None if none."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _retrieved(read: asyncio.Future[Any]) -> None:

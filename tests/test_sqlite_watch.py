@@ -3,6 +3,7 @@ through one registry object (a consumer with 100 upstreams: 10 reads a second, n
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from registry_adapters import Instance
@@ -33,3 +34,36 @@ async def test_watches_of_several_services_share_one_read(tmp_path: Path) -> Non
             await watch.aclose()
     assert reads
     assert all(set(services) == {"a", "b", "c"} for services in reads), reads
+
+
+async def test_a_watch_reads_the_file_now_at_its_path(tmp_path: Path) -> None:
+    """Reads share one connection kept open between polls; when the file is removed (`rm r.db*`,
+    by hand) and made again by another sidecar's registration, the watch reads the new file, not
+    the removed one it had open."""
+    path = tmp_path / "r.db"
+    async with SQLiteRegistry(path, poll_interval=0.05) as registry:
+        await registry.register(Instance("a", "a1", "127.0.0.1", 1))
+        watch = registry.watch("a")
+        assert [i.instance_id for i in await anext(watch)] == ["a1"]
+        for name in ("r.db", "r.db-wal", "r.db-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+        async with SQLiteRegistry(path) as other:
+            await other.register(Instance("a", "b1", "127.0.0.1", 2))
+            async with asyncio.timeout(10):
+                while "b1" not in [i.instance_id for i in await anext(watch)]:
+                    pass
+        await watch.aclose()
+
+
+async def test_a_row_that_expires_leaves_the_watch_with_nothing_written(tmp_path: Path) -> None:
+    """A watch skips reading a file nobody wrote to since its last read, but not past the expiry
+    of a row it listed: a sidecar that stopped beating leaves the list though nothing changed."""
+    path = tmp_path / "r.db"
+    async with SQLiteRegistry(path, poll_interval=0.05) as registry:
+        async with SQLiteRegistry(path, ttl=1.0, beat_interval=60.0) as stopped:
+            await stopped.register(Instance("a", "a1", "127.0.0.1", 1))
+        watch = registry.watch("a")
+        assert [i.instance_id for i in await anext(watch)] == ["a1"]
+        async with asyncio.timeout(5):
+            assert await anext(watch) == []
+        await watch.aclose()
