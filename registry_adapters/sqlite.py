@@ -208,11 +208,15 @@ class SQLiteRegistry(Backend):
         db = sqlite3.connect(
             self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=not shared
         )
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: safe from corruption, and fast
-        if not self._schema_ready:
-            db.execute("PRAGMA journal_mode=WAL")  # stored in the file: once is enough
-            db.executescript(_SCHEMA)
-            self._schema_ready = True
+        try:
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: safe from corruption, and fast
+            if not self._schema_ready:
+                db.execute("PRAGMA journal_mode=WAL")  # stored in the file: once is enough
+                db.executescript(_SCHEMA)
+                self._schema_ready = True
+        except BaseException:
+            db.close()
+            raise
         return db
 
     @contextmanager
@@ -229,11 +233,15 @@ class SQLiteRegistry(Backend):
     def _reading(self) -> sqlite3.Connection:
         """The readers' connection, opened again if the file at the path is not the one it
         opened (replaced, or removed: a connection to a removed file would read it forever)."""
+        self._check_open()  # a read that waited for the lock while close() released it
         file = _file_id(self.path)
         if self._reader is None or file is None or file != self._reader_file:
             self._close_reader()
             self._reader = self._connect(shared=True)
-            self._reader_file = _file_id(self.path)  # _connect made the file if it was missing
+            # _connect made the file if it was missing. Replaced meanwhile, it may not be the one
+            # the connection opened: then none is recorded, and the next read opens it again.
+            opened = _file_id(self.path)
+            self._reader_file = opened if file is None or opened == file else None
         return self._reader
 
     def _release_reader(self) -> None:
@@ -291,11 +299,12 @@ class SQLiteRegistry(Backend):
     def _read_live(self, services: list[str]) -> dict[str, list[Instance]]:
         """The live instances of `services`. The last answer stands, unread, while no connection
         committed anything to the file (`PRAGMA data_version`, which moves for every commit but
-        the reading connection's own, and it writes none) and none of its rows has expired:
-        a table that nobody changes costs a pragma per poll, not a read of every row."""
-        now, asked = time.time(), tuple(services)
-        marks = ", ".join("?" * len(services))
+        the reading connection's own: it writes only the schema, as it opens) and none of its
+        rows has expired: a table that nobody changes costs a pragma per poll, not a read of
+        every row. The lists are shared by every answer that stands: not to be changed."""
+        asked, marks = tuple(services), ", ".join("?" * len(services))
         with self._reader_held() as db:
+            now = time.time()
             (version,) = db.execute("PRAGMA data_version").fetchone()
             last = self._last_read
             if last is not None and last.stands(db, version, asked, now):
@@ -310,7 +319,8 @@ class SQLiteRegistry(Backend):
         parsed, previous = {}, self._parsed
         until = math.inf  # the first of these rows to expire
         for row in rows:
-            until = min(until, row[6])
+            if isinstance(row[6], int | float):  # another writer's text there never expires
+                until = min(until, row[6])
             fields = row[:6]  # a heartbeat moves only the expiry: the row is not parsed again
             instance = previous[fields] if fields in previous else _instance(fields)
             parsed[fields] = instance
@@ -345,7 +355,7 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     """Which file is at `path` now (device, inode), None if none."""
     try:
         found = os.stat(path)
-    except FileNotFoundError:
+    except OSError:  # none, or none to be seen: the connect that follows says why
         return None
     return found.st_dev, found.st_ino
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from registry_adapters import Instance
 from registry_adapters.sqlite import SQLiteRegistry
+from tests.support.procs import await_for
 
 
 async def test_watches_of_several_services_share_one_read(tmp_path: Path) -> None:
@@ -60,10 +61,33 @@ async def test_a_row_that_expires_leaves_the_watch_with_nothing_written(tmp_path
     of a row it listed: a sidecar that stopped beating leaves the list though nothing changed."""
     path = tmp_path / "r.db"
     async with SQLiteRegistry(path, poll_interval=0.05) as registry:
-        async with SQLiteRegistry(path, ttl=1.0, beat_interval=60.0) as stopped:
+        async with SQLiteRegistry(path, ttl=3.0, beat_interval=60.0) as stopped:
             await stopped.register(Instance("a", "a1", "127.0.0.1", 1))
         watch = registry.watch("a")
         assert [i.instance_id for i in await anext(watch)] == ["a1"]
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(8):
             assert await anext(watch) == []
+        await watch.aclose()
+
+
+async def test_a_poll_reads_no_row_while_nothing_is_committed(tmp_path: Path) -> None:
+    """Polls of a file nobody wrote to run PRAGMA data_version and nothing else (the statements
+    of the readers' connection, traced); a commit by another connection makes the next poll read."""
+    path = tmp_path / "r.db"
+    async with SQLiteRegistry(path, poll_interval=0.02, beat_interval=60.0) as registry:
+        await registry.register(Instance("a", "a1", "127.0.0.1", 1))
+        watch = registry.watch("a")
+        assert [i.instance_id for i in await anext(watch)] == ["a1"]
+        assert registry._reader is not None
+        statements: list[str] = []
+        registry._reader.set_trace_callback(statements.append)  # called in the reading thread
+        change = asyncio.ensure_future(anext(watch))
+        await await_for(lambda: statements.count("PRAGMA data_version") >= 5, what="five polls")
+        assert not change.done()
+        assert set(statements) == {"PRAGMA data_version"}, statements
+        async with SQLiteRegistry(path) as other:
+            await other.register(Instance("a", "a2", "127.0.0.1", 2))
+        async with asyncio.timeout(5):
+            assert [i.instance_id for i in await change] == ["a1", "a2"]
+        assert any(statement.startswith("SELECT") for statement in statements)
         await watch.aclose()
