@@ -125,12 +125,13 @@ def test_consumer_leaves_a_member_that_froze_under_its_watch(tmp_path: Path, clu
             assert any(f"127.0.0.1:{hung.client_port}" in line for line in failures), failures
 
 
-async def test_resume_on_a_frozen_member_moves_to_the_next(
+async def test_watch_start_on_a_frozen_member_moves_to_the_next(
     cluster: EtcdCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A watch whose stream is resumed (here every second of quiet) while its member is frozen gets
-    no answer there: the resume moves to the next member, says so, and a change is seen within
-    15 s."""
+    """A watch stream that starts while its member is frozen (here the first start, after the
+    first read; a resume after a second of quiet starts one the same way) gets no answer there:
+    the start moves to the next member, says so, and a change is seen within 15 s. A stream
+    already running when its member freezes is caught by its probe instead (the test above)."""
     service = f"resume-{uuid.uuid4().hex[:8]}"
     hung, healthy_member = cluster.members[0], cluster.members[1]
     put(healthy_member, instance(service, 1))
