@@ -117,10 +117,9 @@ def test_graceful_stop_behind_a_draining_sidecar(tmp_path: Path, registry: str) 
         stopped = stop(server, "stopped")  # grpc-go's GracefulStop returned
     assert body["drained"] is True
     assert (end["code"], end["messages"]) == ("OK", 30), end
-    # The drain waited for the stream (3 s of messages, /shutdown sent after the first): the
-    # sidecar's last frame of the stream and its answer to /shutdown go out back to back, and two
-    # processes each stamp their own arrival, so the client's may come a little after ours.
-    assert answered - sent >= 2000, answered - sent
+    # The drain waited for the stream: /shutdown answered once it had ended. The sidecar's last
+    # frame of the stream and its answer to /shutdown go out back to back, and two processes
+    # each stamp their own arrival, so the client's may come a little after ours.
     assert sent < end["t"] <= answered + SAME_TURN_SLACK_MS
     assert {e["instance"] for e in stream.of("message")} == {"p1"}
     assert server.of("sigterm")[0]["inflight"] == 0
