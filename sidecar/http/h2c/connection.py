@@ -224,8 +224,7 @@ class H2Endpoint(asyncio.Protocol):
         if self._idle(stream_id):
             raise ConnectionFault(ErrorCodes.PROTOCOL_ERROR, f"{what} on idle stream {stream_id}")
         if stream_id not in self._reset_here:  # else: sent before the peer saw our reset
-            self._send_reset(stream_id, ErrorCodes.STREAM_CLOSED)
-            self._peer_fault()
+            self._stream_error_by_id(stream_id, ErrorCodes.STREAM_CLOSED)
 
     def _data_frame(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
@@ -308,8 +307,7 @@ class H2Endpoint(asyncio.Protocol):
             if self._idle(stream_id) and (stream_id % 2 == 1) != self.client_side:
                 self.last_peer_stream = stream_id
                 if flags & SELF_DEPENDENT:
-                    self._send_reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
-                    self._peer_fault()
+                    self._stream_error_by_id(stream_id, ErrorCodes.PROTOCOL_ERROR)
                 else:
                     self._peer_opened(stream_id, decoded, end)
             elif self._idle(stream_id):
@@ -489,6 +487,8 @@ class H2Endpoint(asyncio.Protocol):
         self.reset(stream, code, by_peer=True)
 
     def _stream_error_by_id(self, stream_id: int, code: int) -> None:
+        """`stream_error`, for a stream open or not: one never handed on is reset all the same,
+        and counts as the peer's fault."""
         stream = self.streams.get(stream_id)
         if stream is not None:
             self.stream_error(stream, code)

@@ -126,8 +126,7 @@ class H2ServerConnection(H2Endpoint):
             stream.expected_length = checked(decoded, check_request)
         except Malformed as exc:
             log.debug("HTTP/2 malformed request from %s: %s", self.peer, exc)
-            self.reset(stream, ErrorCodes.PROTOCOL_ERROR)
-            self._peer_fault()
+            self.stream_error(stream, ErrorCodes.PROTOCOL_ERROR)  # the client's fault: counted
             return
         if self.refuse_above is not None and stream_id > self.refuse_above:
             self.reset(stream, ErrorCodes.REFUSED_STREAM)  # drained: it never reaches the app
