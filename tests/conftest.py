@@ -48,6 +48,24 @@ SLOW_MODULES_FIRST = (
 )
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse a compiled data path older than a source: Python imports a module's extension before
+    its .py, so the tests would run code that is no longer in the tree (make compiles it again)."""
+    root = Path(__file__).resolve().parent.parent
+    extensions = [*root.glob("sidecar/**/*.so"), *root.glob("sidecar_native__mypyc*.so")]
+    if not extensions:
+        return
+    built = min(extension.stat().st_mtime for extension in extensions)
+    sources = [*root.glob("sidecar/**/*.py"), *root.glob("registry_adapters/**/*.py")]
+    newer = sorted(str(source.relative_to(root)) for source in sources if source.stat().st_mtime > built)
+    if newer:
+        pytest.exit(
+            f"the compiled data path is older than {', '.join(newer[:3])}{' ...' if len(newer) > 3 else ''}:"
+            " run `make compiled`, or `scripts/compile-data-path.sh --remove` to test from source",
+            returncode=4,
+        )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: n for n, name in enumerate(SLOW_MODULES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest as collected

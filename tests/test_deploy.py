@@ -96,11 +96,14 @@ def test_dockerfile_passes_hadolint(tmp_path: Path) -> None:
 
 
 def test_dockerfile_shape() -> None:
-    """Multi-stage python:3.11-slim; the final stage is offline, non-root, exec-form, on 16688."""
+    """Multi-stage: the wheel built on python:3.11 (a C compiler, for the compiled data path),
+    the final stage python:3.11-slim, offline, non-root, exec-form, on 16688."""
     instructions = dockerfile_instructions(DOCKERFILE.read_text())
-    froms = [rest for keyword, rest in instructions if keyword == "FROM"]
+    froms = [rest.split() for keyword, rest in instructions if keyword == "FROM"]
     assert len(froms) >= 2, "multi-stage: build the wheel apart from the runtime"
-    assert all(rest.split()[0] == "python:3.11-slim" for rest in froms), froms
+    assert froms[0] == ["python:3.11", "AS", "build"], froms
+    assert froms[-1] == ["python:3.11-slim"], froms
+    assert "setup.py" in " ".join(rest for keyword, rest in instructions if keyword == "COPY")
     stage = final_stage()
     args = dict(rest.split("=", 1) for keyword, rest in stage if keyword == "ARG" and "=" in rest)
     runs = " ".join(rest for keyword, rest in stage if keyword == "RUN")

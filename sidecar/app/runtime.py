@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 
 from registry_adapters import open_registry
+from sidecar import compiled
 from sidecar.app.admin import AdminServer
 from sidecar.app.status import StatusView
 from sidecar.config import Settings
@@ -87,6 +88,7 @@ def run(settings: Settings) -> int:
 
 async def serve(settings: Settings) -> int:
     """Run the sidecar until stopped; returns the process exit status."""
+    log.info("data path: %s", compiled.described())
     stops = StopSignals()
     async with AsyncExitStack() as stack:
         # Start-up: each component in order; cleanup runs in reverse, only for what started.

@@ -106,7 +106,10 @@ class FieldEncoder:
         pieces = [SIZE_UPDATE_TO_0] if self._update else []
         self._update = False
         cache = _cache
-        for field in headers:
+        # Any, not tuple[bytes, bytes]: compiled (setup.py), a field typed as a tuple is unboxed,
+        # and hpack's never-indexed subclass would come back a plain tuple
+        fields: Iterable[Any] = headers
+        for field in fields:
             # Fields are plain (name, value) tuples, or hpack's tuples as a peer's were decoded,
             # which compare equal to plain ones but may be never-indexed: kept apart.
             key: Any = field if type(field) is tuple else (*field, not getattr(field, "indexable", True))
@@ -157,17 +160,17 @@ class BlockDecoder(Decoder):
     every connection, once the peer's table is 0 before and after the block (a block that sets
     it otherwise is decoded, and not kept)."""
 
-    header_table: _CountedTable
-
     def __init__(self, max_header_list_size: int = MAX_HEADER_LIST_BYTES) -> None:
         super().__init__(max_header_list_size=max_header_list_size)
-        self.header_table = _CountedTable()
+        # hpack's Decoder uses header_table; this class reads it as `counted` (compiled, an
+        # attribute typed here is checked when hpack's __init__ sets its own first)
+        self.counted = self.header_table = _CountedTable()
         self._known: dict[bytes, tuple[int, DecodedBlock]] = {}
 
     def block(self, data: bytes) -> DecodedBlock:
         """The fields of `data` (raw bytes), found or decoded; raises what hpack raises."""
         block = bytes(data)
-        table = self.header_table
+        table = self.counted
         if len(block) > DECODED_BYTES:
             return DecodedBlock(tuple(self.decode(block, raw=True)))
         tableless = table.maxsize == 0
