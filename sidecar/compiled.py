@@ -2,9 +2,9 @@
 
 setup.py hands SOURCES to mypyc (mypy's compiler), which turns each module into a C extension
 from the same source; Python imports a module's extension before its .py. A build without mypy
-or a C compiler leaves them pure Python, which behaves the same at about twice the CPU per
-request. The sidecar says which in its log when it starts. Standard library only: setup.py reads
-this file before anything is installed.
+or a C compiler leaves them pure Python, which behaves the same for more CPU per request (up to
+about twice, on HTTP/2). The sidecar says which in its log when it starts. Standard library
+only: setup.py reads this file before anything is installed.
 """
 
 from __future__ import annotations
@@ -53,5 +53,5 @@ def described() -> str:
     if not interpreted:
         return f"compiled ({len(names)} modules, mypyc)"
     if len(interpreted) == len(names):
-        return "pure Python (not compiled: about twice the CPU per request)"
+        return "pure Python (not compiled: more CPU per request)"
     return f"partly compiled: {', '.join(interpreted)} pure Python"

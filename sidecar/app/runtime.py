@@ -88,7 +88,6 @@ def run(settings: Settings) -> int:
 
 async def serve(settings: Settings) -> int:
     """Run the sidecar until stopped; returns the process exit status."""
-    log.info("data path: %s", compiled.described())
     stops = StopSignals()
     async with AsyncExitStack() as stack:
         # Start-up: each component in order; cleanup runs in reverse, only for what started.
@@ -104,6 +103,7 @@ async def serve(settings: Settings) -> int:
         if settings.listen is not None:
             await stack.enter_async_context(InboundProxy(settings, lifecycle, tracker, consumers, metrics))
         upstreams = await stack.enter_async_context(Upstreams(settings, registry, metrics))
+        log.info("data path: %s", compiled.described())  # once the options have all held
         child = await stack.enter_async_context(Supervisor(settings.command)) if settings.command else None
 
         def on_offline(service: str, instance_id: str) -> bool:
