@@ -12,14 +12,15 @@
 # full python image, whose C compiler lets setup.py compile the data path (mypyc: about half
 # the CPU per request); the second installs them from that directory alone (--no-index: no
 # registry, no compiler, no wheel left in a layer), so the final image has Python and the
-# package, nothing else. Both are Debian bookworm, so the compiled wheel runs on the slim one.
+# package, nothing else. Both are pinned to Debian bookworm, so the compiled wheel finds the
+# same C library on the slim one.
 # The same image runs the demo app: `--entrypoint python ... -m sidecar.demo.app --port 8080`.
 #
 # Stop time: `docker stop` waits 10 s before SIGKILL by default, less than the default
 # --drain-timeout (25 s). Give the container more: `docker run --stop-timeout 40`,
 # compose `stop_grace_period: 40s`, Kubernetes `terminationGracePeriodSeconds`.
 
-FROM python:3.11 AS build
+FROM python:3.11-bookworm AS build
 WORKDIR /src
 # Only what the wheel needs (.dockerignore keeps the rest of the tree out of the context).
 COPY pyproject.toml setup.py README.md ./
@@ -27,7 +28,7 @@ COPY sidecar ./sidecar
 COPY registry_adapters ./registry_adapters
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-FROM python:3.11-slim
+FROM python:3.11-slim-bookworm
 # A fixed numeric uid, so that Kubernetes' runAsNonRoot can check it without a passwd lookup.
 ARG APP_UID=10001
 ENV PYTHONDONTWRITEBYTECODE=1 \

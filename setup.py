@@ -5,21 +5,29 @@ layers, the provider's and the consumer's policy per request). mypyc (mypy's com
 each into a C extension from the same source, checked as strictly as `make typecheck` checks
 it: about half the CPU per stream (README, "HTTP/2 and gRPC"). The rest stays interpreted.
 
-GRACEFUL_SIDECAR_COMPILE=0 builds pure Python, as does a machine without mypy or a C compiler
-(each extension is optional: one that fails to build is left out, and its module runs from
-source). A sidecar's log says which data path it runs. `make` builds these in place
-(scripts/compile-data-path.sh) for the tests, the demo and the benchmarks.
+All or nothing: GRACEFUL_SIDECAR_COMPILE=0 builds pure Python, and so does a build where mypyc
+cannot run or one extension fails to compile (no C compiler, no Python headers), said in the
+build's output; the modules then run from source, the same code. A sidecar's log says which data
+path it runs. `make` builds these in place (scripts/compile-data-path.sh) for the tests, the demo
+and the benchmarks.
 """
 
 from __future__ import annotations
 
 import os
 import runpy
+import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 # sidecar/compiled.py names them, and tells a running sidecar whether they are compiled
 SOURCES: tuple[str, ...] = runpy.run_path("sidecar/compiled.py")["SOURCES"]
+
+
+def pure_python(why: str) -> list[Extension]:
+    print(f"setup.py: {why}: the data path stays pure Python", file=sys.stderr)
+    return []
 
 
 def compiled() -> list[Extension]:
@@ -28,12 +36,30 @@ def compiled() -> list[Extension]:
     try:
         from mypyc.build import mypycify
     except ImportError:
-        print("setup.py: mypy is not installed; the data path stays pure Python")
-        return []
-    extensions: list[Extension] = mypycify(list(SOURCES), opt_level="2", group_name="sidecar_native")
+        return pure_python("mypy is not installed")
+    try:
+        # the group's shared library (sidecar_native__mypyc) sits beside the `sidecar` package:
+        # mypyc places every compiled module relative to it, so it cannot go inside
+        extensions: list[Extension] = mypycify(list(SOURCES), opt_level="2", group_name="sidecar_native")
+    except SystemExit:  # mypyc's type check failed (said above)
+        return pure_python("mypyc could not check the sources")
     for extension in extensions:
-        extension.optional = True
+        extension.optional = True  # a failure is caught, and then undone below
     return extensions
 
 
-setup(ext_modules=compiled())
+class AllOrNothing(build_ext):
+    """The compiled modules share one library: with any of them missing the rest cannot load, so
+    if one failed to build, every one is removed and the package runs from source."""
+
+    def run(self) -> None:
+        super().run()
+        built = [self.get_ext_fullpath(extension.name) for extension in self.extensions]
+        if built and not all(os.path.exists(path) for path in built):
+            for path in built:
+                if os.path.exists(path):
+                    os.remove(path)
+            pure_python("an extension failed to compile (see above)")
+
+
+setup(ext_modules=compiled(), cmdclass={"build_ext": AllOrNothing})

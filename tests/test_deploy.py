@@ -97,12 +97,13 @@ def test_dockerfile_passes_hadolint(tmp_path: Path) -> None:
 
 def test_dockerfile_shape() -> None:
     """Multi-stage: the wheel built on python:3.11 (a C compiler, for the compiled data path),
-    the final stage python:3.11-slim, offline, non-root, exec-form, on 16688."""
+    the final stage python:3.11-slim, both on Debian bookworm; offline, non-root, exec-form,
+    on 16688."""
     instructions = dockerfile_instructions(DOCKERFILE.read_text())
     froms = [rest.split() for keyword, rest in instructions if keyword == "FROM"]
     assert len(froms) >= 2, "multi-stage: build the wheel apart from the runtime"
-    assert froms[0] == ["python:3.11", "AS", "build"], froms
-    assert froms[-1] == ["python:3.11-slim"], froms
+    assert froms[0] == ["python:3.11-bookworm", "AS", "build"], froms
+    assert froms[-1] == ["python:3.11-slim-bookworm"], froms  # the same Debian: the same libc
     assert "setup.py" in " ".join(rest for keyword, rest in instructions if keyword == "COPY")
     stage = final_stage()
     args = dict(rest.split("=", 1) for keyword, rest in stage if keyword == "ARG" and "=" in rest)
