@@ -9,7 +9,8 @@
 # pyproject.toml, this script and the Python, mypy and setuptools versions. A fresh clone of
 # unchanged sources copies the extensions in; a change anywhere in the package builds them again
 # (about a minute and a half here), since a compiled module is checked against the types of what
-# it imports. The build runs in a copy of the tree (the key is that copy's), so the clone gets no
+# it imports. The key names no path: every clone of the same content shares the build (CI's too).
+# The build runs in a copy of the tree (the key is that copy's), so the clone gets no
 # build/ directory and an edit made meanwhile is not taken for built. One build at a time (flock).
 #
 # The compiled modules share one library, sidecar_native__mypyc, at the root of the tree: mypyc
@@ -47,7 +48,7 @@ cp -r "$root/sidecar" "$root/registry_adapters" "$root/setup.py" "$root/pyprojec
   "$root/README.md" "$tmp/"
 find "$tmp" \( -name __pycache__ -o -name '*.so' \) -prune -exec rm -rf {} +
 key="$( (cd "$tmp" && find sidecar registry_adapters -name '*.py' -print0 | LC_ALL=C sort -z \
-  | xargs -0 sha256sum; sha256sum setup.py pyproject.toml "$root/scripts/compile-data-path.sh"
+  | xargs -0 sha256sum; sha256sum setup.py pyproject.toml; sha256sum <"$root/scripts/compile-data-path.sh"
   "$py" -c 'import sys, mypy.version, setuptools; print(sys.version, mypy.version.__version__, setuptools.__version__)') \
   | sha256sum | cut -c1-16)"
 out="$cache/$key"
