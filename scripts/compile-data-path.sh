@@ -39,6 +39,17 @@ fi
 [ -x "$py" ] || { echo "compile-data-path: no $py (make creates it)" >&2; exit 1; }
 "$py" -c 'import mypy' 2>/dev/null || { echo "compile-data-path: mypy is not installed in .venv" >&2; exit 1; }
 
+# What sidecar/compiled.py says of the data path in the tree at $1; fails unless all compiled.
+compiled_in() {
+  (cd "$1" && "$py" -c '
+import sys
+from sidecar import compiled
+state = compiled.described()
+print("compile-data-path: the data path is", state)
+sys.exit(0 if state.startswith("compiled") else 1)
+')
+}
+
 mkdir -p "$cache"
 exec 9>"$cache/.lock"
 flock 9
@@ -58,11 +69,8 @@ if [ ! -f "$out/built" ]; then
     || { tail -n 40 "$tmp/build.log" >&2; echo "compile-data-path: the build failed" >&2; exit 1; }
   # Every module must have come out compiled (setup.py drops them all if one failed): else the
   # tests and the benchmarks would run pure Python without a word. Checked before it is kept.
-  (cd "$tmp" && "$py" -c '
-import sys
-from sidecar import compiled
-sys.exit(0 if compiled.described().startswith("compiled") else 1)
-') || { tail -n 40 "$tmp/build.log" >&2; echo "compile-data-path: not every module compiled" >&2; exit 1; }
+  compiled_in "$tmp" >/dev/null \
+    || { tail -n 40 "$tmp/build.log" >&2; echo "compile-data-path: not every module compiled" >&2; exit 1; }
   mkdir -p "$tmp/out"
   (cd "$tmp" && find sidecar registry_adapters -name '*.so' -print0 | xargs -0 -r cp --parents -t out \
     && cp sidecar_native__mypyc*.so out/)
@@ -73,10 +81,4 @@ fi
 remove
 (cd "$out" && find . -name '*.so' -print0 | xargs -0 -r cp --parents -t "$root")
 echo "$root" >"$pth"
-(cd "$root" && "$py" -c '
-import sys
-from sidecar import compiled
-state = compiled.described()
-print("compile-data-path: the data path is", state)
-sys.exit(0 if state.startswith("compiled") else 1)
-')
+compiled_in "$root"
