@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -42,6 +44,20 @@ def test_every_module_of_the_data_path_is_named() -> None:
     assert "sidecar.provider.inbound" in names
     assert "sidecar.app.runtime" not in names
     assert len(names) == len(set(names))
+
+
+def test_the_build_requires_what_mypyc_checks_against() -> None:
+    """The build requirements repeat the runtime dependencies (pyproject.toml cannot derive one
+    list from the other): mypyc checks the sources against the typed libraries they import, and
+    in pip's isolated build one missing makes the build pure Python. Only those mypy is told not
+    to look for ([tool.mypy] overrides: kazoo, consul) may be left out."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower() for requirement in requirements}
+
+    runtime = names(pyproject["project"]["dependencies"]) - {"kazoo", "py-consul"}
+    assert runtime <= names(pyproject["build-system"]["requires"])
 
 
 @pytest.mark.skipif(
